@@ -1,0 +1,71 @@
+//! solo5-hvt's device-flag grammar, `--block:NAME=PATH`, is not one clap
+//! can express (the flag name carries the device name). It is rewritten
+//! to `--block NAME=PATH` before clap sees it, up to `--` or the kernel.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
+/// Splits `--FLAG:NAME=VALUE` into `--FLAG`, `NAME=VALUE` among the options.
+pub fn rewrite_device_flags(argv: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(argv.len() + 4);
+    let mut options = true;
+    for (i, a) in argv.into_iter().enumerate() {
+        let b = a.as_bytes();
+        if i == 0 || !options {
+            out.push(a);
+            continue;
+        }
+        if b == b"--" || !b.starts_with(b"-") {
+            // The kernel (or `--`): everything after it is the guest's.
+            options = b.starts_with(b"-") && b != b"--";
+            out.push(a);
+            continue;
+        }
+        match (b.starts_with(b"--"), b.iter().position(|&c| c == b':')) {
+            (true, Some(colon)) => {
+                out.push(OsString::from_vec(b[..colon].to_vec()));
+                out.push(OsString::from_vec(b[colon + 1..].to_vec()));
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn rewrites_only_options() {
+        let got = rewrite_device_flags(v(&[
+            "solo5-hvt",
+            "--mem=2",
+            "--block:storage=/tmp/x",
+            "--net-mac:service=aa:bb",
+            "--",
+            "k.hvt",
+            "--block:no=rewrite",
+        ]));
+        assert_eq!(
+            got,
+            v(&[
+                "solo5-hvt",
+                "--mem=2",
+                "--block",
+                "storage=/tmp/x",
+                "--net-mac",
+                "service=aa:bb",
+                "--",
+                "k.hvt",
+                "--block:no=rewrite"
+            ])
+        );
+        let got = rewrite_device_flags(v(&["skiff", "run", "k.hvt", "--x:y=z"]));
+        assert_eq!(got, v(&["skiff", "run", "k.hvt", "--x:y=z"]));
+    }
+}

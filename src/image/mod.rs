@@ -1,0 +1,103 @@
+//! The unikernel image: an untrusted ELF file, checked as Solo5 does
+//! (and a little stricter), then placed into guest memory.
+//!
+//! Parsing ([`Image::parse`]) needs no KVM and no guest memory, so it is
+//! what `skiff hook` validates and what the fuzzers drive.
+
+mod elf;
+mod manifest;
+mod notes;
+
+pub use elf::{Segment, PAGE_SIZE};
+pub use manifest::{Device, DeviceKind, Manifest, ManifestError};
+
+use crate::memory::{Gpa, GuestMemory};
+use std::path::Path;
+use thiserror::Error;
+
+/// Why an image was refused. Each message names the problem.
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("cannot open: {0}")]
+    Open(std::io::Error),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("not an ELF file (bad magic)")]
+    NotElf,
+    #[error("truncated ELF: {0} lies beyond the end of the file")]
+    Truncated(&'static str),
+    #[error("unsupported ELF: {0}")]
+    Unsupported(&'static str),
+    #[error("invalid executable: {0}")]
+    Invalid(String),
+    #[error("no Solo5 ABI1 note found: not a Solo5 unikernel")]
+    NoAbiNote,
+    #[error("the image is for the Solo5 {0} target, not hvt")]
+    WrongTarget(&'static str),
+    #[error("the image requests unsupported ABI version {0} (skiff serves version 2)")]
+    WrongAbiVersion(u32),
+    #[error("no Solo5 manifest (MFT1 note) found")]
+    NoManifest,
+    #[error("invalid Solo5 manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("the image does not fit in guest memory: {0}")]
+    TooBig(String),
+}
+
+/// A parsed, validated image: what the loader needs, borrowed from the file.
+#[derive(Debug)]
+pub struct Image<'a> {
+    pub entry: u64,
+    /// Loadable segments, ascending and non-overlapping.
+    pub segments: Vec<Segment<'a>>,
+    /// End of the highest segment, aligned up to its `p_align`.
+    pub kernel_end: u64,
+    pub manifest: Manifest,
+}
+
+/// Reads an image file, refusing anything that is not a regular file
+/// (a FIFO or a device would block or never end).
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(ImageError::Open)?;
+    let meta = f.metadata().map_err(ImageError::Open)?;
+    if !meta.is_file() {
+        return Err(ImageError::NotAFile);
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut buf).map_err(ImageError::Open)?;
+    Ok(buf)
+}
+
+impl<'a> Image<'a> {
+    /// Validates the ELF header, notes, manifest and segments of `bytes`
+    /// for a guest of `mem_size` bytes.
+    pub fn parse(bytes: &'a [u8], mem_size: u64) -> Result<Self, ImageError> {
+        let elf = elf::Elf::parse(bytes)?;
+        notes::check_abi(&elf)?;
+        let manifest = Manifest::parse(notes::manifest_desc(&elf)?)?;
+        let (segments, kernel_end) = elf.segments(mem_size)?;
+        if elf.entry < crate::memory::KERNEL_BASE || elf.entry >= mem_size {
+            return Err(ImageError::Invalid(format!(
+                "entry point 0x{:x} is outside guest memory [0x100000, 0x{mem_size:x})",
+                elf.entry
+            )));
+        }
+        Ok(Self {
+            entry: elf.entry,
+            segments,
+            kernel_end,
+            manifest,
+        })
+    }
+
+    /// Copies the segments' file bytes into guest memory. Memory is fresh
+    /// and zeroed, so `.bss` costs nothing: its pages are never touched.
+    pub fn load(&self, mem: &GuestMemory) -> Result<(), ImageError> {
+        for s in &self.segments {
+            mem.write_bytes(s.data, Gpa(s.addr))
+                .map_err(|e| ImageError::TooBig(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

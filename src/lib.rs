@@ -1,0 +1,15 @@
+//! skiff: a small, fast KVM tender for Solo5 hvt unikernel functions.
+//!
+//! The path of one run: [`cli`] (argv) -> [`config`] (validated, no KVM)
+//! -> [`builder`] (image, memory, KVM, vCPU) -> [`vmm::Vm::run`] (exit ->
+//! [`hypercall::decode`] -> [`devices::Devices::handle`]) -> exit status.
+
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod hypercall;
+pub mod image;
+pub mod memory;
+pub mod vcpu;
+pub mod vmm;

@@ -1,0 +1,204 @@
+//! Guest memory: one anonymous mapping at guest-physical 0, and the one
+//! checked accessor through which every guest address is reached.
+//!
+//! The mapping is `MAP_NORESERVE` and never pre-touched: the host only
+//! pays for the pages the loader or the guest actually use, so start-up
+//! does no work proportional to `--mem`.
+
+mod layout;
+
+pub use layout::{write_boot_state, BootState, BOOT_GDT_SELECTORS, KERNEL_BASE};
+
+use thiserror::Error;
+use vm_memory::{
+    bitmap::BitmapSlice, ByteValued, Bytes, MmapRegion, VolatileMemory, VolatileSlice,
+};
+
+/// A guest-physical address. It cannot be dereferenced; it only becomes
+/// host memory through [`GuestMemory::slice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Gpa(pub u64);
+
+/// A guest range that lies outside guest memory (or overflows).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+#[error(
+    "guest range 0x{addr:x}+0x{len:x} lies outside guest memory (0x{size:x} bytes) or is read-only"
+)]
+pub struct OutOfRange {
+    pub addr: u64,
+    pub len: u64,
+    pub size: u64,
+}
+
+/// Why guest memory could not be set up.
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    /// mmap of guest memory failed.
+    #[error("cannot map {0} bytes of guest memory: {1}")]
+    Map(u64, vm_memory::mmap::MmapRegionError),
+}
+
+/// The guest's memory, mapped into skiff.
+#[derive(Debug)]
+pub struct GuestMemory {
+    region: MmapRegion<()>,
+    size: u64,
+    /// Ranges mapped read-only in the host (the image's text and rodata),
+    /// so a guest write there faults instead of succeeding; host-side
+    /// writes refuse them rather than crash on them.
+    read_only: Vec<(u64, u64)>,
+}
+
+impl GuestMemory {
+    /// Reserves `size` bytes of zeroed, lazily allocated memory.
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        let len = usize::try_from(size).expect("64-bit host");
+        let region = vm_memory::mmap::MmapRegionBuilder::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| MemoryError::Map(size, e))?;
+        Ok(Self {
+            region,
+            size,
+            read_only: Vec::new(),
+        })
+    }
+
+    /// Guest memory size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of guest-physical 0, for KVM_SET_USER_MEMORY_REGION.
+    pub fn host_base(&self) -> *mut u8 {
+        self.region.as_ptr()
+    }
+
+    /// Checks `[addr, addr+len)` against guest memory with overflow-safe
+    /// arithmetic; the one place where a guest range is validated.
+    pub fn check(&self, addr: Gpa, len: u64) -> Result<(), OutOfRange> {
+        match addr.0.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(OutOfRange {
+                addr: addr.0,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// Makes `[start, end)` (page-aligned, inside memory) read-only for the
+    /// guest and for skiff's own writes.
+    pub fn protect(&mut self, start: u64, end: u64) -> std::io::Result<()> {
+        if start % 4096 != 0 || end % 4096 != 0 || start >= end || end > self.size {
+            return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: the range lies inside our own mapping (checked above);
+        // nothing in skiff holds a reference into it.
+        let r = unsafe {
+            libc::mprotect(
+                self.host_base().add(start as usize).cast(),
+                (end - start) as usize,
+                libc::PROT_READ,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.read_only.push((start, end));
+        Ok(())
+    }
+
+    /// Like [`GuestMemory::slice`], for writing: refuses read-only ranges.
+    pub fn slice_mut(
+        &self,
+        addr: Gpa,
+        len: u64,
+    ) -> Result<VolatileSlice<'_, impl BitmapSlice>, OutOfRange> {
+        let s = self.slice(addr, len)?;
+        let end = addr.0 + len;
+        if self.read_only.iter().any(|&(a, b)| addr.0 < b && a < end) {
+            return Err(OutOfRange {
+                addr: addr.0,
+                len,
+                size: self.size,
+            });
+        }
+        Ok(s)
+    }
+
+    /// The checked accessor: a volatile view of `[addr, addr+len)`.
+    pub fn slice(
+        &self,
+        addr: Gpa,
+        len: u64,
+    ) -> Result<VolatileSlice<'_, impl BitmapSlice>, OutOfRange> {
+        self.check(addr, len)?;
+        // Both fit in usize: they are bounded by `size`, which is mapped.
+        self.region
+            .get_slice(addr.0 as usize, len as usize)
+            .map_err(|_| OutOfRange {
+                addr: addr.0,
+                len,
+                size: self.size,
+            })
+    }
+
+    /// Copies a plain-data struct out of guest memory.
+    pub fn read_obj<T: ByteValued>(&self, addr: Gpa) -> Result<T, OutOfRange> {
+        let len = std::mem::size_of::<T>() as u64;
+        self.slice(addr, len)?.read_obj(0).map_err(|_| OutOfRange {
+            addr: addr.0,
+            len,
+            size: self.size,
+        })
+    }
+
+    /// Copies a plain-data struct into guest memory.
+    pub fn write_obj<T: ByteValued>(&self, val: T, addr: Gpa) -> Result<(), OutOfRange> {
+        let len = std::mem::size_of::<T>() as u64;
+        self.slice_mut(addr, len)?
+            .write_obj(val, 0)
+            .map_err(|_| OutOfRange {
+                addr: addr.0,
+                len,
+                size: self.size,
+            })
+    }
+
+    /// Copies host bytes into guest memory.
+    pub fn write_bytes(&self, bytes: &[u8], addr: Gpa) -> Result<(), OutOfRange> {
+        let s = self.slice_mut(addr, bytes.len() as u64)?;
+        s.copy_from(bytes);
+        Ok(())
+    }
+
+    /// Copies guest bytes into a host buffer.
+    pub fn read_bytes(&self, buf: &mut [u8], addr: Gpa) -> Result<(), OutOfRange> {
+        let s = self.slice(addr, buf.len() as u64)?;
+        s.copy_to(buf);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        let m = GuestMemory::new(2 << 20).unwrap();
+        assert!(m.check(Gpa(0), 2 << 20).is_ok());
+        assert!(m.check(Gpa(1), 2 << 20).is_err());
+        assert!(m.check(Gpa(u64::MAX), 2).is_err());
+        assert!(m.check(Gpa(16), u64::MAX).is_err());
+        assert!(m.slice(Gpa((2 << 20) - 8), 8).is_ok());
+        assert!(m.read_obj::<u64>(Gpa((2 << 20) - 4)).is_err());
+        m.write_obj(0x1122_3344_5566_7788u64, Gpa(0x1000)).unwrap();
+        assert_eq!(
+            m.read_obj::<u64>(Gpa(0x1000)).unwrap(),
+            0x1122_3344_5566_7788
+        );
+    }
+}

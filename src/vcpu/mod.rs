@@ -1,0 +1,163 @@
+//! The vCPU: KVM set-up of the long-mode entry state, and one `KVM_RUN`
+//! turned into a KVM-free [`Exit`] for the hypercall layer.
+
+mod exit;
+pub mod signals;
+
+pub use exit::{Exit, GuestFault};
+
+use crate::memory::{BootState, BOOT_GDT_SELECTORS};
+use kvm_bindings::{kvm_regs, kvm_segment, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use thiserror::Error;
+
+const CR0_PE: u64 = 1 << 0;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
+/// Why the vCPU could not be set up or run.
+#[derive(Debug, Error)]
+pub enum VcpuError {
+    #[error("KVM_CREATE_VCPU failed: {0}")]
+    Create(kvm_ioctls::Error),
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    GetCpuid(kvm_ioctls::Error),
+    #[error("KVM_SET_CPUID2 failed: {0}")]
+    SetCpuid(kvm_ioctls::Error),
+    #[error("KVM_GET_TSC_KHZ failed (the host TSC is unusable): {0}")]
+    TscKhz(kvm_ioctls::Error),
+    #[error("setting the vCPU registers failed: {0}")]
+    Regs(kvm_ioctls::Error),
+    #[error("KVM_RUN failed: {0}")]
+    Run(kvm_ioctls::Error),
+}
+
+/// The one vCPU of a guest.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU 0 with the host's supported CPUID.
+    pub fn new(kvm: &Kvm, vm: &VmFd) -> Result<Self, VcpuError> {
+        let fd = vm.create_vcpu(0).map_err(VcpuError::Create)?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VcpuError::GetCpuid)?;
+        fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)?;
+        Ok(Self { fd })
+    }
+
+    /// The guest TSC frequency in Hz (the boot info's `cpu_cycle_freq`).
+    pub fn tsc_hz(&self) -> Result<u64, VcpuError> {
+        let khz = self.fd.get_tsc_khz().map_err(VcpuError::TscKhz)?;
+        Ok(u64::from(khz) * 1000)
+    }
+
+    /// Sets the 64-bit entry state Solo5 guests expect.
+    pub fn set_boot_state(&self, b: &BootState) -> Result<(), VcpuError> {
+        let mut sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
+        let (code_sel, data_sel) = BOOT_GDT_SELECTORS;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: code_sel,
+            type_: 9,
+            present: 1,
+            s: 1,
+            l: 1,
+            g: 1,
+            ..Default::default()
+        };
+        let data = kvm_segment {
+            selector: data_sel,
+            type_: 3,
+            l: 0,
+            db: 1,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        // A busy 64-bit TSS, as VM entry requires a usable TR.
+        sregs.tr = kvm_segment {
+            type_: 11,
+            present: 1,
+            ..Default::default()
+        };
+        sregs.ldt = kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        };
+        sregs.gdt.base = b.gdt_base;
+        sregs.gdt.limit = b.gdt_limit;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0xffff;
+        sregs.cr0 = CR0_PE | CR0_NE | CR0_WP | CR0_PG;
+        sregs.cr3 = b.cr3;
+        sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;
+        sregs.efer = EFER_LME | EFER_LMA;
+        self.fd.set_sregs(&sregs).map_err(VcpuError::Regs)?;
+
+        let regs = kvm_regs {
+            rip: b.entry,
+            rsp: b.stack,
+            rdi: b.boot_info,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(VcpuError::Regs)
+    }
+
+    /// Makes the kvm_run area reachable from the signal handler, so a
+    /// SIGTERM can force the next `KVM_RUN` to return at once.
+    pub fn arm_signals(&mut self) {
+        signals::set_kvm_run(self.fd.get_kvm_run());
+    }
+
+    /// Runs the guest until its next exit.
+    pub fn run(&mut self) -> Result<Exit, VcpuError> {
+        match self.fd.run() {
+            Ok(exit) => Ok(match exit {
+                VcpuExit::IoOut(port, data) => Exit::io_out(port, data),
+                VcpuExit::IoIn(port, data) => Exit::IoIn {
+                    port,
+                    size: data.len() as u8,
+                },
+                VcpuExit::MmioRead(addr, _) => Exit::Mmio { addr, write: false },
+                VcpuExit::MmioWrite(addr, _) => Exit::Mmio { addr, write: true },
+                VcpuExit::Hlt => Exit::Hlt,
+                VcpuExit::Shutdown => Exit::Shutdown,
+                VcpuExit::FailEntry(reason, _) => Exit::FailEntry(reason),
+                VcpuExit::InternalError => {
+                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so the
+                    // kernel filled the `internal` member of the union.
+                    let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                    Exit::InternalError(sub)
+                }
+                _ => Exit::Other(self.fd.get_kvm_run().exit_reason),
+            }),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                Ok(Exit::Interrupted)
+            }
+            Err(e) if e.errno() == libc::EFAULT => Ok(Exit::TranslationFault),
+            Err(e) => Err(VcpuError::Run(e)),
+        }
+    }
+
+    /// The guest's instruction pointer, for fault messages.
+    pub fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+}

@@ -1,0 +1,48 @@
+//! SIGINT/SIGTERM end a running guest promptly: the handler records the
+//! signal and sets `immediate_exit` so `KVM_RUN` returns at once, even if
+//! the signal lands just before the guest is entered. Works as PID 1 too,
+//! where default dispositions would ignore SIGTERM.
+
+use kvm_bindings::kvm_run;
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+
+static PENDING: AtomicI32 = AtomicI32::new(0);
+static KVM_RUN: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    PENDING.store(sig, Ordering::SeqCst);
+    let run = KVM_RUN.load(Ordering::SeqCst);
+    if !run.is_null() {
+        // SAFETY: `run` points at the vCPU's mmap'd kvm_run, which lives
+        // until the process exits; a byte store is async-signal-safe.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the handlers (no SA_RESTART: blocking calls return EINTR) and
+/// ignores SIGPIPE so a closed stdout is an error, not a silent death.
+pub fn install() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with a valid handler and empty mask is
+        // a valid argument; the handler only does async-signal-safe stores.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    // SAFETY: setting a standard disposition has no memory-safety effect.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+pub(super) fn set_kvm_run(run: &mut kvm_run) {
+    KVM_RUN.store(run, Ordering::SeqCst);
+}
+
+/// The terminating signal received so far, if any.
+pub fn pending() -> Option<i32> {
+    match PENDING.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}

@@ -1,0 +1,72 @@
+//! The running guest: only running state lives here (the builder made it
+//! from the config). `run` is the vCPU loop: exit -> decode -> handle.
+
+use crate::devices::{Devices, Stop};
+use crate::hypercall::{self, Control};
+use crate::memory::GuestMemory;
+use crate::vcpu::{signals, GuestFault, Vcpu, VcpuError};
+use kvm_ioctls::{Kvm, VmFd};
+use thiserror::Error;
+
+/// Why a run ended other than by the guest's HALT.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("guest fault: {fault} (rip=0x{rip:x})")]
+    Guest { fault: GuestFault, rip: u64 },
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot write the guest's output to stdout: {0}")]
+    Stdout(std::io::Error),
+    #[error("exiting on signal {0}")]
+    Signal(i32),
+}
+
+/// A guest ready to run.
+#[derive(Debug)]
+pub struct Vm {
+    // Field order is drop order: the vCPU before the VM before /dev/kvm.
+    pub(crate) vcpu: Vcpu,
+    pub(crate) mem: GuestMemory,
+    pub(crate) devices: Devices,
+    pub(crate) vm: VmFd,
+    pub(crate) kvm: Kvm,
+}
+
+impl Vm {
+    /// Runs the guest to its HALT and returns its exit status.
+    pub fn run(&mut self) -> Result<i32, RunError> {
+        self.vcpu.arm_signals();
+        loop {
+            if let Some(sig) = signals::pending() {
+                return Err(RunError::Signal(sig));
+            }
+            let exit = self.vcpu.run()?;
+            let step = match hypercall::decode(&exit, &self.mem) {
+                Ok(None) => continue,
+                Ok(Some(req)) => self.devices.handle(req, &self.mem),
+                Err(fault) => Err(Stop::Fault(fault)),
+            };
+            match step {
+                Ok(Control::Continue) => {}
+                Ok(Control::Halt(status)) => return Ok(status),
+                Err(Stop::Fault(fault)) => {
+                    return Err(RunError::Guest {
+                        fault,
+                        rip: self.vcpu.rip(),
+                    })
+                }
+                Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e)),
+            }
+        }
+    }
+
+    /// Guest memory (for tests and snapshots).
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+
+    /// The VM file descriptors, kept alive as long as the guest.
+    pub fn fds(&self) -> (&Kvm, &VmFd) {
+        (&self.kvm, &self.vm)
+    }
+}
