@@ -1,0 +1,159 @@
+//! Shared helpers for the integration tests: run skiff (or solo5-hvt,
+//! through a symlink) on the project's own guests, with a time limit.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn skiff() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_skiff"))
+}
+
+pub fn guest(name: &str) -> PathBuf {
+    guest_images::image(name)
+}
+
+/// A `solo5-hvt` symlink to skiff in a fresh temporary directory.
+pub fn solo5_hvt(dir: &Path) -> PathBuf {
+    let link = dir.join("solo5-hvt");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(skiff(), &link).unwrap();
+    link
+}
+
+/// Runs `cmd` with `stdin` as its input, killing it after `limit`.
+pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut sin = child.stdin.take().unwrap();
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = sin.write_all(&input);
+    });
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("timed out after {limit:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = writer.join();
+    child.wait_with_output().unwrap()
+}
+
+/// `skiff ARGS...` with a 30 s limit and no input.
+pub fn skiff_run(args: &[&str]) -> Output {
+    let mut cmd = Command::new(skiff());
+    cmd.args(args);
+    run_with(cmd, b"", Duration::from_secs(30))
+}
+
+/// `skiff run [flags] GUEST [guest args]`.
+pub fn run_guest(flags: &[&str], name: &str, args: &[&str]) -> Output {
+    let g = guest(name);
+    let mut v = vec!["run"];
+    v.extend_from_slice(flags);
+    v.push(g.to_str().unwrap());
+    v.extend_from_slice(args);
+    skiff_run(&v)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a refusal: exit status 1 and exactly one stderr line
+/// containing `needle`.
+pub fn assert_refused(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("skiff-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// ELF64 field access for making malformed images from good ones.
+pub mod elf {
+    pub fn u16_at(b: &[u8], o: usize) -> u16 {
+        u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+    }
+    pub fn u32_at(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+    }
+    pub fn u64_at(b: &[u8], o: usize) -> u64 {
+        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+    }
+    pub fn put_u16(b: &mut [u8], o: usize, v: u16) {
+        b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u32(b: &mut [u8], o: usize, v: u32) {
+        b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u64(b: &mut [u8], o: usize, v: u64) {
+        b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub const PT_LOAD: u32 = 1;
+    pub const PT_NOTE: u32 = 4;
+    // Program header field offsets.
+    pub const P_FLAGS: usize = 4;
+    pub const P_OFFSET: usize = 8;
+    pub const P_VADDR: usize = 16;
+    pub const P_PADDR: usize = 24;
+    pub const P_FILESZ: usize = 32;
+    pub const P_MEMSZ: usize = 40;
+
+    /// File offsets of the program headers of type `ty`.
+    pub fn phdrs(b: &[u8], ty: u32) -> Vec<usize> {
+        let off = u64_at(b, 32) as usize;
+        let n = u16_at(b, 56) as usize;
+        (0..n)
+            .map(|i| off + i * 56)
+            .filter(|&p| u32_at(b, p) == ty)
+            .collect()
+    }
+
+    /// File offset of the Solo5 note of `kind` (its header).
+    pub fn note(b: &[u8], kind: u32) -> usize {
+        phdrs(b, PT_NOTE)
+            .into_iter()
+            .map(|p| u64_at(b, p + P_OFFSET) as usize)
+            .find(|&o| u32_at(b, o + 8) == kind && &b[o + 12..o + 17] == b"Solo5")
+            .expect("note present")
+    }
+}
