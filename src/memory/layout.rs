@@ -2,7 +2,9 @@
 //! manifest copy and command line, as Solo5's tender lays them out.
 //!
 //! Only what the guest needs is written: a handful of pages whatever the
-//! memory size. Entries carry pre-set accessed/dirty bits so the guest's
+//! memory size. Entries are user-accessible (U=1): harmless for a CPL0
+//! guest without SMEP/SMAP, and required where kvm_pvm runs the guest
+//! natively in hardware ring 3 (see vcpu/pvm.rs). Entries carry pre-set accessed/dirty bits so the guest's
 //! first walks do not write them back (each such write is an exit under
 //! shadow paging).
 
@@ -20,10 +22,11 @@ pub const KERNEL_BASE: u64 = guest_abi::hvt::KERNEL_BASE;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
+const USER: u64 = 1 << 2;
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
 const HUGE: u64 = 1 << 7;
-const TABLE: u64 = PRESENT | WRITABLE | ACCESSED;
+const TABLE: u64 = PRESENT | WRITABLE | USER | ACCESSED;
 const MIB2: u64 = 2 << 20;
 
 /// GDT selectors: null, code, data.
@@ -69,9 +72,9 @@ pub fn write_boot_state(
     for (i, e) in pt.iter_mut().enumerate() {
         let addr = i as u64 * 0x1000;
         if addr >= KERNEL_BASE {
-            *e = addr | PRESENT | WRITABLE | ACCESSED | DIRTY;
+            *e = addr | PRESENT | WRITABLE | USER | ACCESSED | DIRTY;
         } else if addr >= BOOT_INFO_BASE {
-            *e = addr | PRESENT | ACCESSED;
+            *e = addr | PRESENT | USER | ACCESSED;
         }
     }
     mem.slice_mut(Gpa(PT_BASE), 4096)?.copy_from(&pt);
@@ -79,7 +82,7 @@ pub fn write_boot_state(
     let pages = size / MIB2;
     let mut pd = [0u64; 2048];
     for (i, e) in pd.iter_mut().enumerate().take(pages as usize).skip(1) {
-        *e = (i as u64 * MIB2) | PRESENT | WRITABLE | ACCESSED | DIRTY | HUGE;
+        *e = (i as u64 * MIB2) | PRESENT | WRITABLE | USER | ACCESSED | DIRTY | HUGE;
     }
     if pages > 1 {
         let bytes = pages * 8 - 8;

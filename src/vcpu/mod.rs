@@ -2,6 +2,7 @@
 //! turned into a KVM-free [`Exit`] for the hypercall layer.
 
 mod exit;
+mod pvm;
 pub mod signals;
 
 pub use exit::{Exit, GuestFault};
@@ -116,7 +117,9 @@ impl Vcpu {
             rflags: 0x2,
             ..Default::default()
         };
-        self.fd.set_regs(&regs).map_err(VcpuError::Regs)
+        self.fd.set_regs(&regs).map_err(VcpuError::Regs)?;
+        pvm::register(&self.fd);
+        Ok(())
     }
 
     /// Makes the kvm_run area reachable from the signal handler, so a

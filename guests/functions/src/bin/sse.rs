@@ -1,9 +1,8 @@
 //! Runs SSE arithmetic with exactly known results: checks that the tender
 //! enabled SSE (CR4.OSFXSR) and that the vCPU's FPU state works.
 //!
-//! Guests are built soft-float (see `.cargo/config.toml`), so the SSE code
-//! is spelled out in assembly over memory, with bit patterns in and out:
-//! the guest itself never depends on a working FPU to judge the result.
+//! The SSE code is spelled out in assembly, with bit patterns in and out:
+//! the compiler cannot fold it away, and judging the result needs no FPU.
 #![no_std]
 #![no_main]
 
@@ -23,8 +22,7 @@ const FIVE: u32 = 0x40a0_0000; // 5.0
 const EIGHT: u32 = 0x4100_0000; // 8.0
 
 fn main(_: &Ctx) -> i32 {
-    // Packed single: square four lanes, then add 1.0 and take the root of
-    // (x*x + 1) for x = 0 in lane... keep it exact: c*c, then sqrt(c*c).
+    // Packed single: square four lanes, then take the square roots back.
     let mut v = V([TWO, FIVE, THREE, EIGHT]);
     let mut r = V([0; 4]);
     // SAFETY: both pointers are 16-byte aligned and valid for 16 bytes;

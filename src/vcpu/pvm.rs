@@ -1,0 +1,39 @@
+//! Native execution on kvm_pvm, the paravirtualized nested KVM of skiff's
+//! build and CI machines.
+//!
+//! kvm_pvm runs a CPL0 guest entirely in KVM's instruction emulator (about
+//! 10 us per instruction, and most SSE/x87 instructions fail with an
+//! emulation error) until the guest's vCPU registers a shared page through
+//! a PV MSR; PV Linux guests do this themselves. skiff does it for the
+//! guest, so unmodified Solo5 guests run natively there (in hardware ring 3,
+//! hence the U bit on every boot page-table entry, see memory/layout.rs).
+//!
+//! The MSR is undocumented: this module was written from that host's own
+//! PV-guest code (it registers `page | 1`). On any other KVM the write is
+//! refused and nothing changes.
+
+use kvm_bindings::{kvm_msr_entry, Msrs};
+use kvm_ioctls::VcpuFd;
+
+/// kvm_pvm's vCPU registration MSR: guest-physical page address | flags.
+const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
+/// Bit 0: register the page.
+const REGISTER: u64 = 1;
+/// A page inside guest memory the guest never maps (below the boot info,
+/// after the boot page tables), handed to kvm_pvm as the shared page.
+pub const SHARED_PAGE: u64 = 0x9000;
+
+/// Registers the shared page; returns whether kvm_pvm accepted it.
+pub fn register(vcpu: &VcpuFd) -> bool {
+    let entry = kvm_msr_entry {
+        index: MSR_PVM_REGISTER,
+        data: SHARED_PAGE | REGISTER,
+        ..Default::default()
+    };
+    match Msrs::from_entries(&[entry]) {
+        // KVM_SET_MSRS returns how many entries it set: 0 where the MSR is
+        // unknown (any KVM but kvm_pvm).
+        Ok(msrs) => matches!(vcpu.set_msrs(&msrs), Ok(1)),
+        Err(_) => false,
+    }
+}
