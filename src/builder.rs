@@ -104,6 +104,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     )
     .map_err(BuildError::Layout)?;
     vcpu.set_boot_state(&boot)?;
+    crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
     Ok(Vm {
         vcpu,

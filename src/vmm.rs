@@ -1,6 +1,7 @@
 //! The running guest: only running state lives here (the builder made it
 //! from the config). `run` is the vCPU loop: exit -> decode -> handle.
 
+use crate::bench::marks::{self, Mark};
 use crate::devices::{Devices, Stop};
 use crate::hypercall::{self, Control};
 use crate::memory::GuestMemory;
@@ -36,19 +37,27 @@ impl Vm {
     /// Runs the guest to its HALT and returns its exit status.
     pub fn run(&mut self) -> Result<i32, RunError> {
         self.vcpu.arm_signals();
+        marks::mark(Mark::FirstRun);
         loop {
             if let Some(sig) = signals::pending() {
                 return Err(RunError::Signal(sig));
             }
             let exit = self.vcpu.run()?;
+            marks::count_exit();
             let step = match hypercall::decode(&exit, &self.mem) {
                 Ok(None) => continue,
-                Ok(Some(req)) => self.devices.handle(req, &self.mem),
+                Ok(Some(req)) => {
+                    marks::mark(Mark::FirstHypercall);
+                    self.devices.handle(req, &self.mem)
+                }
                 Err(fault) => Err(Stop::Fault(fault)),
             };
             match step {
                 Ok(Control::Continue) => {}
-                Ok(Control::Halt(status)) => return Ok(status),
+                Ok(Control::Halt(status)) => {
+                    marks::mark(Mark::Halt);
+                    return Ok(status);
+                }
                 Err(Stop::Fault(fault)) => {
                     return Err(RunError::Guest {
                         fault,

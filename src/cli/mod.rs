@@ -51,6 +51,41 @@ struct Skiff {
 enum Command {
     /// Run a unikernel: skiff run [solo5-hvt flags] [--] KERNEL [ARGS...]
     Run(RunArgs),
+    /// Measure start-up: run an image N times (fresh processes) and report
+    /// each phase from exec; optionally alternate with another tender.
+    Bench(BenchArgs),
+}
+
+/// `skiff bench [options] -- [run flags] KERNEL [ARGS...]`
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// How many timed runs (after one untimed warm-up).
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// A second tender run with the same arguments in alternating runs
+    /// (e.g. solo5-hvt); the report gives the ratio pair by pair.
+    #[arg(long, value_name = "PROGRAM")]
+    compare: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The exit status every run must have.
+    #[arg(long, default_value_t = 0)]
+    expect_status: i32,
+    /// Instead: sustained runs per second for SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    throughput: Option<u64>,
+    /// Concurrent callers for --throughput.
+    #[arg(long, default_value_t = 2)]
+    callers: usize,
+    /// `skiff run`'s arguments: [flags] KERNEL [ARGS...]
+    #[arg(
+        value_name = "RUN-ARGS",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<OsString>,
 }
 
 /// solo5-hvt's exact argv: no subcommand word.
@@ -97,19 +132,19 @@ fn clap_exit(prog: &str, e: clap::Error) -> i32 {
 
 /// The whole program; returns the process exit status.
 pub fn main() -> i32 {
+    crate::bench::marks::mark(crate::bench::marks::Mark::Main);
     crate::vcpu::signals::install();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
     let argv = solo5::rewrite_device_flags(argv);
     let parsed = if prog.starts_with("solo5-hvt") {
-        Solo5Hvt::try_parse_from(argv).map(|s| s.run)
+        Solo5Hvt::try_parse_from(argv).map(|s| Command::Run(s.run))
     } else {
-        Skiff::try_parse_from(argv).map(|s| match s.cmd {
-            Command::Run(r) => r,
-        })
+        Skiff::try_parse_from(argv).map(|s| s.cmd)
     };
     let run = match parsed {
-        Ok(r) => r,
+        Ok(Command::Run(r)) => r,
+        Ok(Command::Bench(b)) => return bench(&prog, b),
         Err(e) => return clap_exit(&prog, e),
     };
     let cfg = match run.into_config() {
@@ -124,6 +159,12 @@ pub fn main() -> i32 {
 
 /// Builds and runs one guest; its HALT status is the exit status.
 pub fn run_guest(prog: &str, cfg: &RunConfig) -> i32 {
+    let status = build_and_run(prog, cfg);
+    crate::bench::marks::report();
+    status
+}
+
+fn build_and_run(prog: &str, cfg: &RunConfig) -> i32 {
     let mut vm = match crate::builder::build(cfg) {
         Ok(vm) => vm,
         Err(e) => {
@@ -136,6 +177,70 @@ pub fn run_guest(prog: &str, cfg: &RunConfig) -> i32 {
         Err(crate::vmm::RunError::Signal(sig)) => {
             report(prog, &format_args!("exiting on signal {sig}"));
             128 + sig
+        }
+        Err(e) => {
+            report(prog, &e);
+            1
+        }
+    }
+}
+
+fn bench(prog: &str, b: BenchArgs) -> i32 {
+    use crate::bench::harness;
+    let skiff = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            report(prog, &format_args!("cannot find my own executable: {e}"));
+            return 1;
+        }
+    };
+    if let Some(secs) = b.throughput {
+        let mut args = vec![OsString::from("run")];
+        args.extend(b.args.iter().cloned());
+        let mut lines = Vec::new();
+        let r =
+            harness::throughput(&skiff, &args, b.callers, secs, b.expect_status).and_then(|mine| {
+                lines.push(format!(
+                    "skiff: {mine:.1} runs/s ({} callers, {secs} s)",
+                    b.callers
+                ));
+                if let Some(other) = &b.compare {
+                    let theirs =
+                        harness::throughput(other, &b.args, b.callers, secs, b.expect_status)?;
+                    lines.push(format!(
+                        "{}: {theirs:.1} runs/s ({} callers, {secs} s)",
+                        other.display(),
+                        b.callers
+                    ));
+                }
+                Ok(())
+            });
+        return match r {
+            Ok(()) => {
+                println!("{}", lines.join("\n"));
+                0
+            }
+            Err(e) => {
+                report(prog, &e);
+                1
+            }
+        };
+    }
+    let cfg = harness::BenchConfig {
+        skiff,
+        compare: b.compare,
+        runs: b.runs.max(1),
+        expect_status: b.expect_status,
+        run_args: b.args,
+    };
+    match harness::bench(&cfg) {
+        Ok(r) if b.json => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            0
+        }
+        Ok(r) => {
+            harness::print_table(&r);
+            0
         }
         Err(e) => {
             report(prog, &e);

@@ -1,0 +1,334 @@
+//! `skiff bench`: runs an image N times, a fresh process each time, and
+//! reports each phase from exec (median/min/max in microseconds), as a
+//! table or JSON. With `--compare PROGRAM` it alternates with a second
+//! tender given the same arguments (solo5-hvt takes skiff's run argv) and
+//! reports the exec-to-exit ratio pair by pair. With `--throughput SECS`
+//! it measures sustained runs per second with `--callers` concurrent
+//! callers instead.
+
+use super::marks::{self, NAMES};
+use serde::Serialize;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// What went wrong while benchmarking.
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("cannot start {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error(
+        "{program} exited with status {status} (expected {expected}); run it by hand to see why"
+    )]
+    Status {
+        program: String,
+        status: i32,
+        expected: i32,
+    },
+    #[error("skiff reported no phase marks (is {0} a skiff binary?)")]
+    NoMarks(String),
+    #[error("cannot create a pipe: {0}")]
+    Pipe(std::io::Error),
+}
+
+/// One process run, times in nanoseconds from just before spawn.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    /// Cumulative phase times (skiff only), as in `marks::NAMES`.
+    phases: Option<[u64; 5]>,
+    exits: u64,
+    total: u64,
+    max_rss_kib: u64,
+}
+
+/// median/min/max in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub median_us: f64,
+    pub min_us: f64,
+    pub max_us: f64,
+}
+
+fn stat(mut v: Vec<u64>) -> Stat {
+    v.sort_unstable();
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2] as f64
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
+    };
+    Stat {
+        median_us: median / 1000.0,
+        min_us: us(v[0]),
+        max_us: us(v[n - 1]),
+    }
+}
+
+/// The report, also the `--json` output.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub image_args: Vec<String>,
+    pub runs: usize,
+    /// Cumulative time from exec to each phase: main, kvm_ready,
+    /// first_instruction, first_hypercall, halt, exit.
+    pub phases: Vec<(String, Stat)>,
+    pub exits_per_run: u64,
+    pub max_rss_kib: u64,
+    pub compare: Option<CompareReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompareReport {
+    pub program: String,
+    pub exec_to_exit: Stat,
+    pub max_rss_kib: u64,
+    /// skiff's exec-to-exit divided by the other's, pair by pair.
+    pub ratio: RatioStat,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RatioStat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// How to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub skiff: PathBuf,
+    pub compare: Option<PathBuf>,
+    pub runs: usize,
+    pub expect_status: i32,
+    pub run_args: Vec<OsString>,
+}
+
+fn run_once(
+    program: &PathBuf,
+    args: &[OsString],
+    want_marks: bool,
+    expect: i32,
+) -> Result<Sample, BenchError> {
+    let name = program.display().to_string();
+    let mut fds = [-1; 2];
+    if want_marks {
+        // SAFETY: `fds` is a valid array of two ints for pipe2.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(BenchError::Pipe(std::io::Error::last_os_error()));
+        }
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if want_marks {
+        let w = fds[1];
+        cmd.env("SKIFF_BENCH_FD", w.to_string());
+        // SAFETY: only async-signal-safe fcntl between fork and exec: keep
+        // the write end open across exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::fcntl(w, libc::F_SETFD, 0);
+                Ok(())
+            })
+        };
+    }
+    let t0 = marks::now_ns();
+    let child = cmd
+        .spawn()
+        .map_err(|e| BenchError::Spawn(name.clone(), e))?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child, with valid out-pointers.
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    let total = marks::now_ns() - t0;
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    if code != expect {
+        return Err(BenchError::Status {
+            program: name,
+            status: code,
+            expected: expect,
+        });
+    }
+    let mut sample = Sample {
+        total,
+        max_rss_kib: ru.ru_maxrss as u64,
+        ..Default::default()
+    };
+    if want_marks {
+        // SAFETY: closing our copy of the write end, then reading the line
+        // the child wrote into a buffer we own.
+        let line = unsafe {
+            libc::close(fds[1]);
+            let mut buf = [0u8; 512];
+            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fds[0]);
+            String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned()
+        };
+        let (m, exits) = marks::parse(&line).ok_or(BenchError::NoMarks(name))?;
+        sample.phases = Some(m.map(|t| t.saturating_sub(t0)));
+        sample.exits = exits;
+    }
+    Ok(sample)
+}
+
+/// Runs the benchmark and returns its report.
+pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
+    let mut mine = Vec::with_capacity(cfg.runs);
+    let mut theirs = Vec::with_capacity(cfg.runs);
+    let mut skiff_args = vec![OsString::from("run")];
+    skiff_args.extend(cfg.run_args.iter().cloned());
+    // One untimed warm-up of each, so page-cache and first-exec effects do
+    // not land on the first pair.
+    run_once(&cfg.skiff, &skiff_args, true, cfg.expect_status)?;
+    if let Some(other) = &cfg.compare {
+        run_once(other, &cfg.run_args, false, cfg.expect_status)?;
+    }
+    for _ in 0..cfg.runs {
+        mine.push(run_once(&cfg.skiff, &skiff_args, true, cfg.expect_status)?);
+        if let Some(other) = &cfg.compare {
+            theirs.push(run_once(other, &cfg.run_args, false, cfg.expect_status)?);
+        }
+    }
+    let mut phases = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        phases.push((
+            name.to_string(),
+            stat(
+                mine.iter()
+                    .map(|s| s.phases.unwrap_or_default()[i])
+                    .collect(),
+            ),
+        ));
+    }
+    phases.push(("exit".into(), stat(mine.iter().map(|s| s.total).collect())));
+    let compare = cfg.compare.as_ref().map(|p| {
+        let mut ratios: Vec<f64> = mine
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| a.total as f64 / b.total as f64)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        CompareReport {
+            program: p.display().to_string(),
+            exec_to_exit: stat(theirs.iter().map(|s| s.total).collect()),
+            max_rss_kib: theirs.iter().map(|s| s.max_rss_kib).max().unwrap_or(0),
+            ratio: RatioStat {
+                median: if n % 2 == 1 {
+                    ratios[n / 2]
+                } else {
+                    (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+                },
+                min: ratios[0],
+                max: ratios[n - 1],
+            },
+        }
+    });
+    Ok(Report {
+        image_args: cfg
+            .run_args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        runs: cfg.runs,
+        phases,
+        exits_per_run: mine.iter().map(|s| s.exits).max().unwrap_or(0),
+        max_rss_kib: mine.iter().map(|s| s.max_rss_kib).max().unwrap_or(0),
+        compare,
+    })
+}
+
+/// Prints the report as a table.
+pub fn print_table(r: &Report) {
+    println!(
+        "skiff bench: {} ({} runs{})",
+        r.image_args.join(" "),
+        r.runs,
+        r.compare
+            .as_ref()
+            .map(|c| format!(", alternating with {}", c.program))
+            .unwrap_or_default()
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>10}",
+        "phase (from exec, us)", "median", "min", "max"
+    );
+    for (name, s) in &r.phases {
+        println!(
+            "{:<28} {:>10.0} {:>10.0} {:>10.0}",
+            name, s.median_us, s.min_us, s.max_us
+        );
+    }
+    println!(
+        "exits per run: {}; peak RSS: {} KiB",
+        r.exits_per_run, r.max_rss_kib
+    );
+    if let Some(c) = &r.compare {
+        println!(
+            "{:<28} {:>10.0} {:>10.0} {:>10.0}",
+            format!("{} exec-to-exit", short(&c.program)),
+            c.exec_to_exit.median_us,
+            c.exec_to_exit.min_us,
+            c.exec_to_exit.max_us
+        );
+        println!("peak RSS of {}: {} KiB", short(&c.program), c.max_rss_kib);
+        println!(
+            "ratio skiff/{} (pair by pair): median {:.3}, min {:.3}, max {:.3}",
+            short(&c.program),
+            c.ratio.median,
+            c.ratio.min,
+            c.ratio.max
+        );
+    }
+}
+
+fn short(p: &str) -> &str {
+    p.rsplit('/').next().unwrap_or(p)
+}
+
+/// Sustained throughput: `callers` concurrent loops of fresh runs for
+/// `secs` seconds; returns runs per second.
+pub fn throughput(
+    program: &PathBuf,
+    args: &[OsString],
+    callers: usize,
+    secs: u64,
+    expect: i32,
+) -> Result<f64, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let results: Vec<Result<u64, BenchError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..callers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        run_once(program, args, false, expect)?;
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Ok(0)))
+            .collect()
+    });
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}

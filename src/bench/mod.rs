@@ -1,0 +1,5 @@
+//! The boot-time harness (`skiff bench`) and the phase marks skiff takes
+//! of itself while it runs.
+
+pub mod harness;
+pub mod marks;
