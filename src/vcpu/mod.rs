@@ -1,6 +1,7 @@
 //! The vCPU: KVM set-up of the long-mode entry state, and one `KVM_RUN`
 //! turned into a KVM-free [`Exit`] for the hypercall layer.
 
+mod cpuid;
 mod exit;
 mod pvm;
 pub mod signals;
@@ -8,7 +9,7 @@ pub mod signals;
 pub use exit::{Exit, GuestFault};
 
 use crate::memory::{BootState, BOOT_GDT_SELECTORS};
-use kvm_bindings::{kvm_regs, kvm_segment, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_regs, kvm_segment};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 
@@ -49,9 +50,7 @@ impl Vcpu {
     /// Creates vCPU 0 with the host's supported CPUID.
     pub fn new(kvm: &Kvm, vm: &VmFd) -> Result<Self, VcpuError> {
         let fd = vm.create_vcpu(0).map_err(VcpuError::Create)?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(VcpuError::GetCpuid)?;
+        let cpuid = cpuid::supported(kvm).map_err(VcpuError::GetCpuid)?;
         fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)?;
         Ok(Self { fd })
     }
