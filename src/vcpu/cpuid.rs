@@ -24,11 +24,25 @@ pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
     if let Some(c) = boot.as_ref().and_then(|b| load(b)) {
         return Ok(c);
     }
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    for_vcpu0(&mut cpuid);
     if let Some(b) = boot {
         store(&b, &cpuid);
     }
     Ok(cpuid)
+}
+
+/// KVM reports the APIC ID of whichever host CPU ran the ioctl (leaf 1
+/// EBX[31:24], leaf 0xB EDX); the guest's only vCPU has APIC ID 0. This
+/// also makes the answer the same on every host CPU, hence cacheable.
+fn for_vcpu0(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => e.ebx &= 0x00ff_ffff,
+            0xb | 0x1f => e.edx = 0,
+            _ => {}
+        }
+    }
 }
 
 fn read_small(path: &str, buf: &mut [u8]) -> Option<(usize, libc::stat)> {
@@ -150,7 +164,8 @@ mod tests {
     #[test]
     fn cached_cpuid_matches_kvm() {
         let kvm = Kvm::new().unwrap();
-        let direct = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let mut direct = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        for_vcpu0(&mut direct);
         let first = supported(&kvm).unwrap();
         let second = supported(&kvm).unwrap();
         assert_eq!(first.as_slice(), direct.as_slice());
