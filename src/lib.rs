@@ -12,5 +12,6 @@ pub mod devices;
 pub mod hypercall;
 pub mod image;
 pub mod memory;
+pub mod teardown;
 pub mod vcpu;
 pub mod vmm;

@@ -154,17 +154,19 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    run_guest(&prog, &cfg)
+    // urunc execs `solo5-hvt` under a seccomp allowlist without clone.
+    run_guest(&prog, &cfg, !prog.starts_with("solo5-hvt"))
 }
 
 /// Builds and runs one guest; its HALT status is the exit status.
-pub fn run_guest(prog: &str, cfg: &RunConfig) -> i32 {
-    let status = build_and_run(prog, cfg);
+/// `defer_teardown`: destroy the VM after our exit (see teardown.rs).
+pub fn run_guest(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
+    let status = build_and_run(prog, cfg, defer_teardown);
     crate::bench::marks::report();
     status
 }
 
-fn build_and_run(prog: &str, cfg: &RunConfig) -> i32 {
+fn build_and_run(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
     let mut vm = match crate::builder::build(cfg) {
         Ok(vm) => vm,
         Err(e) => {
@@ -172,7 +174,11 @@ fn build_and_run(prog: &str, cfg: &RunConfig) -> i32 {
             return 1;
         }
     };
-    match vm.run() {
+    let result = vm.run();
+    if defer_teardown {
+        crate::teardown::defer(vm);
+    }
+    match result {
         Ok(status) => status & 0xff,
         Err(crate::vmm::RunError::Signal(sig)) => {
             report(prog, &format_args!("exiting on signal {sig}"));
