@@ -6,3 +6,83 @@
 
 /// Host feature: skiff's extension hypercalls are served.
 pub const SKIFF_FEATURE_EXT: u32 = 1 << 16;
+
+/// Host feature: the function I/O hypercalls ([`HcReqRead`],
+/// [`HcRespWrite`], [`HcReqMeta`]) are served: the request body is skiff's
+/// stdin, the response is skiff's stdout.
+pub const SKIFF_FEATURE_FUNCTION: u32 = 1 << 17;
+
+/// skiff-specific result codes, after Solo5's (`crate::hvt::ret`).
+pub mod ret {
+    /// REQ_META: no such metadata item.
+    pub const NOT_FOUND: i32 = 16;
+    /// REQ_META: the buffer is too small; `len` holds the size needed.
+    pub const TOO_SMALL: i32 = 17;
+}
+
+/// REQ_READ (nr 16): reads the next bytes of the request body straight
+/// into `data`. IN `data`; `len` IN (buffer size) and OUT (bytes read;
+/// 0 = end of body); IN `limit`: the most body bytes the function accepts
+/// in all (0 = no limit; the smallest non-zero limit given holds): a larger
+/// body ends the run with an error, so the caller never sees a truncated
+/// request. OUT `ret`: OK, AGAIN (interrupted: call again) or EINVAL (bad
+/// buffer).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcReqRead {
+    pub data: u64,
+    pub len: u64,
+    pub limit: u64,
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// RESP_WRITE (nr 17): appends `len` bytes at `data` to the response, all
+/// of them (a response that cannot be written ends the run). OUT `ret`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcRespWrite {
+    pub data: u64,
+    pub len: u64,
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// REQ_META (nr 18): copies the value of request metadata item `name` (the
+/// OpenFaaS watchdog's `Http_<name>` variable, e.g. `Method`, `Path`,
+/// `Query`, `Content_Type`) into `data`. IN `name`/`name_len` (ASCII
+/// letters, digits, `_`), `data`; `len` IN (buffer size) and OUT (value
+/// size). OUT `ret`: OK, NOT_FOUND, TOO_SMALL (nothing copied, `len` is the
+/// size needed) or EINVAL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcReqMeta {
+    pub name: u64,
+    pub name_len: u64,
+    pub data: u64,
+    pub len: u64,
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// The longest metadata name REQ_META accepts.
+pub const REQ_META_NAME_MAX: u64 = 256;
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<HcReqRead>() == 32);
+    assert!(offset_of!(HcReqRead, data) == 0);
+    assert!(offset_of!(HcReqRead, len) == 8);
+    assert!(offset_of!(HcReqRead, limit) == 16);
+    assert!(offset_of!(HcReqRead, ret) == 24);
+    assert!(size_of::<HcRespWrite>() == 24);
+    assert!(offset_of!(HcRespWrite, data) == 0);
+    assert!(offset_of!(HcRespWrite, len) == 8);
+    assert!(offset_of!(HcRespWrite, ret) == 16);
+    assert!(size_of::<HcReqMeta>() == 40);
+    assert!(offset_of!(HcReqMeta, name) == 0);
+    assert!(offset_of!(HcReqMeta, name_len) == 8);
+    assert!(offset_of!(HcReqMeta, data) == 16);
+    assert!(offset_of!(HcReqMeta, len) == 24);
+    assert!(offset_of!(HcReqMeta, ret) == 32);
+};

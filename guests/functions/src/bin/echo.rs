@@ -1,0 +1,34 @@
+//! A function whose response is its request, byte for byte, streamed
+//! through a large buffer. An optional argument is the most body bytes it
+//! accepts (the tender refuses a longer body).
+#![no_std]
+#![no_main]
+
+use guest_abi::rt::{function, Ctx};
+
+guest_abi::manifest!();
+guest_abi::entry!(main);
+
+/// Up to 4 MiB per hypercall: few exits, and pages cost nothing untouched.
+const BUF_MAX: usize = 4 << 20;
+
+fn main(ctx: &Ctx) -> i32 {
+    if !function::available(ctx) {
+        guest_abi::println!("echo: the tender does not serve function I/O");
+        return 1;
+    }
+    let limit = ctx.cmdline().trim().parse::<u64>().unwrap_or(0);
+    // SAFETY: called once; nothing else uses memory past the image.
+    let buf = unsafe { function::scratch(ctx, BUF_MAX) };
+    loop {
+        match function::req_read(buf, limit) {
+            Ok(0) => return 0,
+            Ok(n) => {
+                if function::resp_write(&buf[..n]).is_err() {
+                    return 1;
+                }
+            }
+            Err(_) => return 1,
+        }
+    }
+}
