@@ -51,6 +51,9 @@ struct Skiff {
 enum Command {
     /// Run a unikernel: skiff run [solo5-hvt flags] [--] KERNEL [ARGS...]
     Run(RunArgs),
+    /// OCI runtime hook: container state JSON on stdin; checks the image
+    /// named by the annotation org.skiff.kernel (see README)
+    Hook,
 }
 
 /// solo5-hvt's exact argv: no subcommand word.
@@ -104,9 +107,15 @@ pub fn main() -> i32 {
     let parsed = if prog.starts_with("solo5-hvt") {
         Solo5Hvt::try_parse_from(argv).map(|s| s.run)
     } else {
-        Skiff::try_parse_from(argv).map(|s| match s.cmd {
-            Command::Run(r) => r,
-        })
+        match Skiff::try_parse_from(argv) {
+            Ok(Skiff {
+                cmd: Command::Hook, ..
+            }) => return crate::oci::main(&prog),
+            Ok(Skiff {
+                cmd: Command::Run(r),
+            }) => Ok(r),
+            Err(e) => Err(e),
+        }
     };
     let run = match parsed {
         Ok(r) => r,

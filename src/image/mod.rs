@@ -59,9 +59,14 @@ pub struct Image<'a> {
 /// (a FIFO or a device would block or never end). Uses fstat, not
 /// `File::metadata` (statx): urunc's seccomp allowlist has no statx.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    read_open(std::fs::File::open(path).map_err(ImageError::Open)?)
+}
+
+/// [`read_file`] for a file already open (`skiff hook` opens it inside the
+/// container's rootfs).
+pub fn read_open(mut f: std::fs::File) -> Result<Vec<u8>, ImageError> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
-    let mut f = std::fs::File::open(path).map_err(ImageError::Open)?;
     // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `f` is an open fd and `st` a writable stat buffer.
