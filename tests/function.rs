@@ -25,7 +25,7 @@ fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 fn run_function(name: &str, args: &[&str], body: &[u8]) -> std::process::Output {
     let mut cmd = Command::new(skiff());
     cmd.arg("run").arg(guest(name)).args(args);
-    run_streamed(cmd, body, Duration::from_secs(60))
+    run_with(cmd, body, Duration::from_secs(60))
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn watchdog(fprocess: &str, method: &str, path: &str, body: &[u8]) -> (i32, Vec<
         .env("Http_Query", "a=1")
         .env("Http_Content_Type", "application/octet-stream")
         .env("Http_Content_Length", body.len().to_string());
-    let o = run_streamed(cmd, body, Duration::from_secs(60));
+    let o = run_with(cmd, body, Duration::from_secs(60));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     (o.status.code().unwrap_or(-1), o.stdout)
 }

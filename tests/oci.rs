@@ -10,8 +10,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// A bundle: rootfs with skiff at /bin/skiff and `image` at /fn/f.hvt,
-/// host libraries bind-mounted read-only, /dev/kvm allowed.
+/// A bundle made from `manifests/oci/config.json` (so the example is what
+/// runs here): rootfs with skiff at /bin/skiff and `image` at
+/// /functions/f.hvt, host libraries bind-mounted read-only, /dev/kvm
+/// allowed; the hook is this build's skiff.
 struct Bundle {
     dir: TempDir,
     id: String,
@@ -23,7 +25,7 @@ impl Bundle {
         let root = dir.path().join("rootfs");
         for d in [
             "bin",
-            "fn",
+            "functions",
             "proc",
             "dev",
             "usr/lib",
@@ -35,44 +37,17 @@ impl Bundle {
         std::os::unix::fs::symlink("usr/lib", root.join("lib")).unwrap();
         std::os::unix::fs::symlink("usr/lib64", root.join("lib64")).unwrap();
         std::fs::copy(skiff(), root.join("bin/skiff")).unwrap();
-        std::fs::write(root.join("fn/f.hvt"), image).unwrap();
-        let bind = |d: &str| {
-            json!({"destination": d, "type": "bind", "source": d,
-                                    "options": ["rbind", "ro"]})
-        };
-        let config = json!({
-            "ociVersion": "1.0.2",
-            "root": {"path": "rootfs", "readonly": true},
-            "hostname": "skiff",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": args,
-                "env": ["PATH=/bin:/usr/bin"],
-                "cwd": "/",
-                "noNewPrivileges": true
-            },
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "mode=755", "size=1024k"]},
-                bind("/usr/lib"), bind("/usr/lib64"), bind("/usr/bin")
-            ],
-            "annotations": annotations,
-            "hooks": {"createRuntime": [
-                {"path": skiff(), "args": ["skiff", "hook"], "timeout": 10}
-            ]},
-            "linux": {
-                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                               {"type": "uts"}, {"type": "mount"}],
-                "devices": [{"path": "/dev/kvm", "type": "c", "major": 10, "minor": 232,
-                             "fileMode": 438, "uid": 0, "gid": 0}],
-                "resources": {"devices": [
-                    {"allow": false, "access": "rwm"},
-                    {"allow": true, "type": "c", "major": 10, "minor": 232, "access": "rwm"}
-                ]}
-            }
-        });
+        std::fs::write(root.join("functions/f.hvt"), image).unwrap();
+
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/oci/config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(example).unwrap()).unwrap();
+        config["hooks"]["createRuntime"][0]["path"] = json!(skiff());
+        config["process"]["args"] = json!(args);
+        config["annotations"] = annotations;
+        config["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/usr/bin", "type": "bind", "source": "/usr/bin",
+                   "options": ["rbind", "ro"]}),
+        );
         std::fs::write(
             dir.path().join("config.json"),
             serde_json::to_vec_pretty(&config).unwrap(),
@@ -93,7 +68,7 @@ impl Bundle {
         cmd.args(["run", "--bundle"])
             .arg(self.dir.path())
             .arg(&self.id);
-        run_streamed(cmd, stdin, Duration::from_secs(60))
+        run_with(cmd, stdin, Duration::from_secs(60))
     }
 }
 
@@ -109,7 +84,7 @@ fn echo_image() -> Vec<u8> {
     std::fs::read(guest("echo")).unwrap()
 }
 
-const ECHO: &[&str] = &["/bin/skiff", "run", "--mem=64", "/fn/f.hvt"];
+const ECHO: &[&str] = &["/bin/skiff", "run", "--mem=64", "/functions/f.hvt"];
 
 #[test]
 fn a_runc_container_running_echo_answers_a_request() {
@@ -117,7 +92,7 @@ fn a_runc_container_running_echo_answers_a_request() {
         "oci-echo",
         &echo_image(),
         ECHO,
-        json!({"org.skiff.kernel": "/fn/f.hvt"}),
+        json!({"org.skiff.kernel": "/functions/f.hvt"}),
     );
     let body: Vec<u8> = (0..200_000u32).map(|i| (i ^ (i >> 7)) as u8).collect();
     let o = b.run(&body);
@@ -133,14 +108,14 @@ fn a_corrupt_image_stops_the_container_with_skiffs_message() {
         "oci-corrupt",
         &img,
         ECHO,
-        json!({"org.skiff.kernel": "/fn/f.hvt"}),
+        json!({"org.skiff.kernel": "/functions/f.hvt"}),
     );
     let o = b.run(b"never read");
     assert_ne!(o.status.code(), Some(0));
     assert!(o.stdout.is_empty(), "the container ran: {}", stdout(&o));
     let err = stderr(&o);
     assert!(
-        err.contains("skiff: org.skiff.kernel /fn/f.hvt: not an ELF file (bad magic)"),
+        err.contains("skiff: org.skiff.kernel /functions/f.hvt: not an ELF file (bad magic)"),
         "{err}"
     );
 }
@@ -151,13 +126,13 @@ fn an_annotation_naming_a_missing_file_stops_the_container() {
         "oci-missing",
         &echo_image(),
         ECHO,
-        json!({"org.skiff.kernel": "/fn/nothere.hvt"}),
+        json!({"org.skiff.kernel": "/functions/nothere.hvt"}),
     );
     let o = b.run(b"");
     assert_ne!(o.status.code(), Some(0));
     let err = stderr(&o);
     assert!(
-        err.contains("skiff: org.skiff.kernel /fn/nothere.hvt: cannot open: No such file"),
+        err.contains("skiff: org.skiff.kernel /functions/nothere.hvt: cannot open: No such file"),
         "{err}"
     );
 }
@@ -169,7 +144,7 @@ fn the_hook_creates_the_tap_inside_the_containers_netns() {
         "oci-net",
         &echo_image(),
         &["/usr/bin/cat", "/proc/net/dev"],
-        json!({"org.skiff.kernel": "/fn/f.hvt", "org.skiff.net": tap}),
+        json!({"org.skiff.kernel": "/functions/f.hvt", "org.skiff.net": tap}),
     );
     let o = b.run(b"");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

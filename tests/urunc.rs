@@ -70,12 +70,9 @@ fn urunc_filter() -> BpfProgram {
     .unwrap()
 }
 
-/// `solo5-hvt ARGS` exec'd as urunc does it: no_new_privs, then the
-/// filter, then execve (which the allowlist permits).
-fn under_urunc(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let dir = TempDir::new("urunc");
-    let mut cmd = Command::new(solo5_hvt(dir.path()));
-    cmd.args(args);
+/// Makes `cmd` exec as urunc execs: no_new_privs, then the filter, then
+/// execve (which the allowlist permits).
+fn seccomp_like_urunc(cmd: &mut Command) {
     let prog = urunc_filter();
     // SAFETY: the closure runs in the forked child before exec; it only
     // makes two system calls on memory prepared before the fork.
@@ -87,7 +84,15 @@ fn under_urunc(args: &[&str], stdin: &[u8]) -> std::process::Output {
             seccompiler::apply_filter(&prog).map_err(std::io::Error::other)
         });
     }
-    run_streamed(cmd, stdin, Duration::from_secs(30))
+}
+
+/// `solo5-hvt ARGS` under urunc's filter.
+fn under_urunc(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let dir = TempDir::new("urunc");
+    let mut cmd = Command::new(solo5_hvt(dir.path()));
+    cmd.args(args);
+    seccomp_like_urunc(&mut cmd);
+    run_with(cmd, stdin, Duration::from_secs(30))
 }
 
 fn assert_no_sigsys(o: &std::process::Output) {
@@ -142,16 +147,7 @@ fn the_filter_does_kill_a_disallowed_call() {
     // clone or pipe2) dies of SIGSYS.
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "echo x | cat"]);
-    let prog = urunc_filter();
-    // SAFETY: as in `under_urunc`.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            seccompiler::apply_filter(&prog).map_err(std::io::Error::other)
-        });
-    }
-    let o = run_streamed(cmd, b"", Duration::from_secs(30));
+    seccomp_like_urunc(&mut cmd);
+    let o = run_with(cmd, b"", Duration::from_secs(30));
     assert_eq!(o.status.signal(), Some(libc::SIGSYS), "{o:?}");
 }

@@ -4,6 +4,8 @@
 //! `host_features` has [`SKIFF_FEATURE_EXT`]; unmodified Solo5 guests never
 //! look at that bit, so for them skiff is exactly solo5-hvt.
 
+use core::mem::{offset_of, size_of};
+
 /// Host feature: skiff's extension hypercalls are served.
 pub const SKIFF_FEATURE_EXT: u32 = 1 << 16;
 
@@ -68,21 +70,6 @@ pub struct HcReqMeta {
 /// The longest metadata name REQ_META accepts.
 pub const REQ_META_NAME_MAX: u64 = 256;
 
-const _: () = {
-    use core::mem::{offset_of, size_of};
-    assert!(size_of::<HcReqRead>() == 32);
-    assert!(offset_of!(HcReqRead, data) == 0);
-    assert!(offset_of!(HcReqRead, len) == 8);
-    assert!(offset_of!(HcReqRead, limit) == 16);
-    assert!(offset_of!(HcReqRead, ret) == 24);
-    assert!(size_of::<HcRespWrite>() == 24);
-    assert!(offset_of!(HcRespWrite, data) == 0);
-    assert!(offset_of!(HcRespWrite, len) == 8);
-    assert!(offset_of!(HcRespWrite, ret) == 16);
-    assert!(size_of::<HcReqMeta>() == 40);
-    assert!(offset_of!(HcReqMeta, name) == 0);
-    assert!(offset_of!(HcReqMeta, name_len) == 8);
-    assert!(offset_of!(HcReqMeta, data) == 16);
-    assert!(offset_of!(HcReqMeta, len) == 24);
-    assert!(offset_of!(HcReqMeta, ret) == 32);
-};
+crate::hvt::layout!(HcReqRead, 32, data @ 0, len @ 8, limit @ 16, ret @ 24);
+crate::hvt::layout!(HcRespWrite, 24, data @ 0, len @ 8, ret @ 16);
+crate::hvt::layout!(HcReqMeta, 40, name @ 0, name_len @ 8, data @ 16, len @ 24, ret @ 32);
