@@ -164,3 +164,27 @@ fn plain_solo5_guests_are_unaffected() {
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(stdout(&o), "Hello, world!\n");
 }
+
+#[test]
+fn sigterm_ends_a_function_blocked_on_its_request() {
+    // stdin stays open with no data: the guest waits in REQ_READ.
+    let mut child = Command::new(skiff())
+        .arg("run")
+        .arg(guest("echo"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    sin.write_all(b"partial").unwrap();
+    let mut got = [0u8; 7];
+    child.stdout.as_mut().unwrap().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"partial");
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    drop(sin);
+    assert_eq!(o.status.code(), Some(128 + libc::SIGTERM), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim(), "skiff: exiting on signal 15");
+}

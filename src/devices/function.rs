@@ -51,7 +51,12 @@ fn io_error(e: VolatileMemoryError) -> std::io::Error {
 impl Function {
     /// Captures the request metadata (the `Http_*` variables only).
     pub fn from_env() -> Self {
-        let meta = std::env::vars_os()
+        Self::from_vars(std::env::vars_os())
+    }
+
+    /// Keeps the `Http_*` variables of `vars`, prefix cut.
+    fn from_vars(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Self {
+        let meta = vars
             .filter_map(|(k, v)| {
                 let k = k.as_bytes().strip_prefix(META_PREFIX)?.to_vec();
                 Some((k, v.as_bytes().to_vec()))
@@ -157,3 +162,7 @@ impl Function {
         ret::OK
     }
 }
+
+#[cfg(test)]
+#[path = "function_tests.rs"]
+mod tests;
