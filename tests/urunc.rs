@@ -113,6 +113,16 @@ fn hello_runs_under_urunc_seccomp() {
 }
 
 #[test]
+fn clock_and_sleep_work_under_urunc_seccomp() {
+    // WALLTIME (clock_gettime through the vDSO) and POLL (nanosleep).
+    let time = guest("time");
+    let o = under_urunc(&["--mem=64", "--", time.to_str().unwrap()], b"");
+    assert_no_sigsys(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("time: ok"), "{}", stdout(&o));
+}
+
+#[test]
 fn echo_runs_under_urunc_seccomp() {
     let echo = guest("echo");
     let body: Vec<u8> = (0..3 << 20)
@@ -122,6 +132,35 @@ fn echo_runs_under_urunc_seccomp() {
     assert_no_sigsys(&o);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(o.stdout == body, "echo response differs");
+}
+
+#[test]
+fn every_bundled_guest_behaves_the_same_under_urunc_seccomp() {
+    // Traps, aborts, exit codes, triple faults, KVM's emulation failures:
+    // every path out of the vCPU loop, with and without the filter.
+    for name in [
+        "quiet",
+        "globals",
+        "tls",
+        "exitcode",
+        "abort",
+        "exception",
+        "zeropage",
+        "triplefault",
+        "sse",
+        "meta",
+    ] {
+        let g = guest(name);
+        let args = ["--mem=64", "--", g.to_str().unwrap(), "7"];
+        let filtered = under_urunc(&args, b"body");
+        assert_no_sigsys(&filtered);
+        let dir = TempDir::new("urunc-ref");
+        let mut cmd = Command::new(solo5_hvt(dir.path()));
+        cmd.args(args);
+        let plain = run_with(cmd, b"body", Duration::from_secs(30));
+        assert_eq!(filtered.status.code(), plain.status.code(), "{name}");
+        assert_eq!(filtered.stdout, plain.stdout, "{name}");
+    }
 }
 
 #[test]
