@@ -188,3 +188,45 @@ fn sigterm_ends_a_function_blocked_on_its_request() {
     assert_eq!(o.status.code(), Some(128 + libc::SIGTERM), "{}", stderr(&o));
     assert_eq!(stderr(&o).trim(), "skiff: exiting on signal 15");
 }
+
+#[test]
+fn sigterm_ends_a_function_blocked_on_a_stuck_reader() {
+    // Nobody reads stdout: skiff blocks in write(2) once the pipe is full.
+    let mut child = Command::new(skiff())
+        .arg("run")
+        .arg(guest("echo"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = sin.write_all(&vec![1u8; 8 << 20]);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("skiff hung on a stuck stdout after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(child.stdout.take());
+    let _ = writer.join();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert_eq!(err.trim(), "skiff: exiting on signal 15");
+}

@@ -40,7 +40,9 @@ pub struct HcReqRead {
 }
 
 /// RESP_WRITE (nr 17): appends `len` bytes at `data` to the response, all
-/// of them (a response that cannot be written ends the run). OUT `ret`.
+/// of them (a response that cannot be written ends the run). OUT `ret`:
+/// OK, EINVAL (bad buffer) or AGAIN (a terminating signal cut it short:
+/// the run is ending).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HcRespWrite {

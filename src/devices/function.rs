@@ -48,6 +48,33 @@ fn io_error(e: VolatileMemoryError) -> std::io::Error {
     }
 }
 
+/// Writes all of `buf` to stdout, retrying short writes and interruptions,
+/// except that a pending SIGINT/SIGTERM stops it (AGAIN) so a stuck reader
+/// cannot keep skiff from exiting.
+pub(crate) fn write_all(
+    buf: &vm_memory::VolatileSlice<'_, impl vm_memory::bitmap::BitmapSlice>,
+) -> std::io::Result<i32> {
+    // SAFETY: fd 1 stays open for the life of the process.
+    let mut out = unsafe { BorrowedFd::borrow_raw(1) };
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf
+            .offset(done)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match out.write_volatile(&rest).map_err(io_error) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if crate::vcpu::signals::pending().is_some() {
+                    return Ok(ret::AGAIN);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ret::OK)
+}
+
 impl Function {
     /// Captures the request metadata (the `Http_*` variables only).
     pub fn from_env() -> Self {
@@ -115,13 +142,7 @@ impl Function {
             .map_err(|err| GuestFault::BadArgument { call, err })?;
         req.ret = match mem.slice(Gpa(req.data), req.len) {
             Err(_) => ret::EINVAL,
-            Ok(buf) => {
-                // SAFETY: fd 1 stays open for the life of the process.
-                let mut out = unsafe { BorrowedFd::borrow_raw(1) };
-                out.write_all_volatile(&buf)
-                    .map_err(|e| Stop::Stdout(io_error(e)))?;
-                ret::OK
-            }
+            Ok(buf) => write_all(&buf).map_err(Stop::Stdout)?,
         };
         Ok(write_back(mem, call, arg, req)?)
     }
