@@ -230,3 +230,28 @@ fn sigterm_ends_a_function_blocked_on_a_stuck_reader() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
     assert_eq!(err.trim(), "skiff: exiting on signal 15");
 }
+
+#[test]
+fn closed_stdin_is_an_empty_request_and_closed_stdout_an_error() {
+    use std::os::unix::process::CommandExt;
+    let closed = |fd: i32, body: &[u8]| {
+        let mut cmd = Command::new(skiff());
+        cmd.arg("run").arg(guest("echo"));
+        // SAFETY: close(2) in the child before exec, nothing else.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::close(fd);
+                Ok(())
+            });
+        }
+        run_with(cmd, body, Duration::from_secs(30))
+    };
+    // skiff's own files (the image, /dev/kvm) must not take fd 0 or 1.
+    let o = closed(0, b"");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    assert_refused(
+        &closed(1, b"hi"),
+        "cannot write the guest's output to stdout: Bad file descriptor",
+    );
+}

@@ -101,6 +101,7 @@ fn clap_exit(prog: &str, e: clap::Error) -> i32 {
 /// The whole program; returns the process exit status.
 pub fn main() -> i32 {
     crate::vcpu::signals::install();
+    crate::devices::function::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
     let argv = solo5::rewrite_device_flags(argv);

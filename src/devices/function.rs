@@ -48,6 +48,25 @@ fn io_error(e: VolatileMemoryError) -> std::io::Error {
     }
 }
 
+/// Makes sure fds 0, 1 and 2 are open before skiff opens anything, so a
+/// file skiff opens (the image, /dev/kvm) never lands on a closed one and
+/// gets the guest's request or response. A closed one becomes /dev/null,
+/// read-only: a closed stdin is an empty request, and writing to a closed
+/// stdout fails (EBADF) rather than vanishing.
+pub fn reserve_stdio() {
+    for fd in 0..=2 {
+        // SAFETY: an all-zero stat is valid for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes only into `st`; a closed fd gives EBADF.
+        if unsafe { libc::fstat(fd, &mut st) } == 0 {
+            continue;
+        }
+        // SAFETY: a NUL-terminated path; the lowest free fd is `fd` because
+        // every lower one is open by now. It is deliberately never closed.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+    }
+}
+
 /// Writes all of `buf` to stdout, retrying short writes and interruptions,
 /// except that a pending SIGINT/SIGTERM stops it (AGAIN) so a stuck reader
 /// cannot keep skiff from exiting.
