@@ -77,14 +77,7 @@ fn a_body_over_the_guests_limit_is_refused() {
 
 #[test]
 fn a_closed_stdout_is_one_line_and_exit_1() {
-    let mut child = Command::new(skiff())
-        .arg("run")
-        .arg(guest("echo"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_echo();
     // The reader goes away first, as when a watchdog timeout kills it.
     drop(child.stdout.take());
     let mut sin = child.stdin.take().unwrap();
@@ -165,46 +158,20 @@ fn plain_solo5_guests_are_unaffected() {
     assert_eq!(stdout(&o), "Hello, world!\n");
 }
 
-#[test]
-fn sigterm_ends_a_function_blocked_on_its_request() {
-    // stdin stays open with no data: the guest waits in REQ_READ.
-    let mut child = Command::new(skiff())
+/// `skiff run echo.hvt` with all three stdio piped, not yet fed.
+fn spawn_echo() -> std::process::Child {
+    Command::new(skiff())
         .arg("run")
         .arg(guest("echo"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    let mut sin = child.stdin.take().unwrap();
-    sin.write_all(b"partial").unwrap();
-    let mut got = [0u8; 7];
-    child.stdout.as_mut().unwrap().read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"partial");
-    // SAFETY: sending a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
-    drop(sin);
-    assert_eq!(o.status.code(), Some(128 + libc::SIGTERM), "{}", stderr(&o));
-    assert_eq!(stderr(&o).trim(), "skiff: exiting on signal 15");
+        .unwrap()
 }
 
-#[test]
-fn sigterm_ends_a_function_blocked_on_a_stuck_reader() {
-    // Nobody reads stdout: skiff blocks in write(2) once the pipe is full.
-    let mut child = Command::new(skiff())
-        .arg("run")
-        .arg(guest("echo"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut sin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || {
-        let _ = sin.write_all(&vec![1u8; 8 << 20]);
-    });
-    std::thread::sleep(Duration::from_millis(300));
+/// SIGTERM to `child`; it must exit 143 with skiff's one line, promptly.
+fn assert_sigterm_ends(mut child: std::process::Child, what: &str) {
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let start = std::time::Instant::now();
@@ -214,21 +181,42 @@ fn sigterm_ends_a_function_blocked_on_a_stuck_reader() {
         }
         if start.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
-            panic!("skiff hung on a stuck stdout after SIGTERM");
+            panic!("skiff hung after SIGTERM: {what}");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    drop(child.stdout.take());
-    let _ = writer.join();
     let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
-    assert_eq!(err.trim(), "skiff: exiting on signal 15");
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{what}: {err}");
+    assert_eq!(err.trim(), "skiff: exiting on signal 15", "{what}");
+}
+
+#[test]
+fn sigterm_ends_a_function_blocked_on_its_request() {
+    // stdin stays open with no more data: the guest waits in REQ_READ.
+    let mut child = spawn_echo();
+    let mut sin = child.stdin.take().unwrap();
+    sin.write_all(b"partial").unwrap();
+    let mut got = [0u8; 7];
+    child.stdout.as_mut().unwrap().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"partial");
+    assert_sigterm_ends(child, "blocked on stdin");
+    drop(sin);
+}
+
+#[test]
+fn sigterm_ends_a_function_blocked_on_a_stuck_reader() {
+    // Nobody reads stdout: skiff blocks in write(2) once the pipe is full.
+    let mut child = spawn_echo();
+    let mut sin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = sin.write_all(&vec![1u8; 8 << 20]);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let out = child.stdout.take();
+    assert_sigterm_ends(child, "blocked on stdout");
+    drop(out);
+    let _ = writer.join();
 }
 
 #[test]
