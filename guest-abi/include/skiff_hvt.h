@@ -198,8 +198,9 @@ struct skiff_req_read {
     uint64_t len;   /* IN buffer size, OUT bytes read (0: end of body) */
     uint64_t limit; /* IN most body bytes accepted in all (0: none) */
     int32_t ret;
-    uint32_t pad;
+    uint32_t flags; /* IN SKIFF_REQ_READ_FILL or 0 */
 };
+#define SKIFF_REQ_READ_FILL (1U << 0)
 
 struct skiff_resp_write {
     uint64_t data;

@@ -27,8 +27,8 @@ pub mod ret {
 /// 0 = end of body); IN `limit`: the most body bytes the function accepts
 /// in all (0 = no limit; the smallest non-zero limit given holds): a larger
 /// body ends the run with an error, so the caller never sees a truncated
-/// request. OUT `ret`: OK, AGAIN (interrupted: call again) or EINVAL (bad
-/// buffer).
+/// request. IN `flags`: [`REQ_READ_FILL`] or 0. OUT `ret`: OK, AGAIN
+/// (interrupted: call again) or EINVAL (bad buffer or flags).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HcReqRead {
@@ -36,8 +36,13 @@ pub struct HcReqRead {
     pub len: u64,
     pub limit: u64,
     pub ret: i32,
-    pub _pad: u32,
+    pub flags: u32,
 }
+
+/// REQ_READ flag: wait until the buffer is full or the body ends, instead
+/// of returning what one read(2) gives (at most a pipe's 64 KiB): far
+/// fewer exits for a function that wants the whole body anyway.
+pub const REQ_READ_FILL: u32 = 1 << 0;
 
 /// RESP_WRITE (nr 17): appends `len` bytes at `data` to the response, all
 /// of them (a response that cannot be written ends the run). OUT `ret`:
@@ -72,6 +77,6 @@ pub struct HcReqMeta {
 /// The longest metadata name REQ_META accepts.
 pub const REQ_META_NAME_MAX: u64 = 256;
 
-crate::hvt::layout!(HcReqRead, 32, data @ 0, len @ 8, limit @ 16, ret @ 24);
+crate::hvt::layout!(HcReqRead, 32, data @ 0, len @ 8, limit @ 16, ret @ 24, flags @ 28);
 crate::hvt::layout!(HcRespWrite, 24, data @ 0, len @ 8, ret @ 16);
 crate::hvt::layout!(HcReqMeta, 40, name @ 0, name_len @ 8, data @ 16, len @ 24, ret @ 32);

@@ -7,13 +7,14 @@
 
 use super::{write_back, Stop};
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
+use crate::vcpu::{signals, GuestFault};
 use guest_abi::hvt::ret;
-use guest_abi::skiff::{self, HcReqMeta, HcReqRead, HcRespWrite, REQ_META_NAME_MAX};
+use guest_abi::skiff::{self, HcReqMeta, HcReqRead, HcRespWrite, REQ_META_NAME_MAX, REQ_READ_FILL};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use thiserror::Error;
-use vm_memory::{ReadVolatile, VolatileMemoryError, WriteVolatile};
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
 
 /// The only environment variables a guest can see, with this prefix cut.
 const META_PREFIX: &[u8] = b"Http_";
@@ -70,9 +71,7 @@ pub fn reserve_stdio() {
 /// Writes all of `buf` to stdout, retrying short writes and interruptions,
 /// except that a pending SIGINT/SIGTERM stops it (AGAIN) so a stuck reader
 /// cannot keep skiff from exiting.
-pub(crate) fn write_all(
-    buf: &vm_memory::VolatileSlice<'_, impl vm_memory::bitmap::BitmapSlice>,
-) -> std::io::Result<i32> {
+pub(crate) fn write_all(buf: &VolatileSlice<'_, impl BitmapSlice>) -> std::io::Result<i32> {
     // SAFETY: fd 1 stays open for the life of the process.
     let mut out = unsafe { BorrowedFd::borrow_raw(1) };
     let mut done = 0;
@@ -82,9 +81,16 @@ pub(crate) fn write_all(
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         match out.write_volatile(&rest).map_err(io_error) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
+            // A signal cuts a blocked write short (EINTR, or a partial count
+            // if some bytes went): stop if it is a terminating one.
+            Ok(n) => {
+                done += n;
+                if done < buf.len() && signals::pending().is_some() {
+                    return Ok(ret::AGAIN);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                if crate::vcpu::signals::pending().is_some() {
+                if signals::pending().is_some() {
                     return Ok(ret::AGAIN);
                 }
             }
@@ -114,7 +120,8 @@ impl Function {
         }
     }
 
-    /// REQ_READ: one read(2) from stdin into the guest's buffer.
+    /// REQ_READ: read(2) from stdin straight into the guest's buffer, once
+    /// or (REQ_READ_FILL) until it is full or the body ends.
     pub fn req_read(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
         let call = "REQ_READ";
         let mut req: HcReqRead = mem
@@ -123,34 +130,54 @@ impl Function {
         if req.limit != 0 && (self.limit == 0 || req.limit < self.limit) {
             self.limit = req.limit;
         }
-        req.ret = ret::OK;
-        if self.eof {
-            req.len = 0;
-        } else {
-            match mem.slice_mut(Gpa(req.data), req.len) {
-                Err(_) => req.ret = ret::EINVAL,
-                Ok(mut buf) => {
-                    // SAFETY: fd 0 stays open for the life of the process.
-                    let mut stdin = unsafe { BorrowedFd::borrow_raw(0) };
-                    match stdin.read_volatile(&mut buf).map_err(io_error) {
-                        Ok(n) => {
-                            self.eof = n == 0 && req.len != 0;
-                            self.read += n as u64;
-                            req.len = n as u64;
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                            req.len = 0;
-                            req.ret = ret::AGAIN;
-                        }
-                        Err(e) => return Err(FunctionError::Stdin(e).into()),
+        (req.ret, req.len) = match mem.slice_mut(Gpa(req.data), req.len) {
+            Ok(_) if req.flags & !REQ_READ_FILL != 0 => (ret::EINVAL, 0),
+            Ok(buf) => self.read_into(&buf, req.flags & REQ_READ_FILL != 0)?,
+            Err(_) => (ret::EINVAL, 0),
+        };
+        Ok(write_back(mem, call, arg, req)?)
+    }
+
+    /// Reads into `buf`: one read(2), or until it is full with `fill`.
+    /// Returns the result code and the count read.
+    fn read_into(
+        &mut self,
+        buf: &VolatileSlice<'_, impl BitmapSlice>,
+        fill: bool,
+    ) -> Result<(i32, u64), FunctionError> {
+        // SAFETY: fd 0 stays open for the life of the process (see
+        // `reserve_stdio`).
+        let mut stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut done = 0;
+        // After end of file, never read again (a terminal would block).
+        while !self.eof && done < buf.len() {
+            let mut rest = buf
+                .offset(done)
+                .map_err(|e| FunctionError::Stdin(io_error(e)))?;
+            match stdin.read_volatile(&mut rest).map_err(io_error) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    done += n;
+                    self.read += n as u64;
+                    if self.limit != 0 && self.read > self.limit {
+                        return Err(FunctionError::TooLarge { limit: self.limit });
+                    }
+                    // A signal may have cut this read short: stop filling.
+                    if !fill || signals::pending().is_some() {
+                        break;
                     }
                 }
+                // A signal: hand back what there is; the vCPU loop sees it.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    return Ok(match done {
+                        0 => (ret::AGAIN, 0),
+                        _ => (ret::OK, done as u64),
+                    })
+                }
+                Err(e) => return Err(FunctionError::Stdin(e)),
             }
         }
-        if self.limit != 0 && self.read > self.limit {
-            return Err(FunctionError::TooLarge { limit: self.limit }.into());
-        }
-        Ok(write_back(mem, call, arg, req)?)
+        Ok((ret::OK, done as u64))
     }
 
     /// RESP_WRITE: the guest's buffer to stdout, all of it.

@@ -71,7 +71,7 @@ fn bad_guest_buffers_are_einval_not_faults() {
             len,
             limit: 0,
             ret: ret::EUNSPEC,
-            _pad: 0,
+            flags: 0,
         };
         mem.write_obj(req, ARG).unwrap();
         f.req_read(&mem, ARG).unwrap();
@@ -86,6 +86,17 @@ fn bad_guest_buffers_are_einval_not_faults() {
         f.resp_write(&mem, ARG).unwrap();
         assert_eq!(mem.read_obj::<HcRespWrite>(ARG).unwrap().ret, ret::EINVAL);
     }
+    // Unknown flags are refused before anything is read.
+    let req = HcReqRead {
+        data: 0x10000,
+        len: 16,
+        limit: 0,
+        ret: ret::EUNSPEC,
+        flags: 1 << 5,
+    };
+    mem.write_obj(req, ARG).unwrap();
+    f.req_read(&mem, ARG).unwrap();
+    assert_eq!(mem.read_obj::<HcReqRead>(ARG).unwrap().ret, ret::EINVAL);
     // An argument struct outside memory ends the guest with a fault.
     assert!(matches!(
         f.req_read(&mem, Gpa(u64::MAX - 8)),

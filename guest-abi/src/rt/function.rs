@@ -5,25 +5,38 @@
 use super::hypercall::hypercall;
 use super::Ctx;
 use crate::hvt::{ret, Hypercall};
-use crate::skiff::{self, HcReqMeta, HcReqRead, HcRespWrite, SKIFF_FEATURE_FUNCTION};
+use crate::skiff::{
+    self, HcReqMeta, HcReqRead, HcRespWrite, REQ_READ_FILL, SKIFF_FEATURE_FUNCTION,
+};
 
 /// Does the tender serve the function I/O hypercalls?
 pub fn available(ctx: &Ctx) -> bool {
     ctx.host_features() & SKIFF_FEATURE_FUNCTION != 0
 }
 
-/// Reads the next bytes of the request body into `buf`: the count read,
-/// 0 at the end of the body, or the result code. `limit` is the most body
-/// bytes this function accepts in all (0: no limit); a longer body ends the
-/// run with the tender's error, so a caller never sees a truncated request.
+/// Reads the next bytes of the request body into `buf`, as soon as some
+/// are there: the count read, 0 at the end of the body, or the result
+/// code. `limit` is the most body bytes this function accepts in all (0: no
+/// limit); a longer body ends the run with the tender's error, so a caller
+/// never sees a truncated request.
 pub fn req_read(buf: &mut [u8], limit: u64) -> Result<usize, i32> {
+    read_with(buf, limit, 0)
+}
+
+/// Like [`req_read`], but waits until `buf` is full or the body ends: one
+/// exit per buffer rather than per pipe's worth.
+pub fn req_read_fill(buf: &mut [u8], limit: u64) -> Result<usize, i32> {
+    read_with(buf, limit, REQ_READ_FILL)
+}
+
+fn read_with(buf: &mut [u8], limit: u64, flags: u32) -> Result<usize, i32> {
     loop {
         let mut arg = HcReqRead {
             data: buf.as_mut_ptr() as usize as u64,
             len: buf.len() as u64,
             limit,
             ret: ret::EUNSPEC,
-            _pad: 0,
+            flags,
         };
         // SAFETY: `arg` is a REQ_READ struct naming `buf`, writable for `len`.
         unsafe { hypercall(Hypercall::ReqRead, &mut arg) };
@@ -49,7 +62,7 @@ pub fn req_read_all(buf: &mut [u8]) -> Result<usize, i32> {
         } else {
             &mut probe[..]
         };
-        match req_read(dst, limit)? {
+        match req_read_fill(dst, limit)? {
             0 => return Ok(n),
             k => n += k,
         }

@@ -1,6 +1,7 @@
-//! A function whose response is its request, byte for byte, streamed
-//! through a large buffer. An optional argument is the most body bytes it
-//! accepts (the tender refuses a longer body).
+//! A function whose response is its request, byte for byte, through a
+//! large buffer. Arguments: a number, the most body bytes it accepts (the
+//! tender refuses a longer body); `stream`, answer each piece as soon as it
+//! arrives rather than a buffer at a time.
 #![no_std]
 #![no_main]
 
@@ -18,11 +19,22 @@ fn main(ctx: &Ctx) -> i32 {
         guest_abi::println!("echo: the tender does not serve function I/O");
         return 1;
     }
-    let limit = ctx.cmdline().trim().parse::<u64>().unwrap_or(0);
+    let mut limit = 0;
+    let mut stream = false;
+    for word in ctx.cmdline().split(' ') {
+        match word.parse::<u64>() {
+            Ok(n) => limit = n,
+            Err(_) => stream |= word == "stream",
+        }
+    }
+    let read = match stream {
+        true => function::req_read,
+        false => function::req_read_fill,
+    };
     // SAFETY: called once; nothing else uses memory past the image.
     let buf = unsafe { function::scratch(ctx, BUF_MAX) };
     loop {
-        match function::req_read(buf, limit) {
+        match read(buf, limit) {
             Ok(0) => return 0,
             Ok(n) => {
                 if function::resp_write(&buf[..n]).is_err() {
