@@ -26,6 +26,11 @@ fn body() -> Vec<u8> {
 /// One run through pipes: a writer thread feeds stdin, this thread drains
 /// stdout. Returns the wall time from spawn to exit.
 fn through_pipes(cmd: &mut Command, body: &[u8]) -> Duration {
+    through_pipes_sized(cmd, body, None)
+}
+
+/// [`through_pipes`], the caller's pipes grown to `size` bytes first.
+fn through_pipes_sized(cmd: &mut Command, body: &[u8], size: Option<i32>) -> Duration {
     let start = Instant::now();
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -34,6 +39,13 @@ fn through_pipes(cmd: &mut Command, body: &[u8]) -> Duration {
         .spawn()
         .expect("spawn");
     let mut sin = child.stdin.take().unwrap();
+    if let Some(size) = size {
+        use std::os::fd::AsRawFd;
+        for fd in [sin.as_raw_fd(), child.stdout.as_ref().unwrap().as_raw_fd()] {
+            // SAFETY: F_SETPIPE_SZ on a pipe fd we own; no memory involved.
+            assert!(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) } >= size);
+        }
+    }
     let input = body.to_vec();
     let w = std::thread::spawn(move || sin.write_all(&input).expect("write body"));
     let mut out = Vec::with_capacity(SIZE);
@@ -109,6 +121,19 @@ fn main() {
         .map(|_| through_pipes(&mut echo_cmd(), &body))
         .collect();
     report("skiff run echo.hvt, pipes", t);
+    let t = (0..RUNS)
+        .map(|_| through_pipes(echo_cmd().arg("stream"), &body))
+        .collect();
+    report("skiff run echo.hvt stream, pipes", t);
+    let big = Some(1 << 20);
+    let t = (0..RUNS)
+        .map(|_| through_pipes_sized(&mut Command::new("cat"), &body, big))
+        .collect();
+    report("baseline: cat, 1 MiB pipes", t);
+    let t = (0..RUNS)
+        .map(|_| through_pipes_sized(&mut echo_cmd(), &body, big))
+        .collect();
+    report("skiff run echo.hvt, 1 MiB pipes", t);
 
     // tmpfs when there is one: the disk's write cost is not skiff's.
     let tmp = match Path::new("/dev/shm").is_dir() {
