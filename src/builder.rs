@@ -98,7 +98,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         img.entry,
         img.kernel_end,
         tsc_hz,
-        0,
+        guest_abi::skiff::SKIFF_FEATURE_EXT | guest_abi::skiff::SKIFF_FEATURE_FUNCTION,
         &img.manifest.entries,
         &cfg.cmdline,
     )
@@ -109,7 +109,10 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     Ok(Vm {
         vcpu,
         mem,
-        devices: Devices::default(),
+        devices: Devices {
+            function: crate::devices::function::Function::from_env(),
+            ..Devices::default()
+        },
         vm,
         kvm,
     })

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod hypercall;
 pub mod image;
 pub mod memory;
+pub mod oci;
 pub mod teardown;
 pub mod vcpu;
 pub mod vmm;

@@ -18,6 +18,8 @@ pub enum RunError {
     Vcpu(#[from] VcpuError),
     #[error("cannot write the guest's output to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Function(#[from] crate::devices::function::FunctionError),
     #[error("exiting on signal {0}")]
     Signal(i32),
 }
@@ -65,6 +67,7 @@ impl Vm {
                     })
                 }
                 Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e)),
+                Err(Stop::Function(e)) => return Err(RunError::Function(e)),
             }
         }
     }

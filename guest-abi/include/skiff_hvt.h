@@ -56,6 +56,7 @@ enum skiff_hvt_hypercall {
 /* host_features bits. */
 #define SKIFF_HVT_FEATURE_RING_IO (1U << 0)
 #define SKIFF_FEATURE_EXT (1U << 16)
+#define SKIFF_FEATURE_FUNCTION (1U << 17)
 
 /* Boot info at SKIFF_HVT_BOOT_INFO_BASE; rdi points at it on entry. */
 struct skiff_hvt_boot_info {
@@ -187,6 +188,40 @@ struct skiff_abi1_note {
  * the header, and those 4 bytes count in n_descsz:
  * n_descsz = 4 + 8 + N * 104. Declare the note with alignment 4 (as Solo5
  * does) at an 8-aligned address, e.g. first in its output section. */
+/* Function I/O (SKIFF_FEATURE_FUNCTION); see guest-abi/src/skiff.rs. */
+#define SKIFF_R_NOT_FOUND 16
+#define SKIFF_R_TOO_SMALL 17
+#define SKIFF_REQ_META_NAME_MAX 256
+
+struct skiff_req_read {
+    uint64_t data;
+    uint64_t len;   /* IN buffer size, OUT bytes read (0: end of body) */
+    uint64_t limit; /* IN most body bytes accepted in all (0: none) */
+    int32_t ret;
+    uint32_t flags; /* IN SKIFF_REQ_READ_FILL or 0 */
+};
+#define SKIFF_REQ_READ_FILL (1U << 0)
+
+struct skiff_resp_write {
+    uint64_t data;
+    uint64_t len;
+    int32_t ret;
+    uint32_t pad;
+};
+
+struct skiff_req_meta {
+    uint64_t name; /* "Method", "Path", ...: the watchdog's Http_<name> */
+    uint64_t name_len;
+    uint64_t data;
+    uint64_t len; /* IN buffer size, OUT value size */
+    int32_t ret;
+    uint32_t pad;
+};
+
+_Static_assert(sizeof(struct skiff_req_read) == 32, "req_read size");
+_Static_assert(sizeof(struct skiff_resp_write) == 24, "resp_write size");
+_Static_assert(sizeof(struct skiff_req_meta) == 40, "req_meta size");
+
 #define SKIFF_MFT1_NOTE_PAD 4
 #define SKIFF_MFT1_NOTE_DESCSZ(n) \
     (SKIFF_MFT1_NOTE_PAD + sizeof(struct skiff_mft) + (n) * sizeof(struct skiff_mft_entry))

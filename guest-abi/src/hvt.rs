@@ -171,6 +171,7 @@ macro_rules! layout {
         $(const _: () = assert!(offset_of!($t, $field) == $off);)*
     };
 }
+pub(crate) use layout;
 layout!(BootInfo, 56, mem_size @ 0, kernel_end @ 8, cpu_cycle_freq @ 16, cmdline @ 24,
         mft @ 32, host_features @ 40, guest_features @ 44, net_ring @ 48);
 layout!(HcWalltime, 8, nsecs @ 0);

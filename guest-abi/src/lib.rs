@@ -24,7 +24,7 @@ pub const HVT_ABI_VERSION: u32 = 2;
 mod host {
     //! `ByteValued` for the ABI structs, so the tender copies them out of
     //! guest memory whole instead of borrowing into memory the guest owns.
-    use crate::{hvt::*, manifest::*};
+    use crate::{hvt::*, manifest::*, skiff::*};
 
     macro_rules! byte_valued {
         ($($t:ty),*) => {$(
@@ -34,4 +34,5 @@ mod host {
         )*};
     }
     byte_valued!(BootInfo, HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, MftEntry, MftHeader);
+    byte_valued!(HcReqRead, HcRespWrite, HcReqMeta);
 }

@@ -4,5 +4,79 @@
 //! `host_features` has [`SKIFF_FEATURE_EXT`]; unmodified Solo5 guests never
 //! look at that bit, so for them skiff is exactly solo5-hvt.
 
+use core::mem::{offset_of, size_of};
+
 /// Host feature: skiff's extension hypercalls are served.
 pub const SKIFF_FEATURE_EXT: u32 = 1 << 16;
+
+/// Host feature: the function I/O hypercalls ([`HcReqRead`],
+/// [`HcRespWrite`], [`HcReqMeta`]) are served: the request body is skiff's
+/// stdin, the response is skiff's stdout.
+pub const SKIFF_FEATURE_FUNCTION: u32 = 1 << 17;
+
+/// skiff-specific result codes, after Solo5's (`crate::hvt::ret`).
+pub mod ret {
+    /// REQ_META: no such metadata item.
+    pub const NOT_FOUND: i32 = 16;
+    /// REQ_META: the buffer is too small; `len` holds the size needed.
+    pub const TOO_SMALL: i32 = 17;
+}
+
+/// REQ_READ (nr 16): reads the next bytes of the request body straight
+/// into `data`. IN `data`; `len` IN (buffer size) and OUT (bytes read;
+/// 0 = end of body); IN `limit`: the most body bytes the function accepts
+/// in all (0 = no limit; the smallest non-zero limit given holds): a larger
+/// body ends the run with an error, so the caller never sees a truncated
+/// request. IN `flags`: [`REQ_READ_FILL`] or 0. OUT `ret`: OK, AGAIN
+/// (interrupted: call again) or EINVAL (bad buffer or flags).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcReqRead {
+    pub data: u64,
+    pub len: u64,
+    pub limit: u64,
+    pub ret: i32,
+    pub flags: u32,
+}
+
+/// REQ_READ flag: wait until the buffer is full or the body ends, instead
+/// of returning what one read(2) gives (at most a pipe's 64 KiB): far
+/// fewer exits for a function that wants the whole body anyway.
+pub const REQ_READ_FILL: u32 = 1 << 0;
+
+/// RESP_WRITE (nr 17): appends `len` bytes at `data` to the response, all
+/// of them (a response that cannot be written ends the run). OUT `ret`:
+/// OK, EINVAL (bad buffer) or AGAIN (a terminating signal cut it short:
+/// the run is ending).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcRespWrite {
+    pub data: u64,
+    pub len: u64,
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// REQ_META (nr 18): copies the value of request metadata item `name` (the
+/// OpenFaaS watchdog's `Http_<name>` variable, e.g. `Method`, `Path`,
+/// `Query`, `Content_Type`) into `data`. IN `name`/`name_len` (ASCII
+/// letters, digits, `_`), `data`; `len` IN (buffer size) and OUT (value
+/// size). OUT `ret`: OK, NOT_FOUND, TOO_SMALL (nothing copied, `len` is the
+/// size needed) or EINVAL.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcReqMeta {
+    pub name: u64,
+    pub name_len: u64,
+    pub data: u64,
+    pub len: u64,
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// The longest metadata name REQ_META accepts.
+pub const REQ_META_NAME_MAX: u64 = 256;
+
+crate::hvt::layout!(HcReqRead, 32, data @ 0, len @ 8, limit @ 16, ret @ 24, flags @ 28);
+crate::hvt::layout!(HcRespWrite, 24, data @ 0, len @ 8, ret @ 16);
+crate::hvt::layout!(HcReqMeta, 40, name @ 0, name_len @ 8, data @ 16, len @ 24, ret @ 32);

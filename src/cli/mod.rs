@@ -54,6 +54,9 @@ enum Command {
     /// Measure start-up: run an image N times (fresh processes) and report
     /// each phase from exec; optionally alternate with another tender.
     Bench(BenchArgs),
+    /// OCI runtime hook: container state JSON on stdin; checks the image
+    /// named by the annotation org.skiff.kernel (see README)
+    Hook,
 }
 
 /// `skiff bench [options] -- [run flags] KERNEL [ARGS...]`
@@ -134,6 +137,7 @@ fn clap_exit(prog: &str, e: clap::Error) -> i32 {
 pub fn main() -> i32 {
     crate::bench::marks::mark(crate::bench::marks::Mark::Main);
     crate::vcpu::signals::install();
+    crate::devices::function::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
     let argv = solo5::rewrite_device_flags(argv);
@@ -145,6 +149,7 @@ pub fn main() -> i32 {
     let run = match parsed {
         Ok(Command::Run(r)) => r,
         Ok(Command::Bench(b)) => return bench(&prog, b),
+        Ok(Command::Hook) => return crate::oci::main(&prog),
         Err(e) => return clap_exit(&prog, e),
     };
     let cfg = match run.into_config() {

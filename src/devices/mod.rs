@@ -3,11 +3,12 @@
 
 pub mod clock;
 pub mod console;
+pub mod function;
 
 use crate::hypercall::{Control, Request};
 use crate::memory::GuestMemory;
 use crate::vcpu::GuestFault;
-use guest_abi::hvt::ret;
+use guest_abi::hvt::{ret, Hypercall};
 use thiserror::Error;
 
 /// Why a hypercall ended the run.
@@ -17,12 +18,15 @@ pub enum Stop {
     Fault(#[from] GuestFault),
     #[error("cannot write the guest's output to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error("{0}")]
+    Function(#[from] function::FunctionError),
 }
 
 /// The running devices of one guest.
 #[derive(Debug, Default)]
 pub struct Devices {
     pub console: console::Console,
+    pub function: function::Function,
 }
 
 impl Devices {
@@ -43,6 +47,18 @@ impl Devices {
                 write_back(mem, "NET", arg, req)?;
             }
             Request::Halt { status } => return Ok(Control::Halt(status)),
+            Request::Extension {
+                nr: Hypercall::ReqRead,
+                arg,
+            } => self.function.req_read(mem, arg)?,
+            Request::Extension {
+                nr: Hypercall::RespWrite,
+                arg,
+            } => self.function.resp_write(mem, arg)?,
+            Request::Extension {
+                nr: Hypercall::ReqMeta,
+                arg,
+            } => self.function.req_meta(mem, arg)?,
             Request::Extension { nr, .. } => {
                 return Err(GuestFault::UnknownHypercall(nr as u16).into())
             }

@@ -14,6 +14,9 @@
 //! | 6  | NET_WRITE   | `devices/net.rs`              |
 //! | 7  | NET_READ    | `devices/net.rs`              |
 //! | 8  | HALT        | here: ends the run            |
+//! | 16 | REQ_READ    | `devices/function.rs`         |
+//! | 17 | RESP_WRITE  | `devices/function.rs`         |
+//! | 18 | REQ_META    | `devices/function.rs`         |
 
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::{Exit, GuestFault};

@@ -56,16 +56,32 @@ pub struct Image<'a> {
 }
 
 /// Reads an image file, refusing anything that is not a regular file
-/// (a FIFO or a device would block or never end).
+/// (a FIFO or a device would block or never end). Uses fstat, not
+/// `File::metadata` (statx): urunc's seccomp allowlist has no statx.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
+    read_open(std::fs::File::open(path).map_err(ImageError::Open)?)
+}
+
+/// [`read_file`] for a file already open (`skiff hook` opens it inside the
+/// container's rootfs).
+pub fn read_open(mut f: std::fs::File) -> Result<Vec<u8>, ImageError> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(ImageError::Open)?;
-    let meta = f.metadata().map_err(ImageError::Open)?;
-    if !meta.is_file() {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open fd and `st` a writable stat buffer.
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(ImageError::Open(std::io::Error::last_os_error()));
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(ImageError::NotAFile);
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut buf).map_err(ImageError::Open)?;
+    let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+    // Through `Take`: File's own read_to_end would call statx to size it.
+    (&mut f)
+        .take(u64::MAX)
+        .read_to_end(&mut buf)
+        .map_err(ImageError::Open)?;
     Ok(buf)
 }
 

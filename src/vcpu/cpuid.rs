@@ -15,7 +15,6 @@ use std::ffi::CString;
 use std::mem::size_of;
 
 const MAGIC: &[u8; 8] = b"skiffcpu";
-const CACHE_DIR: &str = "/run/skiff";
 const ENTRY: usize = size_of::<kvm_cpuid_entry2>();
 
 /// The supported CPUID, from the cache when it is valid.
@@ -74,9 +73,9 @@ fn boot_id() -> Option<[u8; 36]> {
     (n >= 36).then(|| b[..36].try_into().ok()).flatten()
 }
 
-fn cache_path() -> String {
-    format!("{CACHE_DIR}/cpuid")
-}
+/// In /run itself: creating a directory would need mkdir, which urunc's
+/// seccomp allowlist (solo5-hvt mode) does not have.
+const CACHE_PATH: &str = "/run/skiff-cpuid";
 
 /// FNV-1a: enough to reject a torn or stale file.
 fn checksum(data: &[u8]) -> u64 {
@@ -87,9 +86,10 @@ fn checksum(data: &[u8]) -> u64 {
 
 fn load(boot: &[u8; 36]) -> Option<CpuId> {
     let mut buf = vec![0u8; 8 + 36 + 4 + KVM_MAX_CPUID_ENTRIES * ENTRY + 8 + 1];
-    let (n, st) = read_small(&cache_path(), &mut buf)?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let (n, st) = read_small(CACHE_PATH, &mut buf)?;
+    // From the auxiliary vector: geteuid(2) is not in urunc's allowlist.
+    // SAFETY: getauxval has no preconditions.
+    let me = unsafe { libc::getauxval(libc::AT_EUID) } as libc::uid_t;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != me || st.st_mode & 0o022 != 0 {
         return None;
     }
@@ -138,13 +138,12 @@ fn store(boot: &[u8; 36], cpuid: &CpuId) {
     }
     let sum = checksum(&body);
     body.extend_from_slice(&sum.to_le_bytes());
-    let (Ok(dir), Ok(path)) = (CString::new(CACHE_DIR), CString::new(cache_path())) else {
+    let Ok(path) = CString::new(CACHE_PATH) else {
         return;
     };
-    // SAFETY: valid C strings; mkdir may fail (exists, no permission):
-    // then the cache is skipped. O_TRUNC rewrites a stale file in place.
+    // SAFETY: a valid C string; if open fails (no permission) the cache is
+    // skipped. O_TRUNC rewrites a stale file in place.
     unsafe {
-        libc::mkdir(dir.as_ptr(), 0o755);
         let fd = libc::open(
             path.as_ptr(),
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,

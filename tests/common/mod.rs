@@ -23,8 +23,10 @@ pub fn solo5_hvt(dir: &Path) -> PathBuf {
     link
 }
 
-/// Runs `cmd` with `stdin` as its input, killing it after `limit`.
+/// Runs `cmd` with `stdin` as its input, killing it after `limit`;
+/// stdout and stderr are drained while it runs (a full pipe would stall it).
 pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
+    use std::io::Read;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -34,19 +36,32 @@ pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
     let writer = std::thread::spawn(move || {
         let _ = sin.write_all(&input);
     });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             panic!("timed out after {limit:?}: {cmd:?}");
         }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+        std::thread::sleep(Duration::from_millis(2));
+    };
     let _ = writer.join();
-    child.wait_with_output().unwrap()
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
 }
 
 /// `skiff ARGS...` with a 30 s limit and no input.

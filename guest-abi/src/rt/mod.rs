@@ -22,6 +22,7 @@
 //! clippy --all-features`) with the `rt` feature on.
 
 mod console;
+pub mod function;
 mod hypercall;
 pub mod mem;
 mod notes;

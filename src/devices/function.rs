@@ -1,0 +1,235 @@
+//! Function I/O: the request body is skiff's stdin, the response is skiff's
+//! stdout, request metadata is the OpenFaaS watchdog's `Http_*` variables.
+//!
+//! The hot path is one read(2) or write(2) per hypercall, straight between
+//! the fd and guest memory (through the checked accessor), with no copy
+//! and no thread: the guest's buffer size sets the batch size.
+
+use super::{write_back, Stop};
+use crate::memory::{Gpa, GuestMemory};
+use crate::vcpu::{signals, GuestFault};
+use guest_abi::hvt::ret;
+use guest_abi::skiff::{self, HcReqMeta, HcReqRead, HcRespWrite, REQ_META_NAME_MAX, REQ_READ_FILL};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use thiserror::Error;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ReadVolatile, VolatileMemoryError, VolatileSlice, WriteVolatile};
+
+/// The only environment variables a guest can see, with this prefix cut.
+const META_PREFIX: &[u8] = b"Http_";
+
+/// Why function I/O ended the run.
+#[derive(Debug, Error)]
+pub enum FunctionError {
+    #[error("the request body exceeds the function's limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("cannot read the request from stdin: {0}")]
+    Stdin(std::io::Error),
+}
+
+/// The request and response of one function run.
+#[derive(Debug, Default)]
+pub struct Function {
+    /// Body bytes read so far.
+    read: u64,
+    /// The smallest non-zero limit the guest gave (0: none).
+    limit: u64,
+    /// stdin reported end of file: never read it again (a terminal would
+    /// block once more).
+    eof: bool,
+    /// `Http_*` variables at start-up, prefix removed: (name, value).
+    meta: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn io_error(e: VolatileMemoryError) -> std::io::Error {
+    match e {
+        VolatileMemoryError::IOError(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
+/// Makes sure fds 0, 1 and 2 are open before skiff opens anything, so a
+/// file skiff opens (the image, /dev/kvm) never lands on a closed one and
+/// gets the guest's request or response. A closed one becomes /dev/null,
+/// read-only: a closed stdin is an empty request, and writing to a closed
+/// stdout fails (EBADF) rather than vanishing.
+pub fn reserve_stdio() {
+    for fd in 0..=2 {
+        // SAFETY: an all-zero stat is valid for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes only into `st`; a closed fd gives EBADF.
+        if unsafe { libc::fstat(fd, &mut st) } == 0 {
+            continue;
+        }
+        // SAFETY: a NUL-terminated path; the lowest free fd is `fd` because
+        // every lower one is open by now. It is deliberately never closed.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+    }
+}
+
+/// Writes all of `buf` to stdout, retrying short writes and interruptions,
+/// except that a pending SIGINT/SIGTERM stops it (AGAIN) so a stuck reader
+/// cannot keep skiff from exiting.
+pub(crate) fn write_all(buf: &VolatileSlice<'_, impl BitmapSlice>) -> std::io::Result<i32> {
+    // SAFETY: fd 1 stays open for the life of the process.
+    let mut out = unsafe { BorrowedFd::borrow_raw(1) };
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = buf
+            .offset(done)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match out.write_volatile(&rest).map_err(io_error) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            // A signal cuts a blocked write short (EINTR, or a partial count
+            // if some bytes went): stop if it is a terminating one.
+            Ok(n) => {
+                done += n;
+                if done < buf.len() && signals::pending().is_some() {
+                    return Ok(ret::AGAIN);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if signals::pending().is_some() {
+                    return Ok(ret::AGAIN);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ret::OK)
+}
+
+impl Function {
+    /// Captures the request metadata (the `Http_*` variables only).
+    pub fn from_env() -> Self {
+        Self::from_vars(std::env::vars_os())
+    }
+
+    /// Keeps the `Http_*` variables of `vars`, prefix cut.
+    fn from_vars(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Self {
+        let meta = vars
+            .filter_map(|(k, v)| {
+                let k = k.as_bytes().strip_prefix(META_PREFIX)?.to_vec();
+                Some((k, v.as_bytes().to_vec()))
+            })
+            .collect();
+        Self {
+            meta,
+            ..Self::default()
+        }
+    }
+
+    /// REQ_READ: read(2) from stdin straight into the guest's buffer, once
+    /// or (REQ_READ_FILL) until it is full or the body ends.
+    pub fn req_read(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
+        let call = "REQ_READ";
+        let mut req: HcReqRead = mem
+            .read_obj(arg)
+            .map_err(|err| GuestFault::BadArgument { call, err })?;
+        if req.limit != 0 && (self.limit == 0 || req.limit < self.limit) {
+            self.limit = req.limit;
+        }
+        (req.ret, req.len) = match mem.slice_mut(Gpa(req.data), req.len) {
+            Ok(_) if req.flags & !REQ_READ_FILL != 0 => (ret::EINVAL, 0),
+            Ok(buf) => self.read_into(&buf, req.flags & REQ_READ_FILL != 0)?,
+            Err(_) => (ret::EINVAL, 0),
+        };
+        Ok(write_back(mem, call, arg, req)?)
+    }
+
+    /// Reads into `buf`: one read(2), or until it is full with `fill`.
+    /// Returns the result code and the count read.
+    fn read_into(
+        &mut self,
+        buf: &VolatileSlice<'_, impl BitmapSlice>,
+        fill: bool,
+    ) -> Result<(i32, u64), FunctionError> {
+        // SAFETY: fd 0 stays open for the life of the process (see
+        // `reserve_stdio`).
+        let mut stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        let mut done = 0;
+        // After end of file, never read again (a terminal would block).
+        while !self.eof && done < buf.len() {
+            let mut rest = buf
+                .offset(done)
+                .map_err(|e| FunctionError::Stdin(io_error(e)))?;
+            match stdin.read_volatile(&mut rest).map_err(io_error) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    done += n;
+                    self.read += n as u64;
+                    if self.limit != 0 && self.read > self.limit {
+                        return Err(FunctionError::TooLarge { limit: self.limit });
+                    }
+                    // A signal may have cut this read short: stop filling.
+                    if !fill || signals::pending().is_some() {
+                        break;
+                    }
+                }
+                // A signal: hand back what there is; the vCPU loop sees it.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    return Ok(match done {
+                        0 => (ret::AGAIN, 0),
+                        _ => (ret::OK, done as u64),
+                    })
+                }
+                Err(e) => return Err(FunctionError::Stdin(e)),
+            }
+        }
+        Ok((ret::OK, done as u64))
+    }
+
+    /// RESP_WRITE: the guest's buffer to stdout, all of it.
+    pub fn resp_write(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
+        let call = "RESP_WRITE";
+        let mut req: HcRespWrite = mem
+            .read_obj(arg)
+            .map_err(|err| GuestFault::BadArgument { call, err })?;
+        req.ret = match mem.slice(Gpa(req.data), req.len) {
+            Err(_) => ret::EINVAL,
+            Ok(buf) => write_all(&buf).map_err(Stop::Stdout)?,
+        };
+        Ok(write_back(mem, call, arg, req)?)
+    }
+
+    /// REQ_META: the value of `Http_<name>` into the guest's buffer.
+    pub fn req_meta(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
+        let call = "REQ_META";
+        let mut req: HcReqMeta = mem
+            .read_obj(arg)
+            .map_err(|err| GuestFault::BadArgument { call, err })?;
+        req.ret = self.lookup(mem, &mut req);
+        Ok(write_back(mem, call, arg, req)?)
+    }
+
+    fn lookup(&self, mem: &GuestMemory, req: &mut HcReqMeta) -> i32 {
+        let mut name = [0u8; REQ_META_NAME_MAX as usize];
+        if req.name_len == 0 || req.name_len > REQ_META_NAME_MAX {
+            return ret::EINVAL;
+        }
+        let name = &mut name[..req.name_len as usize];
+        if mem.read_bytes(name, Gpa(req.name)).is_err()
+            || !name.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        {
+            return ret::EINVAL;
+        }
+        let Some((_, value)) = self.meta.iter().find(|(k, _)| k == name) else {
+            return skiff::ret::NOT_FOUND;
+        };
+        let size = value.len() as u64;
+        if size > req.len {
+            req.len = size;
+            return skiff::ret::TOO_SMALL;
+        }
+        if mem.write_bytes(value, Gpa(req.data)).is_err() {
+            return ret::EINVAL;
+        }
+        req.len = size;
+        ret::OK
+    }
+}
+
+#[cfg(test)]
+#[path = "function_tests.rs"]
+mod tests;
