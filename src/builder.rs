@@ -38,6 +38,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot lay out the boot area: {0}")]
     Layout(memory::OutOfRange),
+    #[error("{0}")]
+    Accel(#[from] crate::accel::AccelError),
 }
 
 /// Builds a guest from `cfg`, ready to [`Vm::run`].
@@ -63,6 +65,9 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
             flag,
         });
     }
+
+    // 1b. Accelerator plugins start before the guest's first instruction.
+    let accel = crate::accel::Accel::build(&cfg.accel)?;
 
     // 2. Guest memory, lazily backed; copy the segments in, then make text
     //    and rodata read-only.
@@ -98,7 +103,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         img.entry,
         img.kernel_end,
         tsc_hz,
-        0,
+        accel.as_ref().map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_EXT),
         &img.manifest.entries,
         &cfg.cmdline,
     )
@@ -108,7 +113,10 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     Ok(Vm {
         vcpu,
         mem,
-        devices: Devices::default(),
+        devices: Devices {
+            accel,
+            ..Devices::default()
+        },
         vm,
         kvm,
     })

@@ -23,6 +23,8 @@ pub enum Stop {
 #[derive(Debug, Default)]
 pub struct Devices {
     pub console: console::Console,
+    /// The accelerator runtime, when the operator enabled it.
+    pub accel: Option<crate::accel::Accel>,
 }
 
 impl Devices {
@@ -43,6 +45,10 @@ impl Devices {
                 write_back(mem, "NET", arg, req)?;
             }
             Request::Halt { status } => return Ok(Control::Halt(status)),
+            Request::Extension {
+                nr: guest_abi::hvt::Hypercall::AccelOp,
+                arg,
+            } => crate::accel::hypercall(self.accel.as_mut(), mem, arg)?,
             Request::Extension { nr, .. } => {
                 return Err(GuestFault::UnknownHypercall(nr as u16).into())
             }
