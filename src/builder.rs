@@ -103,7 +103,9 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         img.entry,
         img.kernel_end,
         tsc_hz,
-        accel.as_ref().map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_EXT),
+        accel
+            .as_ref()
+            .map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_EXT),
         &img.manifest.entries,
         &cfg.cmdline,
     )

@@ -151,6 +151,93 @@ pub const EINVAL: i32 = 22;
 pub const EPROTO: i32 = 71;
 pub const ENOTSUP: i32 = 95;
 
+/// Integers <-> IEEE bit patterns with integer code only, for soft-float
+/// guests that hand exact small integers to a float op.
+pub mod bits {
+    /// `v` as f32 bits; exact for |v| < 2^24.
+    pub fn f32_from_int(v: i64) -> u32 {
+        from_int(v, 23, 127) as u32
+    }
+
+    /// The integer f32 `bits` holds, if it holds one below 2^24 exactly.
+    pub fn f32_to_int(bits: u32) -> Option<i64> {
+        to_int(u64::from(bits), 23, 8)
+    }
+
+    /// `v` as f64 bits; exact for |v| < 2^53.
+    pub fn f64_from_int(v: i64) -> u64 {
+        from_int(v, 52, 1023)
+    }
+
+    /// The integer f64 `bits` holds, if it holds one below 2^53 exactly.
+    pub fn f64_to_int(bits: u64) -> Option<i64> {
+        to_int(bits, 52, 11)
+    }
+
+    fn from_int(v: i64, mant_bits: u32, bias: u64) -> u64 {
+        if v == 0 {
+            return 0;
+        }
+        let sign = u64::from(v < 0) << (mant_bits + if mant_bits == 23 { 8 } else { 11 });
+        let mag = v.unsigned_abs();
+        let e = 63 - mag.leading_zeros(); // floor(log2 mag), <= mant_bits
+        let mant = (mag << (mant_bits - e)) & ((1u64 << mant_bits) - 1);
+        sign | ((bias + u64::from(e)) << mant_bits) | mant
+    }
+
+    fn to_int(bits: u64, mant_bits: u32, exp_bits: u32) -> Option<i64> {
+        let bias = (1i64 << (exp_bits - 1)) - 1;
+        let sign = (bits >> (mant_bits + exp_bits)) & 1;
+        let exp = ((bits >> mant_bits) & ((1 << exp_bits) - 1)) as i64;
+        let mant = bits & ((1u64 << mant_bits) - 1);
+        if exp == 0 && mant == 0 {
+            return Some(0);
+        }
+        let e = exp - bias; // value = 1.mant * 2^e
+        if e < 0 || e > i64::from(mant_bits) {
+            return None;
+        }
+        let shift = mant_bits - e as u32;
+        let full = mant | (1u64 << mant_bits);
+        if full & ((1u64 << shift) - 1) != 0 {
+            return None;
+        }
+        let mag = (full >> shift) as i64;
+        Some(if sign == 1 { -mag } else { mag })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_match_the_hardware() {
+            for v in [
+                -16_777_215i64,
+                -20483,
+                -5,
+                -1,
+                0,
+                1,
+                2,
+                7,
+                12800,
+                16_777_215,
+            ] {
+                assert_eq!(f32_from_int(v), (v as f32).to_bits(), "{v}");
+                assert_eq!(f32_to_int((v as f32).to_bits()), Some(v));
+                assert_eq!(f64_from_int(v), (v as f64).to_bits(), "{v}");
+                assert_eq!(f64_to_int((v as f64).to_bits()), Some(v));
+            }
+            assert_eq!(f32_to_int(0.5f32.to_bits()), None);
+            assert_eq!(f32_to_int(2.5f32.to_bits()), None);
+            assert_eq!(f32_to_int(f32::NAN.to_bits()), None);
+            assert_eq!(f32_to_int((-0.0f32).to_bits()), Some(0));
+            assert_eq!(f64_to_int(1e300f64.to_bits()), None);
+        }
+    }
+}
+
 const _: () = assert!(size_of::<HcAccel>() == 48);
 const _: () = assert!(offset_of!(HcAccel, cmd) == 0);
 const _: () = assert!(offset_of!(HcAccel, session) == 4);

@@ -85,9 +85,18 @@ impl<'m> Args<'m> {
     ) -> Result<Self, Errno> {
         let (rd, nr) = descriptors(mem, read_gpa, nr_read)?;
         let (wd, nw) = descriptors(mem, write_gpa, nr_write)?;
+        // Ranges first: the overlap check's arithmetic relies on them.
+        let mut rp = [std::ptr::null_mut(); MAX];
+        let mut wp = [std::ptr::null_mut(); MAX];
+        for (p, d) in rp.iter_mut().zip(&rd[..nr]) {
+            *p = host_range(mem, d, false)?;
+        }
+        for (p, d) in wp.iter_mut().zip(&wd[..nw]) {
+            *p = host_range(mem, d, true)?;
+        }
         for (i, w) in wd[..nw].iter().enumerate() {
-            let others = rd[..nr].iter().chain(wd[..nw].iter().skip(i + 1));
-            if others.clone().any(|o| overlaps(w, o)) {
+            let mut others = rd[..nr].iter().chain(wd[..nw].iter().skip(i + 1));
+            if others.any(|o| overlaps(w, o)) {
                 return Err(EINVAL);
             }
         }
@@ -97,8 +106,7 @@ impl<'m> Args<'m> {
             write: std::array::from_fn(|_| Out::empty()),
             nr_write: nw,
         };
-        for (slot, d) in args.read.iter_mut().zip(&rd[..nr]) {
-            let p = host_range(mem, d, false)?;
+        for ((slot, d), &p) in args.read.iter_mut().zip(&rd[..nr]).zip(&rp) {
             // SAFETY: `p..p+size` is inside guest memory (checked above),
             // which outlives 'm; nothing writes it while the borrow lives
             // (see the module comment).
@@ -109,8 +117,7 @@ impl<'m> Args<'m> {
                 bytes,
             };
         }
-        for (slot, d) in args.write.iter_mut().zip(&wd[..nw]) {
-            let p = host_range(mem, d, true)?;
+        for ((slot, d), &p) in args.write.iter_mut().zip(&wd[..nw]).zip(&wp) {
             // SAFETY: as above, and the range overlaps no other argument
             // (checked above), so this is the only reference to it.
             let bytes = unsafe { std::slice::from_raw_parts_mut(p, d.size as usize) };

@@ -48,7 +48,11 @@ pub struct AccelConfig {
 
 fn plugins(flag: &'static str, list: &str) -> Result<Vec<PluginKind>, AccelConfigError> {
     let mut out = Vec::new();
-    for name in list.split([',', ':']).map(str::trim).filter(|s| !s.is_empty()) {
+    for name in list
+        .split([',', ':'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let k = PluginKind::from_name(name).ok_or_else(|| AccelConfigError::UnknownPlugin {
             flag,
             name: name.into(),
@@ -67,7 +71,10 @@ fn plugins(flag: &'static str, list: &str) -> Result<Vec<PluginKind>, AccelConfi
     Ok(out)
 }
 
-fn named(flag: &'static str, values: &[String]) -> Result<Vec<(String, PathBuf)>, AccelConfigError> {
+fn named(
+    flag: &'static str,
+    values: &[String],
+) -> Result<Vec<(String, PathBuf)>, AccelConfigError> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
     for v in values {
         let bad = || AccelConfigError::Malformed {

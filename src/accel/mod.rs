@@ -96,7 +96,11 @@ pub struct Accel {
 pub fn select(plugins: &[Box<dyn Plugin>], hint: u32, op: u8) -> Option<usize> {
     let mut serving = plugins.iter().enumerate().filter(|(_, p)| p.implements(op));
     let first = serving.clone().next()?.0;
-    Some(serving.find(|(_, p)| p.kind() & hint != 0).map_or(first, |(i, _)| i))
+    Some(
+        serving
+            .find(|(_, p)| p.kind() & hint != 0)
+            .map_or(first, |(i, _)| i),
+    )
 }
 
 /// Runs a decoded op on `p`, writing scalar results back.
@@ -226,7 +230,13 @@ impl Accel {
         if ![RESOURCE_LIB, RESOURCE_DATA, RESOURCE_MODEL].contains(&req.flags) {
             return Err(EINVAL);
         }
-        let args = Args::decode(mem, req.read_args, req.nr_read, req.write_args, req.nr_write)?;
+        let args = Args::decode(
+            mem,
+            req.read_args,
+            req.nr_read,
+            req.write_args,
+            req.nr_write,
+        )?;
         let [src] = args.read() else {
             return Err(EINVAL);
         };
@@ -294,7 +304,13 @@ impl Accel {
     /// Returns the serving plugin's type flags.
     fn genop(&mut self, mem: &GuestMemory, req: &HcAccel) -> Result<u32, Errno> {
         let hint = self.hint(req.session)?;
-        let mut args = Args::decode(mem, req.read_args, req.nr_read, req.write_args, req.nr_write)?;
+        let mut args = Args::decode(
+            mem,
+            req.read_args,
+            req.nr_read,
+            req.write_args,
+            req.nr_write,
+        )?;
         let mut op = ops::decode(&mut args)?;
         let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
         let p = &mut self.plugins[i];

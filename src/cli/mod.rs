@@ -33,7 +33,9 @@ impl RunArgs {
         Ok(RunConfig {
             mem: self.mem,
             cmdline: config::cmdline(&self.args)?,
-            accel: self.accel.into_config(std::env::var("VACCEL_PLUGINS").ok())?,
+            accel: self
+                .accel
+                .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
             kernel: self.kernel,
         })
     }

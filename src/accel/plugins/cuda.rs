@@ -19,7 +19,9 @@ pub struct Cuda {
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cuda").field("device", &self.device).finish()
+        f.debug_struct("Cuda")
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -50,7 +52,8 @@ impl Cuda {
         let ctx = CudaContext::new(0).map_err(|e| Unavailable(format!("CUDA device 0: {e:?}")))?;
         let device = ctx.name().unwrap_or_else(|_| "CUDA device 0".into());
         let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| Unavailable(format!("cuBLAS: {e:?}")))?;
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| Unavailable(format!("cuBLAS: {e:?}")))?;
         Ok(Self {
             blas,
             stream,
@@ -103,7 +106,8 @@ impl Plugin for Cuda {
         // SAFETY: the device buffers hold exactly the spans the decoder
         // checked for these dimensions and strides.
         unsafe { self.blas.gemm(cfg, &b, &a, &mut c) }.map_err(|e| backend("cublasSgemm", e))?;
-        st.memcpy_dtoh(&c, s.c).map_err(|e| backend("copy C back", e))?;
+        st.memcpy_dtoh(&c, s.c)
+            .map_err(|e| backend("copy C back", e))?;
         st.synchronize().map_err(|e| backend("synchronize", e))?;
         Ok(())
     }

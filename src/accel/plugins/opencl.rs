@@ -77,7 +77,9 @@ pub struct OpenCl {
 
 impl std::fmt::Debug for OpenCl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenCl").field("device", &self.device).finish()
+        f.debug_struct("OpenCl")
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -134,7 +136,8 @@ impl OpenCl {
         let queue = CommandQueue::create_default(&context, 0)
             .map_err(|e| unavailable("command queue", e))?;
         let program = build(&context, SGEMM_SRC).map_err(|e| unavailable("sgemm kernel", e))?;
-        let sgemm = Kernel::create(&program, "sgemm").map_err(|e| unavailable("sgemm kernel", e))?;
+        let sgemm =
+            Kernel::create(&program, "sgemm").map_err(|e| unavailable("sgemm kernel", e))?;
         Ok(Self {
             sgemm,
             queue,
@@ -157,8 +160,11 @@ impl OpenCl {
             return Ok(());
         }
         // SAFETY: blocking write of `data`, which fits `buf` (sized from it).
-        unsafe { self.queue.enqueue_write_buffer(buf, CL_BLOCKING, 0, data, &[]) }
-            .map_err(|e| backend("write buffer", e))?;
+        unsafe {
+            self.queue
+                .enqueue_write_buffer(buf, CL_BLOCKING, 0, data, &[])
+        }
+        .map_err(|e| backend("write buffer", e))?;
         Ok(())
     }
 }
