@@ -88,7 +88,7 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Unavailable {
 }
 
 /// Builds `src` for the context's devices; the build log on failure.
-pub fn build(context: &Context, src: &str) -> Result<Program, String> {
+fn build(context: &Context, src: &str) -> Result<Program, String> {
     Program::create_and_build_from_source(context, src, "")
 }
 
@@ -102,6 +102,10 @@ fn backend(what: &'static str, e: impl std::fmt::Display) -> PluginError {
 
 impl OpenCl {
     pub fn new() -> Result<Self, Unavailable> {
+        // ocl-icd's first-call initialisation is not thread-safe: skiff
+        // itself is single-threaded, but a test harness is not.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _once = INIT.lock().unwrap_or_else(|e| e.into_inner());
         // opencl3 loads libOpenCL at the first call and reports (never
         // panics) when it is missing.
         let platforms = opencl3::platform::get_platforms().map_err(|e| {
@@ -146,6 +150,12 @@ impl OpenCl {
             kind,
             device,
         })
+    }
+
+    /// Builds another program in this plugin's context (EPROTO and the
+    /// build log on failure).
+    pub fn build_source(&self, src: &str) -> Result<Program, PluginError> {
+        build(&self.context, src).map_err(|e| backend("program build", e))
     }
 
     /// A device buffer of `n` floats (at least one: OpenCL refuses 0).
