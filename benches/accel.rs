@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::Instant;
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// (min, mean) ns per call of `plugin.sgemm` on n x n x n.
@@ -53,7 +56,10 @@ fn via_hypercall(plugin: &str, args: &[&str]) -> Option<(f64, f64)> {
         .arg(format!("--accel={plugin}"))
         .arg(guest_images::image("accelbench"))
         .args(args)
-        .env("POCL_CACHE_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/target/pocl-cache"))
+        .env(
+            "POCL_CACHE_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/pocl-cache"),
+        )
         .output()
         .expect("run skiff");
     let out = String::from_utf8_lossy(&o.stdout);
@@ -64,7 +70,10 @@ fn via_hypercall(plugin: &str, args: &[&str]) -> Option<(f64, f64)> {
     };
     let r = field("min_ns=").zip(field("mean_ns="));
     if r.is_none() {
-        eprintln!("accelbench failed: {out} {}", String::from_utf8_lossy(&o.stderr));
+        eprintln!(
+            "accelbench failed: {out} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     r
 }
@@ -77,10 +86,21 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not: then
     // only check that the bench runs, on a tiny shape.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let n = if quick { 16 } else { env_num("SKIFF_BENCH_N", 512) };
-    let iters = if quick { 2 } else { env_num("SKIFF_BENCH_ITERS", 20) };
+    let n = if quick {
+        16
+    } else {
+        env_num("SKIFF_BENCH_N", 512)
+    };
+    let iters = if quick {
+        2
+    } else {
+        env_num("SKIFF_BENCH_ITERS", 20)
+    };
     std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/target/pocl-cache")).ok();
-    std::env::set_var("POCL_CACHE_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/target/pocl-cache"));
+    std::env::set_var(
+        "POCL_CACHE_DIR",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/pocl-cache"),
+    );
     println!("sgemm {n}^3, {iters} calls after one warm-up; min and mean per call");
     println!(
         "{:8} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",

@@ -10,7 +10,7 @@
 
 use super::Errno;
 use crate::memory::{Gpa, GuestMemory};
-use guest_abi::accel::{arg, AccelArg, ARGS_MAX, EINVAL};
+use guest_abi::accel::{arg, AccelArg, HcAccel, ARGS_MAX, EINVAL};
 
 pub const MAX: usize = ARGS_MAX as usize;
 
@@ -76,15 +76,9 @@ impl<'m> Args<'m> {
     /// Reads and checks both arrays. EINVAL for a count over the cap, an
     /// array or buffer outside guest memory, an unknown type, a write
     /// buffer in read-only memory or overlapping another argument.
-    pub fn decode(
-        mem: &'m GuestMemory,
-        read_gpa: u64,
-        nr_read: u32,
-        write_gpa: u64,
-        nr_write: u32,
-    ) -> Result<Self, Errno> {
-        let (rd, nr) = descriptors(mem, read_gpa, nr_read)?;
-        let (wd, nw) = descriptors(mem, write_gpa, nr_write)?;
+    pub fn decode(mem: &'m GuestMemory, req: &HcAccel) -> Result<Self, Errno> {
+        let (rd, nr) = descriptors(mem, req.read_args, req.nr_read)?;
+        let (wd, nw) = descriptors(mem, req.write_args, req.nr_write)?;
         // Ranges first: the overlap check's arithmetic relies on them.
         let mut rp = [std::ptr::null_mut(); MAX];
         let mut wp = [std::ptr::null_mut(); MAX];
@@ -241,10 +235,16 @@ pub mod bytemuck_lite {
     // SAFETY: as above.
     unsafe impl Pod for f64 {}
 
+    /// Whether `b` is aligned for `T` and a whole number of them.
+    fn fits<T: Pod>(b: &[u8]) -> bool {
+        b.len().is_multiple_of(std::mem::size_of::<T>())
+            && (b.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+    }
+
     /// `b` as `T`s, if it is aligned for `T` and a whole number of them.
     pub fn cast<T: Pod>(b: &[u8]) -> Option<&[T]> {
         let sz = std::mem::size_of::<T>();
-        if b.len() % sz != 0 || (b.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        if !fits::<T>(b) {
             return None;
         }
         // SAFETY: aligned, in bounds, and T is Pod.
@@ -254,7 +254,7 @@ pub mod bytemuck_lite {
     /// As [`cast`], mutable.
     pub fn cast_mut<T: Pod>(b: &mut [u8]) -> Option<&mut [T]> {
         let sz = std::mem::size_of::<T>();
-        if b.len() % sz != 0 || (b.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        if !fits::<T>(b) {
             return None;
         }
         // SAFETY: aligned, in bounds, T is Pod, and `b` is borrowed

@@ -114,6 +114,7 @@ impl Libraries {
         if addr.is_null() {
             return Err(PluginError::NotFound);
         }
+        // SAFETY: Dl_info is plain pointers; all-zero is a valid value.
         let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
         let mut owner: *mut c_void = std::ptr::null_mut();
         let mut entry: *mut c_void = std::ptr::null_mut();

@@ -230,13 +230,7 @@ impl Accel {
         if ![RESOURCE_LIB, RESOURCE_DATA, RESOURCE_MODEL].contains(&req.flags) {
             return Err(EINVAL);
         }
-        let args = Args::decode(
-            mem,
-            req.read_args,
-            req.nr_read,
-            req.write_args,
-            req.nr_write,
-        )?;
+        let args = Args::decode(mem, req)?;
         let [src] = args.read() else {
             return Err(EINVAL);
         };
@@ -304,13 +298,7 @@ impl Accel {
     /// Returns the serving plugin's type flags.
     fn genop(&mut self, mem: &GuestMemory, req: &HcAccel) -> Result<u32, Errno> {
         let hint = self.hint(req.session)?;
-        let mut args = Args::decode(
-            mem,
-            req.read_args,
-            req.nr_read,
-            req.write_args,
-            req.nr_write,
-        )?;
+        let mut args = Args::decode(mem, req)?;
         let mut op = ops::decode(&mut args)?;
         let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
         let p = &mut self.plugins[i];

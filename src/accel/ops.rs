@@ -47,8 +47,10 @@ pub fn spec(op: u8) -> Option<&'static OpSpec> {
     OPS.iter().find(|s| s.op == op)
 }
 
-/// A decoded request: every length and range already checked.
+/// A decoded request: every length and range already checked. It lives
+/// on the stack for one hypercall (boxing EXEC's arrays would allocate).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Op<'m> {
     Noop,
     Sgemm(Sgemm<'m>),

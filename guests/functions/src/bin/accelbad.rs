@@ -56,9 +56,18 @@ fn main(ctx: &Ctx) -> i32 {
     println!("no_session={}", code(Session::from_id(12345).noop()));
     println!("bad_hint={}", Session::new(0x1_0000).err().unwrap_or(0));
     let s = Session::new(0).expect("session");
-    println!("unknown_op={}", code(s.genop(&[a(arg::UINT8, &[200u8])], &[])));
-    println!("image_classify={}", code(s.genop(&[a(arg::UINT8, &[op::IMAGE_CLASSIFY])], &[])));
-    println!("op_wrong_type={}", code(s.genop(&[a(arg::UINT32, &[0u32])], &[])));
+    println!(
+        "unknown_op={}",
+        code(s.genop(&[a(arg::UINT8, &[200u8])], &[]))
+    );
+    println!(
+        "image_classify={}",
+        code(s.genop(&[a(arg::UINT8, &[op::IMAGE_CLASSIFY])], &[]))
+    );
+    println!(
+        "op_wrong_type={}",
+        code(s.genop(&[a(arg::UINT32, &[0u32])], &[]))
+    );
     println!("no_args={}", code(s.genop(&[], &[])));
 
     let x = [bits::f32_from_int(1); 16];
@@ -70,39 +79,69 @@ fn main(ctx: &Ctx) -> i32 {
     let r = s.genop(&rd, &[w(arg::FLOAT32_ARRAY, &mut out)]);
     let ok = out.iter().all(|&v| bits::f32_to_int(v) == Some(8));
     println!("sgemm_ok={} result_ok={}", code(r), ok);
-    println!("sgemm_short={}", code(s.genop(&rd[..10], &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_short={}",
+        code(s.genop(&rd[..10], &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     println!("sgemm_no_output={}", code(s.genop(&rd, &[])));
     let mut bad = rd;
     bad[1].ty = arg::INT32;
-    println!("sgemm_wrong_type={}", code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_wrong_type={}",
+        code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let mut bad = rd;
     bad[1].size = 4;
-    println!("sgemm_wrong_size={}", code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_wrong_size={}",
+        code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let huge = [1i64 << 62, 4, 4, 1 << 62, 4, 4];
     let hr = sgemm_read(&huge, &one, &x, &y);
-    println!("sgemm_overflow={}", code(s.genop(&hr, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_overflow={}",
+        code(s.genop(&hr, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let big = [64i64, 64, 64, 64, 64, 64];
     let br = sgemm_read(&big, &one, &x, &y);
-    println!("sgemm_too_big={}", code(s.genop(&br, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_too_big={}",
+        code(s.genop(&br, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let neg = [-1i64, 4, 4, 4, 4, 4];
     let nr = sgemm_read(&neg, &one, &x, &y);
-    println!("sgemm_negative={}", code(s.genop(&nr, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_negative={}",
+        code(s.genop(&nr, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let small_ld = [4i64, 4, 4, 2, 4, 4];
     let lr = sgemm_read(&small_ld, &one, &x, &y);
-    println!("sgemm_small_ld={}", code(s.genop(&lr, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "sgemm_small_ld={}",
+        code(s.genop(&lr, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let mut bad = rd;
     bad[5].gpa = mem - 8;
     bad[5].size = 64;
-    println!("buffer_outside={}", code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "buffer_outside={}",
+        code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let mut bad = rd;
     bad[5].gpa = u64::MAX - 3;
-    println!("buffer_wraps={}", code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "buffer_wraps={}",
+        code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let mut bad = rd;
     bad[5].gpa += 1;
     bad[5].size -= 4;
-    println!("unaligned={}", code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)])));
+    println!(
+        "unaligned={}",
+        code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+    );
     let mut text = w(arg::FLOAT32_ARRAY, &mut out);
-    text.gpa = (main as usize as u64) & !3;
+    text.gpa = (main as fn(&Ctx) -> i32 as usize as u64) & !3;
     println!("output_in_text={}", code(s.genop(&rd, &[text])));
     let aliased = [a(arg::FLOAT32_ARRAY, &x)];
     println!("output_overlaps_input={}", code(s.genop(&rd, &aliased)));
@@ -115,7 +154,10 @@ fn main(ctx: &Ctx) -> i32 {
         req.nr_read = 1;
         println!("args_outside={}", rt::raw(req).ret);
         let many = [a(arg::UINT8, &[op::NOOP]); 33];
-        println!("too_many_args={}", s.request(CMD_GENOP, 0, 0, &many, &[]).ret);
+        println!(
+            "too_many_args={}",
+            s.request(CMD_GENOP, 0, 0, &many, &[]).ret
+        );
         println!("unknown_cmd={}", s.request(99, 0, 0, &[], &[]).ret);
     }
 
@@ -130,19 +172,45 @@ fn main(ctx: &Ctx) -> i32 {
         }
         Err(e) => println!("minmax={e}"),
     }
-    println!("minmax_low_above_high={}", s.minmax(&data, 5, 0, &mut mo).err().unwrap_or(0));
-    println!("minmax_short_output={}", s.minmax(&data, 0, 5, &mut mo[..2]).err().unwrap_or(0));
+    println!(
+        "minmax_low_above_high={}",
+        s.minmax(&data, 5, 0, &mut mo).err().unwrap_or(0)
+    );
+    println!(
+        "minmax_short_output={}",
+        s.minmax(&data, 0, 5, &mut mo[..2]).err().unwrap_or(0)
+    );
 
     // Resources.
-    println!("resource_lib_bytes={}", s.register_bytes(RESOURCE_LIB, b"\x7fELF").err().unwrap_or(0));
-    println!("resource_bad_type={}", s.register_bytes(9, b"x").err().unwrap_or(0));
-    println!("resource_unknown_name={}", s.register_named(RESOURCE_MODEL, "nope").err().unwrap_or(0));
+    println!(
+        "resource_lib_bytes={}",
+        s.register_bytes(RESOURCE_LIB, b"\x7fELF")
+            .err()
+            .unwrap_or(0)
+    );
+    println!(
+        "resource_bad_type={}",
+        s.register_bytes(9, b"x").err().unwrap_or(0)
+    );
+    println!(
+        "resource_unknown_name={}",
+        s.register_named(RESOURCE_MODEL, "nope").err().unwrap_or(0)
+    );
     match s.register_bytes(RESOURCE_DATA, b"some model bytes") {
-        Ok(id) => println!("resource_bytes=0 unregister={}", s.unregister(id).err().unwrap_or(0)),
+        Ok(id) => println!(
+            "resource_bytes=0 unregister={}",
+            s.unregister(id).err().unwrap_or(0)
+        ),
         Err(e) => println!("resource_bytes={e}"),
     }
-    println!("resource_named={}", s.register_named(RESOURCE_MODEL, "model").err().unwrap_or(0));
-    println!("unregister_unknown={}", s.unregister(999_999).err().unwrap_or(0));
+    println!(
+        "resource_named={}",
+        s.register_named(RESOURCE_MODEL, "model").err().unwrap_or(0)
+    );
+    println!(
+        "unregister_unknown={}",
+        s.unregister(999_999).err().unwrap_or(0)
+    );
     // SAFETY: guest memory from 1 MiB on is readable; the size is over
     // skiff's 64 MiB cap (run with --mem of at least 80).
     let over = unsafe {
@@ -152,24 +220,38 @@ fn main(ctx: &Ctx) -> i32 {
             ty: arg::BUFFER,
             custom: 0,
         }];
-        s.request(CMD_RESOURCE_REGISTER, RESOURCE_DATA, 0, &d, &[]).ret
+        s.request(CMD_RESOURCE_REGISTER, RESOURCE_DATA, 0, &d, &[])
+            .ret
     };
     println!("resource_over_cap={over}");
 
     // EXEC through the operator's library `testlib`.
     let nums = [1u32, 2, 3, 4, 5];
     let mut sum = [0u32];
-    let r = s.exec("testlib", "sum_u32", &[a(arg::UINT32_ARRAY, &nums)], &[w(arg::UINT32, &mut sum)]);
+    let r = s.exec(
+        "testlib",
+        "sum_u32",
+        &[a(arg::UINT32_ARRAY, &nums)],
+        &[w(arg::UINT32, &mut sum)],
+    );
     println!("exec_sum={} value={}", code(r), sum[0]);
     let none: [AccelArg; 0] = [];
-    println!("exec_fails={}", code(s.exec("testlib", "always_fails", &none, &none)));
-    println!("exec_unknown_lib={}", code(s.exec("nolib", "sum_u32", &none, &none)));
-    println!("exec_unknown_symbol={}", code(s.exec("testlib", "nosuch", &none, &none)));
-    println!("exec_dependency_symbol={}", code(s.exec("testlib", "system", &none, &none)));
-    println!("exec_data_symbol={}", code(s.exec("testlib", "exported_data", &none, &none)));
+    for (case, lib, sym) in [
+        ("exec_fails", "testlib", "always_fails"),
+        ("exec_unknown_lib", "nolib", "sum_u32"),
+        ("exec_unknown_symbol", "testlib", "nosuch"),
+        ("exec_dependency_symbol", "testlib", "system"),
+        ("exec_data_symbol", "testlib", "exported_data"),
+    ] {
+        println!("{case}={}", code(s.exec(lib, sym, &none, &none)));
+    }
 
     println!("release={}", code(s.release().map(|()| 0)));
     let s2 = Session::new(PLUGIN_CPU).expect("session");
-    println!("noop_after={} plugin={:#x}", code(s2.noop()), s2.noop().unwrap_or(0));
+    println!(
+        "noop_after={} plugin={:#x}",
+        code(s2.noop()),
+        s2.noop().unwrap_or(0)
+    );
     0
 }
