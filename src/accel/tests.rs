@@ -317,3 +317,130 @@ fn flags_parse() {
     assert_eq!(a(None).into_config(None).unwrap().plugins, None);
     assert!(a(Some("cpu,gpu")).into_config(None).is_err());
 }
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_requests_never_panic_and_always_answer() {
+    const MEM: u64 = 4 << 20;
+    let mut g = Guest::new();
+    g.mem = GuestMemory::new(MEM).unwrap();
+    let mut accel = Accel::with_plugins(vec![Box::new(Cpu)]);
+    let s = session(&mut accel, 0);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Plausible values the descriptors may point at: op numbers, small
+    // and huge dimensions, floats.
+    let ops = [
+        op::NOOP,
+        op::EXEC,
+        op::BLAS_SGEMM,
+        op::MINMAX,
+        op::IMAGE_CLASSIFY,
+        200,
+    ];
+    let mut scalars: Vec<AccelArg> = ops.iter().map(|&o| g.arg(arg::UINT8, &[o])).collect();
+    for v in [1i64, 3, 17, -1, 1 << 40, i64::MAX] {
+        scalars.push(g.arg(arg::INT64, &v.to_le_bytes()));
+    }
+    for v in [1i32, 4, -2] {
+        scalars.push(g.arg(arg::INT32, &v.to_le_bytes()));
+    }
+    scalars.push(g.arg(arg::FLOAT32, &1f32.to_le_bytes()));
+    let arrays_at = g.next;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..20_000 {
+        let desc = |rng: &mut Rng| -> AccelArg {
+            if rng.below(2) == 0 {
+                let mut d = scalars[rng.below(scalars.len() as u64) as usize];
+                if rng.below(8) == 0 {
+                    d.ty = rng.below(32) as u32;
+                }
+                d
+            } else {
+                AccelArg {
+                    gpa: match rng.below(4) {
+                        0 => rng.next(),
+                        1 => MEM - rng.below(64),
+                        _ => arrays_at + rng.below(1 << 20) * 4,
+                    },
+                    size: match rng.below(4) {
+                        0 => rng.next(),
+                        _ => rng.below(4096) * 4,
+                    },
+                    ty: [
+                        arg::FLOAT32_ARRAY,
+                        arg::FLOAT64_ARRAY,
+                        arg::STRING,
+                        arg::BUFFER,
+                    ][rng.below(4) as usize],
+                    custom: 0,
+                }
+            }
+        };
+        let nr = rng.below(14) as usize;
+        let mut read: Vec<AccelArg> = (0..nr).map(|_| desc(&mut rng)).collect();
+        if !read.is_empty() && rng.below(2) == 0 {
+            read[0] = scalars[rng.below(ops.len() as u64) as usize];
+        }
+        let nw = rng.below(4) as usize;
+        let write: Vec<AccelArg> = (0..nw).map(|_| desc(&mut rng)).collect();
+        let at = g.next;
+        // Mostly the generic op; never releasing the session in use.
+        let cmd = [0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5][rng.below(11) as usize];
+        let mut req = HcAccel {
+            cmd,
+            session: if cmd == CMD_SESSION_RELEASE || rng.below(8) == 0 {
+                rng.next() as u32 | 0x8000_0000
+            } else {
+                s
+            },
+            flags: rng.below(4) as u32,
+            resource: rng.below(4) as u32,
+            read_args: if rng.below(16) == 0 {
+                rng.next()
+            } else {
+                g.args(&read)
+            },
+            write_args: g.args(&write),
+            nr_read: if rng.below(16) == 0 {
+                rng.next() as u32
+            } else {
+                nr as u32
+            },
+            nr_write: nw as u32,
+            ret: 12345,
+            plugin: 0,
+        };
+        g.next = at; // reuse the descriptor area
+        accel.handle(&g.mem, &mut req);
+        *seen.entry((req.cmd, req.ret)).or_insert(0) += 1;
+        assert!(
+            [OK, EINVAL, ENOTSUP, ENOENT, ENOMEM, EPROTO].contains(&req.ret),
+            "ret {} for {req:?}",
+            req.ret
+        );
+    }
+    // The generator reaches success as well as every refusal.
+    eprintln!("(cmd, ret): count = {seen:?}");
+    for want in [
+        (CMD_GENOP, OK),
+        (CMD_GENOP, EINVAL),
+        (CMD_GENOP, ENOTSUP),
+        (CMD_GENOP, ENOENT),
+    ] {
+        assert!(seen.contains_key(&want), "{want:?} never seen: {seen:?}");
+    }
+}
