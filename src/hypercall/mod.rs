@@ -14,6 +14,7 @@
 //! | 6  | NET_WRITE   | `devices/net.rs`              |
 //! | 7  | NET_READ    | `devices/net.rs`              |
 //! | 8  | HALT        | here: ends the run            |
+//! | 19 | ACCEL_OP    | `accel/` (skiff extension)    |
 
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::{Exit, GuestFault};
