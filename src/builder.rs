@@ -38,6 +38,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot lay out the boot area: {0}")]
     Layout(memory::OutOfRange),
+    #[error("{0}")]
+    Accel(#[from] crate::accel::AccelError),
 }
 
 /// Builds a guest from `cfg`, ready to [`Vm::run`].
@@ -63,6 +65,9 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
             flag,
         });
     }
+
+    // 1b. Accelerator plugins start before the guest's first instruction.
+    let accel = crate::accel::Accel::build(&cfg.accel)?;
 
     // 2. Guest memory, lazily backed; copy the segments in, then make text
     //    and rodata read-only.
@@ -98,7 +103,11 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         img.entry,
         img.kernel_end,
         tsc_hz,
-        guest_abi::skiff::SKIFF_FEATURE_EXT | guest_abi::skiff::SKIFF_FEATURE_FUNCTION,
+        guest_abi::skiff::SKIFF_FEATURE_EXT
+            | guest_abi::skiff::SKIFF_FEATURE_FUNCTION
+            | accel
+                .as_ref()
+                .map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_ACCEL),
         &img.manifest.entries,
         &cfg.cmdline,
     )
@@ -111,6 +120,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         mem,
         devices: Devices {
             function: crate::devices::function::Function::from_env(),
+            accel,
             ..Devices::default()
         },
         vm,

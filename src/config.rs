@@ -21,6 +21,8 @@ pub enum ConfigError {
     MemTooBig(u64),
     #[error("guest command line too long ({0} bytes, at most 8191)")]
     CmdlineTooLong(usize),
+    #[error("{0}")]
+    Accel(#[from] crate::accel::config::AccelConfigError),
 }
 
 /// Guest memory size in bytes: a multiple of 2 MiB, 2 MiB to 4 GiB.
@@ -61,6 +63,8 @@ pub struct RunConfig {
     pub kernel: PathBuf,
     /// The guest's command line: its arguments joined by single spaces.
     pub cmdline: Vec<u8>,
+    /// Accelerator plugins and the operator's models and libraries.
+    pub accel: crate::accel::config::AccelConfig,
 }
 
 /// Joins the guest's arguments as Solo5 does, refusing overlong ones.

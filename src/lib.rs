@@ -4,6 +4,7 @@
 //! -> [`builder`] (image, memory, KVM, vCPU) -> [`vmm::Vm::run`] (exit ->
 //! [`hypercall::decode`] -> [`devices::Devices::handle`]) -> exit status.
 
+pub mod accel;
 pub mod bench;
 pub mod builder;
 pub mod cli;

@@ -9,6 +9,7 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("the hvt ABI is defined for 64-bit x86 only");
 
+pub mod accel;
 pub mod elf;
 pub mod hvt;
 pub mod manifest;
@@ -24,7 +25,7 @@ pub const HVT_ABI_VERSION: u32 = 2;
 mod host {
     //! `ByteValued` for the ABI structs, so the tender copies them out of
     //! guest memory whole instead of borrowing into memory the guest owns.
-    use crate::{hvt::*, manifest::*, skiff::*};
+    use crate::{accel::*, hvt::*, manifest::*, skiff::*};
 
     macro_rules! byte_valued {
         ($($t:ty),*) => {$(
@@ -35,4 +36,5 @@ mod host {
     }
     byte_valued!(BootInfo, HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, MftEntry, MftHeader);
     byte_valued!(HcReqRead, HcRespWrite, HcReqMeta);
+    byte_valued!(HcAccel, AccelArg);
 }

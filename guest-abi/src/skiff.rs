@@ -14,6 +14,10 @@ pub const SKIFF_FEATURE_EXT: u32 = 1 << 16;
 /// stdin, the response is skiff's stdout.
 pub const SKIFF_FEATURE_FUNCTION: u32 = 1 << 17;
 
+/// Host feature: the accelerator hypercall ([`crate::accel::HcAccel`]) is
+/// served: the operator started skiff with `--accel`.
+pub const SKIFF_FEATURE_ACCEL: u32 = 1 << 18;
+
 /// skiff-specific result codes, after Solo5's (`crate::hvt::ret`).
 pub mod ret {
     /// REQ_META: no such metadata item.

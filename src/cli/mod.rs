@@ -14,6 +14,8 @@ pub struct RunArgs {
     /// Guest memory in MiB (rounded down to 2 MiB; at most 4096).
     #[arg(long, value_name = "MB", value_parser = MemSize::from_mib, default_value = "512")]
     pub mem: MemSize,
+    #[command(flatten)]
+    pub accel: crate::accel::config::AccelArgs,
     /// The unikernel (.hvt ELF image).
     #[arg(value_name = "KERNEL")]
     pub kernel: PathBuf,
@@ -31,6 +33,9 @@ impl RunArgs {
         Ok(RunConfig {
             mem: self.mem,
             cmdline: config::cmdline(&self.args)?,
+            accel: self
+                .accel
+                .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
             kernel: self.kernel,
         })
     }

@@ -27,6 +27,8 @@ pub enum Stop {
 pub struct Devices {
     pub console: console::Console,
     pub function: function::Function,
+    /// The accelerator runtime, when the operator enabled it.
+    pub accel: Option<crate::accel::Accel>,
 }
 
 impl Devices {
@@ -59,6 +61,10 @@ impl Devices {
                 nr: Hypercall::ReqMeta,
                 arg,
             } => self.function.req_meta(mem, arg)?,
+            Request::Extension {
+                nr: Hypercall::AccelOp,
+                arg,
+            } => crate::accel::hypercall(self.accel.as_mut(), mem, arg)?,
             Request::Extension { nr, .. } => {
                 return Err(GuestFault::UnknownHypercall(nr as u16).into())
             }

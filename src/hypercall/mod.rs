@@ -17,6 +17,7 @@
 //! | 16 | REQ_READ    | `devices/function.rs`         |
 //! | 17 | RESP_WRITE  | `devices/function.rs`         |
 //! | 18 | REQ_META    | `devices/function.rs`         |
+//! | 19 | ACCEL_OP    | `accel/` (skiff extension)    |
 
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::{Exit, GuestFault};

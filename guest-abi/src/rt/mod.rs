@@ -21,6 +21,7 @@
 //! still builds and links into an ordinary `std` program (the host, `cargo
 //! clippy --all-features`) with the `rt` feature on.
 
+pub mod accel;
 mod console;
 pub mod function;
 mod hypercall;

@@ -41,7 +41,7 @@ fn main(_: &Ctx) -> i32 {
         )
     };
     let squares = [0x4080_0000, 0x41c8_0000, 0x4110_0000, 0x4280_0000]; // 4, 25, 9, 64
-    // Scalar double: 1.5 + 2.25 = 3.75 exactly.
+                                                                        // Scalar double: 1.5 + 2.25 = 3.75 exactly.
     let (a, b): (u64, u64) = (0x3ff8_0000_0000_0000, 0x4002_0000_0000_0000);
     let sum: u64;
     // SAFETY: register-only arithmetic on xmm0/xmm1, declared clobbered.

@@ -1,0 +1,341 @@
+//! The accelerator runtime: vAccel's model served through skiff's
+//! AccelOp hypercall (wire format in `guest_abi::accel`).
+//!
+//! - [`config`]: the operator's flags; [`Accel::build`] starts the plugins
+//!   in the builder, before the guest runs.
+//! - sessions carry vAccel hint flags; resources (guest bytes under a size
+//!   cap, or files the operator named) belong to a session.
+//! - [`args`] checks the guest's argument arrays, [`ops`] decodes them per
+//!   op, [`select`] picks the plugin, [`plugins`] run it.
+//!
+//! Guest mistakes come back as errno values in `ret`; only an unreadable
+//! or unwritable argument struct ends the guest, as for every hypercall.
+
+pub mod args;
+pub mod config;
+pub mod exec;
+pub mod ops;
+pub mod plugins;
+
+use crate::memory::{Gpa, GuestMemory};
+use crate::vcpu::GuestFault;
+use args::Args;
+use config::AccelConfig;
+use exec::{LibError, Libraries};
+use guest_abi::accel::*;
+use ops::Op;
+use plugins::{Plugin, PluginError};
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// An errno value for the guest's `ret`.
+pub type Errno = i32;
+
+/// Most open sessions.
+pub const SESSIONS_MAX: usize = 64;
+/// Most registered resources (all sessions).
+pub const RESOURCES_MAX: usize = 64;
+/// Largest resource a guest may pass as bytes.
+pub const RESOURCE_BYTES_MAX: u64 = 64 << 20;
+/// Most bytes all guest resources may hold together.
+pub const RESOURCE_TOTAL_MAX: u64 = 256 << 20;
+
+/// Why the accelerator runtime could not start (operator errors: exit 1).
+#[derive(Debug, Error)]
+pub enum AccelError {
+    #[error("--accel-model {name}={}: {err}", path.display())]
+    Model {
+        name: String,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Lib(#[from] LibError),
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u32,
+    hint: u32,
+}
+
+/// What a resource holds.
+#[derive(Debug)]
+pub enum ResourceData {
+    /// Bytes the guest passed (copied, capped).
+    Bytes(Vec<u8>),
+    /// The operator's `--accel-model` file.
+    File(PathBuf),
+    /// The operator's `--accel-lib` library, by name.
+    Lib(String),
+}
+
+#[derive(Debug)]
+pub struct Resource {
+    pub id: u32,
+    pub session: u32,
+    pub kind: u32,
+    pub data: ResourceData,
+}
+
+/// The running accelerator runtime of one guest.
+#[derive(Debug)]
+pub struct Accel {
+    plugins: Vec<Box<dyn Plugin>>,
+    sessions: Vec<Session>,
+    resources: Vec<Resource>,
+    resource_bytes: u64,
+    next_id: u32,
+    models: Vec<(String, PathBuf)>,
+    lib_names: Vec<String>,
+    libs: Libraries,
+}
+
+/// vAccel's rule: among the plugins implementing `op`, in the operator's
+/// order, the first whose type matches the session's hint, else the first.
+pub fn select(plugins: &[Box<dyn Plugin>], hint: u32, op: u8) -> Option<usize> {
+    let mut serving = plugins.iter().enumerate().filter(|(_, p)| p.implements(op));
+    let first = serving.clone().next()?.0;
+    Some(
+        serving
+            .find(|(_, p)| p.kind() & hint != 0)
+            .map_or(first, |(i, _)| i),
+    )
+}
+
+/// Runs a decoded op on `p`, writing scalar results back.
+pub fn run(p: &mut dyn Plugin, op: &mut Op<'_>, libs: &Libraries) -> Result<(), PluginError> {
+    match op {
+        Op::Noop => p.noop(),
+        Op::Sgemm(s) => p.sgemm(s),
+        Op::MinMax(m) => p.minmax(m).map(|(lo, hi)| {
+            *m.min = lo.to_le_bytes();
+            *m.max = hi.to_le_bytes();
+        }),
+        Op::Exec(e) => p.exec(e, libs),
+    }
+}
+
+impl Accel {
+    /// Starts the configured plugins (an unavailable one is skipped with a
+    /// note on stderr) and opens the operator's files; `None` when the
+    /// operator did not enable accelerators.
+    pub fn build(cfg: &AccelConfig) -> Result<Option<Self>, AccelError> {
+        let Some(kinds) = &cfg.plugins else {
+            return Ok(None);
+        };
+        for (name, path) in &cfg.models {
+            let err = |err| AccelError::Model {
+                name: name.clone(),
+                path: path.clone(),
+                err,
+            };
+            let meta = std::fs::File::open(path)
+                .and_then(|f| f.metadata())
+                .map_err(err)?;
+            if !meta.is_file() {
+                return Err(err(std::io::Error::other("not a regular file")));
+            }
+        }
+        let libs = Libraries::open(&cfg.libs)?;
+        let mut plugins = Vec::new();
+        for k in kinds {
+            match k.init() {
+                Ok(p) => plugins.push(p),
+                Err(why) => eprintln!(
+                    "skiff: accel: plugin {} unavailable: {why}; skipped",
+                    k.name()
+                ),
+            }
+        }
+        let mut a = Self::with_plugins(plugins);
+        a.models = cfg.models.clone();
+        a.lib_names = cfg.libs.iter().map(|(n, _)| n.clone()).collect();
+        a.libs = libs;
+        Ok(Some(a))
+    }
+
+    /// A runtime over these plugins, in priority order (tests, benches).
+    pub fn with_plugins(plugins: Vec<Box<dyn Plugin>>) -> Self {
+        Self {
+            plugins,
+            sessions: Vec::new(),
+            resources: Vec::new(),
+            resource_bytes: 0,
+            next_id: 1,
+            models: Vec::new(),
+            lib_names: Vec::new(),
+            libs: Libraries::default(),
+        }
+    }
+
+    /// The plugins that started, in priority order.
+    pub fn plugins(&self) -> &[Box<dyn Plugin>] {
+        &self.plugins
+    }
+
+    /// The resources registered to `session`.
+    pub fn resources(&self, session: u32) -> impl Iterator<Item = &Resource> {
+        self.resources.iter().filter(move |r| r.session == session)
+    }
+
+    fn fresh_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    fn hint(&self, session: u32) -> Result<u32, Errno> {
+        let s = self.sessions.iter().find(|s| s.id == session);
+        s.map(|s| s.hint).ok_or(ENOENT)
+    }
+
+    /// Serves one request: fills its OUT fields.
+    pub fn handle(&mut self, mem: &GuestMemory, req: &mut HcAccel) {
+        req.plugin = 0;
+        let r = match req.cmd {
+            CMD_GENOP => self.genop(mem, req).map(|kind| req.plugin = kind),
+            CMD_SESSION_INIT => self.session_init(req.flags).map(|id| req.session = id),
+            CMD_SESSION_RELEASE => self.session_release(req.session),
+            CMD_RESOURCE_REGISTER => self.register(mem, req).map(|id| req.resource = id),
+            CMD_RESOURCE_UNREGISTER => self.unregister(req.session, req.resource),
+            _ => Err(ENOTSUP),
+        };
+        req.ret = r.err().unwrap_or(OK);
+    }
+
+    fn session_init(&mut self, hint: u32) -> Result<u32, Errno> {
+        if hint & !PLUGIN_ALL != 0 {
+            return Err(EINVAL);
+        }
+        if self.sessions.len() >= SESSIONS_MAX {
+            return Err(ENOMEM);
+        }
+        let id = self.fresh_id();
+        self.sessions.push(Session { id, hint });
+        Ok(id)
+    }
+
+    fn session_release(&mut self, session: u32) -> Result<(), Errno> {
+        self.hint(session)?;
+        self.sessions.retain(|s| s.id != session);
+        let freed: u64 = self.resources(session).map(bytes_of).sum();
+        self.resource_bytes -= freed;
+        self.resources.retain(|r| r.session != session);
+        Ok(())
+    }
+
+    fn register(&mut self, mem: &GuestMemory, req: &HcAccel) -> Result<u32, Errno> {
+        self.hint(req.session)?;
+        if ![RESOURCE_LIB, RESOURCE_DATA, RESOURCE_MODEL].contains(&req.flags) {
+            return Err(EINVAL);
+        }
+        let args = Args::decode(mem, req)?;
+        let [src] = args.read() else {
+            return Err(EINVAL);
+        };
+        if args.nr_write() != 0 {
+            return Err(EINVAL);
+        }
+        let data = match (src.ty, req.flags) {
+            (arg::BUFFER, RESOURCE_LIB) => return Err(EINVAL), // never guest code on the host
+            (arg::BUFFER, _) => {
+                let n = src.bytes.len() as u64;
+                if n > RESOURCE_BYTES_MAX
+                    || self.resource_bytes + n > RESOURCE_TOTAL_MAX
+                    || self.resources.len() >= RESOURCES_MAX
+                {
+                    return Err(ENOMEM);
+                }
+                let mut v = Vec::new();
+                v.try_reserve_exact(src.bytes.len()).map_err(|_| ENOMEM)?;
+                v.extend_from_slice(src.bytes);
+                ResourceData::Bytes(v)
+            }
+            (arg::STRING, kind) => {
+                let name = src.string(ops::NAME_MAX)?;
+                if self.resources.len() >= RESOURCES_MAX {
+                    return Err(ENOMEM);
+                }
+                match kind {
+                    RESOURCE_MODEL => {
+                        let m = self.models.iter().find(|(n, _)| n.as_bytes() == name);
+                        ResourceData::File(m.ok_or(ENOENT)?.1.clone())
+                    }
+                    RESOURCE_LIB => {
+                        let l = self.lib_names.iter().find(|n| n.as_bytes() == name);
+                        ResourceData::Lib(l.ok_or(ENOENT)?.clone())
+                    }
+                    _ => return Err(ENOENT),
+                }
+            }
+            _ => return Err(EINVAL),
+        };
+        let id = self.fresh_id();
+        let r = Resource {
+            id,
+            session: req.session,
+            kind: req.flags,
+            data,
+        };
+        self.resource_bytes += bytes_of(&r);
+        self.resources.push(r);
+        Ok(id)
+    }
+
+    fn unregister(&mut self, session: u32, id: u32) -> Result<(), Errno> {
+        self.hint(session)?;
+        let i = self
+            .resources
+            .iter()
+            .position(|r| r.id == id && r.session == session)
+            .ok_or(ENOENT)?;
+        let r = self.resources.swap_remove(i);
+        self.resource_bytes -= bytes_of(&r);
+        Ok(())
+    }
+
+    /// Returns the serving plugin's type flags.
+    fn genop(&mut self, mem: &GuestMemory, req: &HcAccel) -> Result<u32, Errno> {
+        let hint = self.hint(req.session)?;
+        let mut args = Args::decode(mem, req)?;
+        let mut op = ops::decode(&mut args)?;
+        let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
+        let p = &mut self.plugins[i];
+        run(p.as_mut(), &mut op, &self.libs).map_err(|e| {
+            if let PluginError::Backend { .. } = e {
+                eprintln!("skiff: accel: {e}");
+            }
+            e.errno()
+        })?;
+        Ok(p.kind())
+    }
+}
+
+fn bytes_of(r: &Resource) -> u64 {
+    match &r.data {
+        ResourceData::Bytes(v) => v.len() as u64,
+        _ => 0,
+    }
+}
+
+/// The AccelOp hypercall: reads the request, serves it (ENOTSUP for
+/// everything when accelerators are off), writes its OUT fields back.
+pub fn hypercall(accel: Option<&mut Accel>, mem: &GuestMemory, arg: Gpa) -> Result<(), GuestFault> {
+    let bad = |err| GuestFault::BadArgument {
+        call: "ACCEL_OP",
+        err,
+    };
+    let mut req: HcAccel = mem.read_obj(arg).map_err(bad)?;
+    match accel {
+        Some(a) => a.handle(mem, &mut req),
+        None => {
+            req.plugin = 0;
+            req.ret = ENOTSUP;
+        }
+    }
+    mem.write_obj(req, arg).map_err(bad)
+}
+
+#[cfg(test)]
+mod tests;

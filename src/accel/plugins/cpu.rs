@@ -1,0 +1,67 @@
+//! The CPU plugin: sgemm on `matrixmultiply` (single-threaded, as skiff
+//! is), MINMAX, and EXEC of the operator's host libraries.
+
+use super::{Plugin, PluginError};
+use crate::accel::exec::Libraries;
+use crate::accel::ops::{Exec, MinMax, Sgemm};
+use guest_abi::accel::{op, PLUGIN_CPU, PLUGIN_SOFTWARE};
+
+#[derive(Debug)]
+pub struct Cpu;
+
+impl Plugin for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn kind(&self) -> u32 {
+        PLUGIN_CPU | PLUGIN_SOFTWARE
+    }
+    fn implements(&self, o: u8) -> bool {
+        matches!(o, op::NOOP | op::BLAS_SGEMM | op::MINMAX | op::EXEC)
+    }
+
+    fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
+        if s.m == 0 || s.n == 0 {
+            return Ok(());
+        }
+        // SAFETY: the decoder sized every slice to span its matrix with
+        // its row stride (m-1)*ld + cols, so every element matrixmultiply
+        // touches is in bounds; `c` is exclusive. Strides fit isize: the
+        // slices lie in at most 4 GiB of guest memory.
+        unsafe {
+            matrixmultiply::sgemm(
+                s.m,
+                s.k,
+                s.n,
+                s.alpha,
+                s.a.as_ptr(),
+                s.lda as isize,
+                1,
+                s.b.as_ptr(),
+                s.ldb as isize,
+                1,
+                s.beta,
+                s.c.as_mut_ptr(),
+                s.ldc as isize,
+                1,
+            )
+        };
+        Ok(())
+    }
+
+    fn minmax(&mut self, m: &mut MinMax<'_>) -> Result<(f64, f64), PluginError> {
+        let (lo, hi) = (f64::from(m.low), f64::from(m.high));
+        let mut min = f64::INFINITY;
+        let mut max = f64::NEG_INFINITY;
+        for (o, &x) in m.out.iter_mut().zip(m.data) {
+            min = min.min(x);
+            max = max.max(x);
+            *o = x.clamp(lo, hi);
+        }
+        Ok((min, max))
+    }
+
+    fn exec(&mut self, e: &mut Exec<'_>, libs: &Libraries) -> Result<(), PluginError> {
+        libs.call(e)
+    }
+}

@@ -1,0 +1,109 @@
+//! Plugins: one module per backend, all behind [`Plugin`]. A plugin
+//! declares its type flags (for the session hint) and the ops it
+//! implements; the default methods answer "unsupported", so a new op only
+//! adds a default method here.
+
+pub mod cpu;
+pub mod cuda;
+pub mod opencl;
+
+use super::exec::Libraries;
+use super::ops::{Exec, MinMax, Sgemm};
+use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
+use thiserror::Error;
+
+/// The plugins an operator can name, in `--accel` spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginKind {
+    Cpu,
+    OpenCl,
+    Cuda,
+}
+
+impl PluginKind {
+    pub const ALL: [PluginKind; 3] = [PluginKind::Cpu, PluginKind::OpenCl, PluginKind::Cuda];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PluginKind::Cpu => "cpu",
+            PluginKind::OpenCl => "opencl",
+            PluginKind::Cuda => "cuda",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Initialises the backend (device discovery, program builds); the
+    /// reason it cannot run here otherwise.
+    pub fn init(self) -> Result<Box<dyn Plugin>, Unavailable> {
+        Ok(match self {
+            PluginKind::Cpu => Box::new(cpu::Cpu),
+            PluginKind::OpenCl => Box::new(opencl::OpenCl::new()?),
+            PluginKind::Cuda => Box::new(cuda::Cuda::new()?),
+        })
+    }
+}
+
+/// Why a plugin cannot run on this host (the operator sees it once).
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Why a plugin failed one op; becomes the guest's errno.
+#[derive(Debug, Error)]
+pub enum PluginError {
+    #[error("operation not implemented")]
+    Unsupported,
+    #[error("invalid argument")]
+    Invalid,
+    #[error("no such library or symbol")]
+    NotFound,
+    /// A backend failure (OpenCL/CUDA error, EXEC function's non-zero
+    /// return): EPROTO, and this message on stderr.
+    #[error("{plugin}: {what}: {detail}")]
+    Backend {
+        plugin: &'static str,
+        what: &'static str,
+        detail: String,
+    },
+}
+
+impl PluginError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            PluginError::Unsupported => ENOTSUP,
+            PluginError::Invalid => EINVAL,
+            PluginError::NotFound => ENOENT,
+            PluginError::Backend { .. } => EPROTO,
+        }
+    }
+}
+
+/// One accelerator backend.
+pub trait Plugin: std::fmt::Debug {
+    fn name(&self) -> &'static str;
+    /// vAccel type flags (`PLUGIN_*`) matched against a session's hint.
+    fn kind(&self) -> u32;
+    /// Whether the plugin implements op number `op`.
+    fn implements(&self, op: u8) -> bool;
+    /// What runs it, for the operator's start-up note.
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
+
+    fn noop(&mut self) -> Result<(), PluginError> {
+        Ok(())
+    }
+    fn sgemm(&mut self, _: &mut Sgemm<'_>) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    /// Returns (min, max) of the data.
+    fn minmax(&mut self, _: &mut MinMax<'_>) -> Result<(f64, f64), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    fn exec(&mut self, _: &mut Exec<'_>, _: &Libraries) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+}
