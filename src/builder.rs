@@ -94,7 +94,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     // SAFETY: the region is our own live mapping of `mem_size` bytes, and
     // `mem` is kept in the Vm next to the VM fd, so it outlives the slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(BuildError::MemoryRegion)?;
-    let vcpu = Vcpu::new(&kvm, &vm)?;
+    let mut vcpu = Vcpu::new(&kvm, &vm)?;
 
     // 4. Boot state: page tables, GDT, boot info, manifest, command line.
     let tsc_hz = vcpu.tsc_hz()?;

@@ -57,7 +57,7 @@ impl Default for MemSize {
 }
 
 /// Everything `skiff run` (or `solo5-hvt`) was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunConfig {
     pub mem: MemSize,
     pub kernel: PathBuf,
