@@ -6,6 +6,7 @@ mod solo5;
 use crate::config::{self, MemSize, RunConfig};
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The flags `skiff run` shares with solo5-hvt.
@@ -118,7 +119,7 @@ fn invoked_as(argv0: Option<&OsString>) -> String {
 
 /// Prints `prog: message` on stderr.
 pub fn report(prog: &str, msg: &dyn std::fmt::Display) {
-    eprintln!("{prog}: {msg}");
+    let _ = writeln!(std::io::stderr(), "{prog}: {msg}");
 }
 
 /// A clap error as one line (help and version print in full, exit 0).
@@ -233,7 +234,7 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
             });
         return match r {
             Ok(()) => {
-                println!("{}", lines.join("\n"));
+                let _ = writeln!(std::io::stdout(), "{}", lines.join("\n"));
                 0
             }
             Err(e) => {
@@ -251,7 +252,11 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
     };
     match harness::bench(&cfg) {
         Ok(r) if b.json => {
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            );
             0
         }
         Ok(r) => {
