@@ -142,10 +142,10 @@ impl Accel {
         for k in kinds {
             match k.init() {
                 Ok(p) => plugins.push(p),
-                Err(why) => eprintln!(
-                    "skiff: accel: plugin {} unavailable: {why}; skipped",
-                    k.name()
-                ),
+                Err(why) => {
+                    let msg = format!("plugin {} unavailable: {why}; skipped", k.name());
+                    crate::cli::report("skiff: accel", &msg);
+                }
             }
         }
         let mut a = Self::with_plugins(plugins);
@@ -304,7 +304,7 @@ impl Accel {
         let p = &mut self.plugins[i];
         run(p.as_mut(), &mut op, &self.libs).map_err(|e| {
             if let PluginError::Backend { .. } = e {
-                eprintln!("skiff: accel: {e}");
+                crate::cli::report("skiff: accel", &e);
             }
             e.errno()
         })?;
