@@ -21,6 +21,8 @@ pub enum ConfigError {
     MemTooBig(u64),
     #[error("guest command line too long ({0} bytes, at most 8191)")]
     CmdlineTooLong(usize),
+    #[error(transparent)]
+    Device(#[from] crate::devices::attach::BindingError),
 }
 
 /// Guest memory size in bytes: a multiple of 2 MiB, 2 MiB to 4 GiB.
@@ -61,6 +63,8 @@ pub struct RunConfig {
     pub kernel: PathBuf,
     /// The guest's command line: its arguments joined by single spaces.
     pub cmdline: Vec<u8>,
+    /// `--block`/`--net` bindings for the manifest's devices.
+    pub devices: crate::devices::attach::Bindings,
 }
 
 /// Joins the guest's arguments as Solo5 does, refusing overlong ones.

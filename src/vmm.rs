@@ -19,6 +19,8 @@ pub enum RunError {
     Stdout(std::io::Error),
     #[error("exiting on signal {0}")]
     Signal(i32),
+    #[error(transparent)]
+    Device(#[from] crate::devices::DeviceError),
 }
 
 /// A guest ready to run.
@@ -56,6 +58,7 @@ impl Vm {
                     })
                 }
                 Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e)),
+                Err(Stop::Device(e)) => return Err(RunError::Device(e)),
             }
         }
     }

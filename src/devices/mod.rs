@@ -1,13 +1,16 @@
 //! Devices: one module per device, each owning its hypercalls. `handle`
 //! is the dispatch table from a decoded request to its owner.
 
+pub mod attach;
+pub mod block;
 pub mod clock;
 pub mod console;
+pub mod net;
+pub mod poll;
 
 use crate::hypercall::{Control, Request};
 use crate::memory::GuestMemory;
 use crate::vcpu::GuestFault;
-use guest_abi::hvt::ret;
 use thiserror::Error;
 
 /// Why a hypercall ended the run.
@@ -17,12 +20,39 @@ pub enum Stop {
     Fault(#[from] GuestFault),
     #[error("cannot write the guest's output to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// A host-side device failure that ends the run (never a guest mistake).
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("{call}: backing storage I/O failed: {err}")]
+    BlockIo {
+        call: &'static str,
+        err: std::io::Error,
+    },
+    #[error("{call}: backing storage ended after {done} of {len} bytes")]
+    BlockShort {
+        call: &'static str,
+        done: u64,
+        len: u64,
+    },
+    #[error("{call}: network I/O failed: {err}")]
+    NetIo {
+        call: &'static str,
+        err: std::io::Error,
+    },
+    #[error("POLL: waiting failed: {0}")]
+    Poll(std::io::Error),
 }
 
 /// The running devices of one guest.
 #[derive(Debug, Default)]
 pub struct Devices {
     pub console: console::Console,
+    pub block: block::BlockDevices,
+    pub net: net::NetDevices,
 }
 
 impl Devices {
@@ -31,17 +61,11 @@ impl Devices {
         match req {
             Request::Walltime { arg } => clock::walltime(mem, arg)?,
             Request::Puts { arg } => self.console.puts(mem, arg)?,
-            Request::Poll { arg, req } => clock::poll(mem, arg, req)?,
-            // No block or net device is attached yet: every handle is
-            // invalid, which the guest learns as EINVAL.
-            Request::BlockWrite { arg, mut req } | Request::BlockRead { arg, mut req } => {
-                req.ret = ret::EINVAL;
-                write_back(mem, "BLOCK", arg, req)?;
-            }
-            Request::NetWrite { arg, mut req } | Request::NetRead { arg, mut req } => {
-                req.ret = ret::EINVAL;
-                write_back(mem, "NET", arg, req)?;
-            }
+            Request::Poll { arg, req } => self.net.poll(mem, arg, req)?,
+            Request::BlockWrite { arg, req } => self.block.io(mem, block::Dir::Write, arg, req)?,
+            Request::BlockRead { arg, req } => self.block.io(mem, block::Dir::Read, arg, req)?,
+            Request::NetWrite { arg, req } => self.net.write(mem, arg, req)?,
+            Request::NetRead { arg, req } => self.net.read(mem, arg, req)?,
             Request::Halt { status } => return Ok(Control::Halt(status)),
             Request::Extension { nr, .. } => {
                 return Err(GuestFault::UnknownHypercall(nr as u16).into())
