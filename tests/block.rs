@@ -79,21 +79,21 @@ fn bad_images_and_sector_sizes_are_refused() {
                 format!("--block:storage={six_k}"),
                 "--block-sector-size:storage=4096".into(),
             ],
-            "must be block aligned (4096 bytes)",
+            "Backing storage size must be block aligned (4096 bytes)",
         ),
         (
             vec![
                 format!("--block:storage={good}"),
                 "--block-sector-size:storage=521".into(),
             ],
-            "block size 521 must be a power of two",
+            "block size 521: Block size must be a multiple of 2",
         ),
         (
             vec![
                 format!("--block:storage={good}"),
                 "--block-sector-size:storage=256".into(),
             ],
-            "block size 256 must be a power of two",
+            "Block size must be a multiple of 2 greater than or equal 512",
         ),
         (
             vec![format!("--block:storage={empty}")],

@@ -24,7 +24,7 @@ pub const DEFAULT_SECTOR_SIZE: u16 = 512;
 pub enum SectorSizeError {
     #[error("malformed block size '{0}'")]
     Malformed(String),
-    #[error("block size {0} must be a power of two from 512 to 32768")]
+    #[error("block size {0}: Block size must be a multiple of 2 greater than or equal 512 (a power of two, at most 32768)")]
     Invalid(u64),
 }
 
@@ -35,7 +35,7 @@ pub fn parse_sector_size(s: &str) -> Result<u16, SectorSizeError> {
         .trim()
         .parse()
         .map_err(|_| SectorSizeError::Malformed(s.to_string()))?;
-    if n < 512 || n > 32768 || !n.is_power_of_two() {
+    if !(512..=32768).contains(&n) || !n.is_power_of_two() {
         return Err(SectorSizeError::Invalid(n));
     }
     Ok(n as u16)
@@ -60,9 +60,11 @@ pub enum BlockAttachError {
     },
     #[error("{name}: backing storage {path} is not a regular file")]
     NotFile { name: String, path: PathBuf },
-    #[error("{name}: backing storage size ({size} bytes) must be block aligned ({block} bytes)")]
+    #[error(
+        "{name}: Backing storage size must be block aligned ({block} bytes), not {size} bytes"
+    )]
     Unaligned { name: String, size: u64, block: u16 },
-    #[error("{name}: backing storage must be at least 1 block ({block} bytes) in size")]
+    #[error("{name}: Backing storage must be at least 1 block ({block} bytes) in size")]
     TooSmall { name: String, block: u16 },
 }
 
@@ -99,7 +101,7 @@ impl Block {
         }
         let size = meta.len();
         let block = spec.sector_size;
-        if size % u64::from(block) != 0 {
+        if !size.is_multiple_of(u64::from(block)) {
             return Err(BlockAttachError::Unaligned {
                 name: spec.name.clone(),
                 size,
@@ -131,8 +133,8 @@ impl Block {
 
     /// Whether `[offset, offset+len)` is whole blocks inside the device.
     fn valid(&self, offset: u64, len: u64) -> bool {
-        offset % self.block_size == 0
-            && len % self.block_size == 0
+        offset.is_multiple_of(self.block_size)
+            && len.is_multiple_of(self.block_size)
             && offset
                 .checked_add(len)
                 .is_some_and(|end| end <= self.capacity)

@@ -145,7 +145,7 @@ impl Waiter {
             // 2. Sleep: epoll's own timeout when it is exact to the
             //    millisecond (or so long that rounding up to one does not
             //    matter), else the timerfd for nanoseconds.
-            let n = if timeout_ns % NS_PER_MS == 0 || timeout_ns >= 1_000 * NS_PER_MS {
+            let n = if timeout_ns.is_multiple_of(NS_PER_MS) || timeout_ns >= 1_000 * NS_PER_MS {
                 self.disarm()?;
                 let ms = timeout_ns.div_ceil(NS_PER_MS).min(i32::MAX as u64);
                 self.epoll_pwait(ms as libc::c_int)?
