@@ -104,20 +104,21 @@ fn answer(ifc: &Iface, f: &mut [u8], pings: &mut u64) -> Option<usize> {
                 return None;
             }
             *pings += 1;
+            // Swap the addresses; the IP checksum is unchanged by a swap.
+            // This KVM emulates every guest instruction, so the ICMP
+            // checksum is updated (RFC 1624) rather than recomputed.
             let src = [f[6], f[7], f[8], f[9], f[10], f[11]];
             f[0..6].copy_from_slice(&src);
             f[6..12].copy_from_slice(&ifc.mac);
             let sip = [f[26], f[27], f[28], f[29]];
             f[26..30].copy_from_slice(&ifc.ip);
             f[30..34].copy_from_slice(&sip);
-            f[24] = 0;
-            f[25] = 0;
-            let c = checksum(&f[14..icmp]);
-            f[24..26].copy_from_slice(&c.to_be_bytes());
+            // Type 8 -> 0: the word (type, code) drops by 0x0800.
             f[icmp] = 0;
-            f[icmp + 2] = 0;
-            f[icmp + 3] = 0;
-            let c = checksum(&f[icmp..end]);
+            let old = be16(f, icmp + 2);
+            let mut sum = u32::from(!old) + u32::from(!0x0800u16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            let c = !(sum as u16);
             f[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
             Some(end)
         }
