@@ -88,18 +88,25 @@ impl Block {
                 path: spec.path.clone(),
                 err,
             })?;
-        let meta = file.metadata().map_err(|err| BlockAttachError::Open {
-            name: spec.name.clone(),
-            path: spec.path.clone(),
-            err,
-        })?;
-        if !meta.is_file() {
+        // fstat, not `metadata()`: std uses statx, which urunc's seccomp
+        // filter does not allow.
+        // SAFETY: an all-zero `stat` is a valid out-buffer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `file` is open; `st` is a valid, writable stat buffer.
+        if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
+            return Err(BlockAttachError::Open {
+                name: spec.name.clone(),
+                path: spec.path.clone(),
+                err: std::io::Error::last_os_error(),
+            });
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(BlockAttachError::NotFile {
                 name: spec.name.clone(),
                 path: spec.path.clone(),
             });
         }
-        let size = meta.len();
+        let size = st.st_size as u64;
         let block = spec.sector_size;
         if !size.is_multiple_of(u64::from(block)) {
             return Err(BlockAttachError::Unaligned {
