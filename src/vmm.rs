@@ -22,6 +22,8 @@ pub enum RunError {
     Function(#[from] crate::devices::function::FunctionError),
     #[error("exiting on signal {0}")]
     Signal(i32),
+    #[error(transparent)]
+    Device(#[from] crate::devices::DeviceError),
 }
 
 /// A guest ready to run.
@@ -75,6 +77,7 @@ impl Vm {
             }),
             Err(Stop::Stdout(e)) => Err(RunError::Stdout(e)),
             Err(Stop::Function(e)) => Err(RunError::Function(e)),
+            Err(Stop::Device(e)) => Err(RunError::Device(e)),
         }
     }
 
