@@ -11,5 +11,6 @@ pub mod devices;
 pub mod hypercall;
 pub mod image;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vmm;

@@ -131,6 +131,9 @@ pub fn run_guest(prog: &str, cfg: &RunConfig) -> i32 {
             return 1;
         }
     };
+    if !crate::seccomp::confine(prog, crate::seccomp::Policy::Run) {
+        return 1;
+    }
     match vm.run() {
         Ok(status) => status & 0xff,
         Err(crate::vmm::RunError::Signal(sig)) => {
