@@ -20,7 +20,7 @@ for t in "${targets[@]}"; do
     echo "fuzz: $t for ${secs}s"
     cargo +nightly fuzz run "$t" "corpus/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 -max_len=65536 2>&1 |
-        grep -E '^#[0-9]+ +(INITED|DONE)|stat::|ERROR|panicked|SUMMARY|Test unit written' || true
+        grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|stat::|ERROR|panicked|SUMMARY|Test unit written' || true
     # pipefail would mask libFuzzer's status behind grep: check for a crash file.
     if compgen -G "artifacts/$t/crash-*" >/dev/null || compgen -G "artifacts/$t/leak-*" >/dev/null; then
         echo "fuzz: $t found a crash: $(ls artifacts/$t/)" >&2
