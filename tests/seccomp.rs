@@ -217,23 +217,35 @@ fn urunc_filter() -> BpfProgram {
 
 #[test]
 fn under_an_outer_filter_like_urunc_skiff_keeps_it_and_says_so() {
-    let filter = urunc_filter();
-    let mut cmd = Command::new(skiff());
-    cmd.args(["run", "--mem=16", guest("hello").to_str().unwrap(), "x"]);
-    // SAFETY: the pre_exec closure only makes the prctl and seccomp
-    // syscalls (no allocation), on a program compiled before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            seccompiler::apply_filter(&filter).map_err(|e| std::io::Error::other(e.to_string()))
-        });
+    // hello: console and command line; time: WALLTIME and POLL's sleep.
+    for (g, arg, out) in [
+        ("hello", "x", "Hello, world!\ncmdline: x\n"),
+        ("time", "", "time: ok\n"),
+    ] {
+        let filter = urunc_filter();
+        let mut cmd = Command::new(skiff());
+        cmd.args(["run", "--mem=16", guest(g).to_str().unwrap(), arg]);
+        // SAFETY: the pre_exec closure only makes the prctl and seccomp
+        // syscalls (no allocation), on a program compiled before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                seccompiler::apply_filter(&filter).map_err(|e| std::io::Error::other(e.to_string()))
+            });
+        }
+        let o = run_with(cmd, b"", Duration::from_secs(30));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{g}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+        assert!(stdout(&o).ends_with(out), "{g}: {}", stdout(&o));
+        assert_eq!(
+            stderr(&o),
+            "skiff: already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own\n"
+        );
     }
-    let o = run_with(cmd, b"", Duration::from_secs(30));
-    assert_eq!(o.status.code(), Some(0), "{:?} {}", o.status, stderr(&o));
-    assert_eq!(stdout(&o), "Hello, world!\ncmdline: x\n");
-    assert_eq!(
-        stderr(&o),
-        "skiff: already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own\n"
-    );
 }
 
 #[test]

@@ -35,8 +35,16 @@ pub fn poll(mem: &GuestMemory, arg: Gpa, mut req: HcPoll) -> Result<(), Stop> {
             tv_sec: (ns / 1_000_000_000).min(i64::MAX as u64) as libc::time_t,
             tv_nsec: (ns % 1_000_000_000) as libc::c_long,
         };
+        // The nanosleep syscall itself: glibc's nanosleep() is
+        // clock_nanosleep, which urunc's outer seccomp filter forbids.
         // SAFETY: valid timespec; a null remainder pointer is allowed.
-        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_nanosleep,
+                &ts as *const libc::timespec,
+                std::ptr::null_mut::<libc::timespec>(),
+            )
+        };
     }
     req.ready_set = 0;
     req.ret = 0;
