@@ -103,6 +103,37 @@ fn a_syscall_outside_the_run_policy_kills_with_sigsys() {
         assert!(killed_by_sigsys(status), "syscall {nr}: status {status:#x}");
     }
 
+    // mmap is allowed only without PROT_EXEC: no new code at run time.
+    for (prot, allowed) in [
+        (libc::PROT_READ | libc::PROT_WRITE, true),
+        (libc::PROT_READ | libc::PROT_EXEC, false),
+    ] {
+        let status = in_child(|| {
+            if seccomp::install(Policy::Run).is_err() {
+                return 100;
+            }
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+            // SAFETY: a fresh anonymous mapping, never used.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, flags, -1, 0) };
+            if p == libc::MAP_FAILED {
+                101
+            } else {
+                7
+            }
+        });
+        if allowed {
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+                "{status:#x}"
+            );
+        } else {
+            assert!(
+                killed_by_sigsys(status),
+                "mmap PROT_EXEC: status {status:#x}"
+            );
+        }
+    }
+
     // An ioctl other than the listed KVM requests is refused too.
     let status = in_child(|| {
         if seccomp::install(Policy::Run).is_err() {
