@@ -2,11 +2,13 @@
 //! guest should not get away with; each has one deterministic outcome: a
 //! one-line message and exit 1, an exception the guest's own handler
 //! reports (255), or an error code returned to the guest. The endless loop
-//! (`spin`, ended by SIGTERM/SIGINT) is in tests/core.rs.
+//! (`spin`, ended by SIGTERM/SIGINT) is in tests/core.rs; an endless POLL
+//! is here.
 
 mod common;
 use common::*;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// `skiff run --mem=8 hostile MODE [ARGS]`.
 fn hostile(args: &[&str]) -> std::process::Output {
@@ -164,4 +166,28 @@ fn an_unknown_mode_is_the_guests_own_failure() {
     let o = hostile(&["no-such-mode"]);
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(stderr(&o), "");
+}
+
+#[test]
+fn an_endless_poll_ends_promptly_on_sigterm() {
+    let mut child = Command::new(skiff())
+        .args(["run", "--mem=8", guest("hostile").to_str().unwrap()])
+        .arg("poll-forever")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "POLL returned early");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(143));
+    assert_eq!(stderr(&o), "skiff: exiting on signal 15\n");
 }

@@ -141,6 +141,10 @@ fn main(ctx: &Ctx) -> i32 {
             println!("no-devices: block_write={b} block_read={r} net={n}");
             return 0;
         }
+        // POLL with the longest timeout there is: only a signal ends it.
+        "poll-forever" => {
+            rt::poll(u64::MAX);
+        }
         // A flood of cheap hypercalls: PUTS of nothing, WALLTIME.
         "flood" => {
             let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
