@@ -8,7 +8,6 @@
 mod common;
 use common::*;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// `skiff run --mem=8 hostile MODE [ARGS]`.
 fn hostile(args: &[&str]) -> std::process::Output {
@@ -170,24 +169,9 @@ fn an_unknown_mode_is_the_guests_own_failure() {
 
 #[test]
 fn an_endless_poll_ends_promptly_on_sigterm() {
-    let mut child = Command::new(skiff())
-        .args(["run", "--mem=8", guest("hostile").to_str().unwrap()])
-        .arg("poll-forever")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(child.try_wait().unwrap().is_none(), "POLL returned early");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
+    let g = guest("hostile");
+    signal_running(
+        &["--mem=8", g.to_str().unwrap(), "poll-forever"],
+        libc::SIGTERM,
     );
-    assert_eq!(o.status.code(), Some(143));
-    assert_eq!(stderr(&o), "skiff: exiting on signal 15\n");
 }
