@@ -88,7 +88,9 @@ fn arg_size(req: &Request) -> Option<u64> {
 
 fuzz_target!(|data: &[u8]| {
     let mem = memory();
-    let n = data.first().map_or(0, |b| usize::from(*b) % (MAX_EXITS + 1));
+    let n = data
+        .first()
+        .map_or(0, |b| usize::from(*b) % (MAX_EXITS + 1));
     let (records, rest) = data
         .get(1..)
         .unwrap_or(&[])
