@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn hello_prints_and_sees_its_command_line() {
@@ -115,30 +115,8 @@ fn solo5_hvt_name_takes_solo5_argv() {
 
 #[test]
 fn sigterm_and_sigint_end_a_spinning_guest_promptly() {
-    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
-        let mut child = Command::new(skiff())
-            .args(["run", guest("spin").to_str().unwrap()])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(child.try_wait().unwrap().is_none(), "spin exited by itself");
-        // SAFETY: sending a signal to our own child.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let t = Instant::now();
-        let o = child.wait_with_output().unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            t.elapsed()
-        );
-        assert_eq!(o.status.code(), Some(code));
-        assert!(
-            stderr(&o).contains(&format!("exiting on signal {sig}")),
-            "{}",
-            stderr(&o)
-        );
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        signal_running(&[guest("spin").to_str().unwrap()], sig);
     }
 }
 

@@ -187,19 +187,17 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    // urunc execs `solo5-hvt` under a seccomp allowlist without clone.
-    run_guest(&prog, &cfg, !prog.starts_with("solo5-hvt"))
+    run_guest(&prog, &cfg)
 }
 
 /// Builds and runs one guest; its HALT status is the exit status.
-/// `defer_teardown`: destroy the VM after our exit (see teardown.rs).
-pub fn run_guest(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
-    let status = build_and_run(prog, cfg, defer_teardown);
+pub fn run_guest(prog: &str, cfg: &RunConfig) -> i32 {
+    let status = build_and_run(prog, cfg);
     crate::bench::marks::report();
     status
 }
 
-fn build_and_run(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
+fn build_and_run(prog: &str, cfg: &RunConfig) -> i32 {
     let mut vm = match crate::builder::build(cfg) {
         Ok(vm) => vm,
         Err(e) => {
@@ -207,8 +205,18 @@ fn build_and_run(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
             return 1;
         }
     };
+    // Accelerator plugins (pocl's threads) need the looser policy.
+    let policy = match cfg.accel.plugins {
+        Some(_) => crate::seccomp::Policy::Accel,
+        None => crate::seccomp::Policy::Run,
+    };
+    let Some(confined) = crate::seccomp::confine(prog, policy) else {
+        return 1;
+    };
     let result = vm.run();
-    if defer_teardown {
+    // The VM is destroyed after our exit, unless an outer filter (urunc's
+    // allowlist has no clone) might forbid the holder process.
+    if confined != crate::seccomp::Installed::OuterFilter {
         crate::teardown::defer(vm);
     }
     match result {
