@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod opencl;
 
+use super::classify::{graph::Network, model::Model};
 use super::exec::Libraries;
 use super::ops::{Exec, MinMax, Sgemm};
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
@@ -60,6 +61,10 @@ pub enum PluginError {
     Invalid,
     #[error("no such library or symbol")]
     NotFound,
+    /// The guest's input is unusable (an image that does not decode):
+    /// EINVAL, and this message on stderr.
+    #[error("{what}: {detail}")]
+    BadInput { what: &'static str, detail: String },
     /// A backend failure (OpenCL/CUDA error, EXEC function's non-zero
     /// return): EPROTO, and this message on stderr.
     #[error("{plugin}: {what}: {detail}")]
@@ -74,7 +79,7 @@ impl PluginError {
     pub fn errno(&self) -> i32 {
         match self {
             PluginError::Unsupported => ENOTSUP,
-            PluginError::Invalid => EINVAL,
+            PluginError::Invalid | PluginError::BadInput { .. } => EINVAL,
             PluginError::NotFound => ENOENT,
             PluginError::Backend { .. } => EPROTO,
         }
@@ -104,6 +109,10 @@ pub trait Plugin: std::fmt::Debug {
         Err(PluginError::Unsupported)
     }
     fn exec(&mut self, _: &mut Exec<'_>, _: &Libraries) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once.
+    fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {
         Err(PluginError::Unsupported)
     }
 }
