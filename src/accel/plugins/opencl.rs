@@ -5,6 +5,9 @@
 //! pocl caches compiled programs in `$POCL_CACHE_DIR`.
 
 use super::{Plugin, PluginError, Unavailable};
+use crate::accel::classify::graph::{Network, Walker};
+use crate::accel::classify::model::Model;
+use crate::accel::classify::opencl::ClBackend;
 use crate::accel::ops::Sgemm;
 use guest_abi::accel::{op, PLUGIN_CPU, PLUGIN_FPGA, PLUGIN_GENERIC, PLUGIN_GPU};
 use opencl3::command_queue::CommandQueue;
@@ -72,6 +75,7 @@ pub struct OpenCl {
     context: Context,
     kind: u32,
     device: String,
+    dev: Device,
 }
 
 impl std::fmt::Debug for OpenCl {
@@ -148,6 +152,7 @@ impl OpenCl {
             context,
             kind,
             device,
+            dev: pick,
         })
     }
 
@@ -186,10 +191,14 @@ impl Plugin for OpenCl {
         self.kind
     }
     fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM)
+        matches!(o, op::NOOP | op::BLAS_SGEMM | op::IMAGE_CLASSIFY)
     }
     fn describe(&self) -> String {
         format!("opencl ({})", self.device)
+    }
+
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Ok(Box::new(Walker::new(ClBackend::new(&self.dev)?, m)?))
     }
 
     fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
