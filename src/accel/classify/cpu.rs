@@ -31,7 +31,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gemm(&mut self, m: usize, n: usize, k: usize, a: &Vec<f32>, b: &Vec<f32>, c: &mut Vec<f32>) -> Result<(), PluginError> {
+    fn gemm(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        c: &mut Vec<f32>,
+    ) -> Result<(), PluginError> {
         fits(a, m * k)?;
         fits(b, k * n)?;
         fits(c, m * n)?;
@@ -39,8 +47,20 @@ impl Backend for CpuBackend {
         // at least its elements (checked above); `c` is exclusive.
         unsafe {
             matrixmultiply::sgemm(
-                m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), n as isize, 1, 0.0,
-                c.as_mut_ptr(), n as isize, 1,
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                k as isize,
+                1,
+                b.as_ptr(),
+                n as isize,
+                1,
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
             )
         };
         Ok(())
@@ -59,14 +79,24 @@ impl Backend for CpuBackend {
                 let out = &mut row[oy * g.ow..][..g.ow];
                 for (ox, o) in out.iter_mut().enumerate() {
                     let ix = (ox * g.stride + kx).wrapping_sub(g.pad_l);
-                    *o = if iy < g.h && ix < g.w { plane[iy * g.w + ix] } else { 0.0 };
+                    *o = if iy < g.h && ix < g.w {
+                        plane[iy * g.w + ix]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
         Ok(())
     }
 
-    fn depthwise(&mut self, x: &Vec<f32>, w: &Vec<f32>, g: &Geom, y: &mut Vec<f32>) -> Result<(), PluginError> {
+    fn depthwise(
+        &mut self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        g: &Geom,
+        y: &mut Vec<f32>,
+    ) -> Result<(), PluginError> {
         let (k, plane) = (g.k, g.h * g.w);
         fits(x, g.c * plane)?;
         fits(w, g.c * k * k)?;
@@ -98,7 +128,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn bias_act(&mut self, x: &mut Vec<f32>, bias: &Vec<f32>, channels: usize, plane: usize, relu6: bool) -> Result<(), PluginError> {
+    fn bias_act(
+        &mut self,
+        x: &mut Vec<f32>,
+        bias: &Vec<f32>,
+        channels: usize,
+        plane: usize,
+        relu6: bool,
+    ) -> Result<(), PluginError> {
         fits(x, channels * plane)?;
         fits(bias, channels)?;
         for (row, &b) in x.chunks_exact_mut(plane).zip(&bias[..channels]) {
@@ -119,7 +156,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn mean(&mut self, x: &Vec<f32>, channels: usize, plane: usize, y: &mut Vec<f32>) -> Result<(), PluginError> {
+    fn mean(
+        &mut self,
+        x: &Vec<f32>,
+        channels: usize,
+        plane: usize,
+        y: &mut Vec<f32>,
+    ) -> Result<(), PluginError> {
         fits(x, channels * plane)?;
         fits(y, channels)?;
         for (o, row) in y.iter_mut().zip(x.chunks_exact(plane)) {

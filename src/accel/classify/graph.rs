@@ -34,7 +34,17 @@ impl Geom {
         };
         let (pad_t, oh) = pad(h);
         let (pad_l, ow) = pad(w);
-        Geom { c, h, w, k, stride, pad_t, pad_l, oh, ow }
+        Geom {
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad_t,
+            pad_l,
+            oh,
+            ow,
+        }
     }
     pub fn out_plane(&self) -> usize {
         self.oh * self.ow
@@ -51,17 +61,44 @@ pub trait Backend {
     /// Waits for queued work and copies `out.len()` floats back.
     fn read(&mut self, buf: &Self::Buf, out: &mut [f32]) -> Result<(), PluginError>;
     /// `c[m x n] = a[m x k] * b[k x n]`, row-major, contiguous.
-    fn gemm(&mut self, m: usize, n: usize, k: usize, a: &Self::Buf, b: &Self::Buf, c: &mut Self::Buf) -> Result<(), PluginError>;
+    fn gemm(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        c: &mut Self::Buf,
+    ) -> Result<(), PluginError>;
     /// CHW `x` to the [c*k*k x oh*ow] patch matrix (zeros in the padding).
     fn im2col(&mut self, x: &Self::Buf, g: &Geom, col: &mut Self::Buf) -> Result<(), PluginError>;
     /// Depthwise convolution: one k x k filter per channel.
-    fn depthwise(&mut self, x: &Self::Buf, w: &Self::Buf, g: &Geom, y: &mut Self::Buf) -> Result<(), PluginError>;
+    fn depthwise(
+        &mut self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        g: &Geom,
+        y: &mut Self::Buf,
+    ) -> Result<(), PluginError>;
     /// `x[c][p] += bias[c]`, then clamped to [0, 6] if `relu6`.
-    fn bias_act(&mut self, x: &mut Self::Buf, bias: &Self::Buf, channels: usize, plane: usize, relu6: bool) -> Result<(), PluginError>;
+    fn bias_act(
+        &mut self,
+        x: &mut Self::Buf,
+        bias: &Self::Buf,
+        channels: usize,
+        plane: usize,
+        relu6: bool,
+    ) -> Result<(), PluginError>;
     /// `x[i] += y[i]` for the first `n` elements.
     fn add(&mut self, x: &mut Self::Buf, y: &Self::Buf, n: usize) -> Result<(), PluginError>;
     /// `y[c]` = mean of `x[c][..plane]`.
-    fn mean(&mut self, x: &Self::Buf, channels: usize, plane: usize, y: &mut Self::Buf) -> Result<(), PluginError>;
+    fn mean(
+        &mut self,
+        x: &Self::Buf,
+        channels: usize,
+        plane: usize,
+        y: &mut Self::Buf,
+    ) -> Result<(), PluginError>;
 }
 
 /// A network a plugin built; `logits` runs one preprocessed image.
@@ -157,14 +194,34 @@ impl<E: Backend> Walker<E> {
 
 impl<E: Backend> Network for Walker<E> {
     fn logits(&mut self, input: &[f32], out: &mut [f32]) -> Result<(), PluginError> {
-        let Walker { be, stem, blocks, head, fc, cur, next, wide, dw, col, pooled, out: logits } = self;
+        let Walker {
+            be,
+            stem,
+            blocks,
+            head,
+            fc,
+            cur,
+            next,
+            wide,
+            dw,
+            col,
+            pooled,
+            out: logits,
+        } = self;
         if input.len() != 3 * SIDE * SIDE || out.len() != fc.cout {
             return Err(PluginError::Invalid);
         }
         be.write(wide, input)?;
         let g = Geom::same(3, SIDE, SIDE, stem.k, STEM_STRIDE);
         be.im2col(wide, &g, col)?;
-        be.gemm(stem.cout, g.out_plane(), 3 * stem.k * stem.k, &stem.w, col, cur)?;
+        be.gemm(
+            stem.cout,
+            g.out_plane(),
+            3 * stem.k * stem.k,
+            &stem.w,
+            col,
+            cur,
+        )?;
         be.bias_act(cur, &stem.b, stem.cout, g.out_plane(), true)?;
         let (mut c, mut h, mut w) = (stem.cout, g.oh, g.ow);
         for b in blocks.iter() {

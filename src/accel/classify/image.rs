@@ -66,9 +66,15 @@ fn axis(n_in: u32, n_out: u32, off: u32) -> impl Iterator<Item = (usize, usize, 
 pub fn preprocess(img: &RgbImage, out: &mut [f32]) {
     let (w, h) = img.dimensions();
     let (nh, nw) = if h <= w {
-        (SHORT, ((u64::from(w) * u64::from(SHORT) + u64::from(h / 2)) / u64::from(h)) as u32)
+        (
+            SHORT,
+            ((u64::from(w) * u64::from(SHORT) + u64::from(h / 2)) / u64::from(h)) as u32,
+        )
     } else {
-        (((u64::from(h) * u64::from(SHORT) + u64::from(w / 2)) / u64::from(w)) as u32, SHORT)
+        (
+            ((u64::from(h) * u64::from(SHORT) + u64::from(w / 2)) / u64::from(w)) as u32,
+            SHORT,
+        )
     };
     let crop = SIDE as u32;
     let (top, left) = ((nh.max(crop) - crop) / 2, (nw.max(crop) - crop) / 2);

@@ -76,7 +76,10 @@ impl Classifiers {
     /// Loads every model file that is a safetensors classifier (other
     /// files stay opaque resources) and builds its network on each plugin
     /// that implements IMAGE_CLASSIFY.
-    pub fn build(models: &[(String, PathBuf)], plugins: &mut [Box<dyn Plugin>]) -> Result<Self, ClassifierError> {
+    pub fn build(
+        models: &[(String, PathBuf)],
+        plugins: &mut [Box<dyn Plugin>],
+    ) -> Result<Self, ClassifierError> {
         let mut out = Classifiers::default();
         for (name, path) in models.iter().filter(|(_, p)| model::sniff(p)) {
             let m = Model::load(path).map_err(|err| LoadError {
@@ -113,7 +116,12 @@ impl Classifiers {
     }
 
     /// Runs `req` with model `model` on plugin `plugin`.
-    pub fn run(&mut self, model: usize, plugin: usize, req: &mut Classify<'_>) -> Result<(), PluginError> {
+    pub fn run(
+        &mut self,
+        model: usize,
+        plugin: usize,
+        req: &mut Classify<'_>,
+    ) -> Result<(), PluginError> {
         let c = &mut self.models[model];
         let net = c.nets[plugin].as_mut().ok_or(PluginError::Unsupported)?;
         let img = image::decode(req.image).map_err(|e| PluginError::BadInput {
@@ -126,7 +134,9 @@ impl Classifiers {
         net.logits(&self.input, logits)?;
         let top = top5(logits);
         let label = |i: usize| c.labels[i].as_str();
-        fill(req.imgname, |w| write!(w, "{} {}", top[0].0, label(top[0].0)));
+        fill(req.imgname, |w| {
+            write!(w, "{} {}", top[0].0, label(top[0].0))
+        });
         fill(req.text, |w| {
             top.iter()
                 .try_for_each(|&(i, p)| writeln!(w, "{i} {p:.4} {}", label(i)))
@@ -135,8 +145,16 @@ impl Classifiers {
     }
 
     /// The logits of a preprocessed input (tests, benches).
-    pub fn logits(&mut self, model: usize, plugin: usize, input: &[f32], out: &mut [f32]) -> Result<(), PluginError> {
-        let net = self.models[model].nets[plugin].as_mut().ok_or(PluginError::Unsupported)?;
+    pub fn logits(
+        &mut self,
+        model: usize,
+        plugin: usize,
+        input: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), PluginError> {
+        let net = self.models[model].nets[plugin]
+            .as_mut()
+            .ok_or(PluginError::Unsupported)?;
         net.logits(input, out)
     }
 }

@@ -75,7 +75,10 @@ pub fn sniff(path: &Path) -> bool {
     ok.is_ok() && head[8] == b'{' && len < (100 << 20)
 }
 
-fn meta<'a>(st: &'a Option<std::collections::HashMap<String, String>>, key: &'static str) -> Result<&'a str, ModelError> {
+fn meta<'a>(
+    st: &'a Option<std::collections::HashMap<String, String>>,
+    key: &'static str,
+) -> Result<&'a str, ModelError> {
     st.as_ref()
         .and_then(|m| m.get(key))
         .map(String::as_str)
@@ -99,10 +102,12 @@ fn tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>,
 
 /// The shape a tensor has in the file, for layers whose size it defines.
 fn shape_of(st: &SafeTensors<'_>, name: &str) -> Result<Vec<usize>, ModelError> {
-    st.tensor(name).map(|t| t.shape().to_vec()).map_err(|_| ModelError::Tensor {
-        name: name.into(),
-        shape: vec![],
-    })
+    st.tensor(name)
+        .map(|t| t.shape().to_vec())
+        .map_err(|_| ModelError::Tensor {
+            name: name.into(),
+            shape: vec![],
+        })
 }
 
 /// Reads conv `name` with `cin` input channels per group; its output
@@ -112,15 +117,29 @@ fn conv(st: &SafeTensors<'_>, name: &str, cin: usize, depthwise: bool) -> Result
     let s = shape_of(st, &wname)?;
     let (cout, k) = match s[..] {
         [o, _, k, _] if k % 2 == 1 && k <= 7 && o > 0 => (o, k),
-        _ => return Err(ModelError::Tensor { name: wname, shape: s }),
+        _ => {
+            return Err(ModelError::Tensor {
+                name: wname,
+                shape: s,
+            })
+        }
     };
     if depthwise && cout != cin {
-        return Err(ModelError::Tensor { name: wname, shape: s });
+        return Err(ModelError::Tensor {
+            name: wname,
+            shape: s,
+        });
     }
     let per_group = if depthwise { 1 } else { cin };
     let w = tensor(st, &wname, &[cout, per_group, k, k])?;
     let b = tensor(st, &format!("{name}.bias"), &[cout])?;
-    Ok(Conv { w, b, cout, cin: per_group, k })
+    Ok(Conv {
+        w,
+        b,
+        cout,
+        cin: per_group,
+        k,
+    })
 }
 
 impl Model {
@@ -139,12 +158,21 @@ impl Model {
         let st = SafeTensors::deserialize(bytes)?;
         let m = md.metadata();
         meta(m, "skiff.model")?;
-        let strides: Vec<usize> = serde_json::from_str(meta(m, "skiff.strides")?)
-            .map_err(|_| ModelError::Metadata { key: "skiff.strides" })?;
-        let labels: Vec<String> = serde_json::from_str(meta(m, "skiff.labels")?)
-            .map_err(|_| ModelError::Metadata { key: "skiff.labels" })?;
-        if strides.is_empty() || strides.len() > BLOCKS_MAX || strides.iter().any(|s| !(1..=2).contains(s)) {
-            return Err(ModelError::Metadata { key: "skiff.strides" });
+        let strides: Vec<usize> =
+            serde_json::from_str(meta(m, "skiff.strides")?).map_err(|_| ModelError::Metadata {
+                key: "skiff.strides",
+            })?;
+        let labels: Vec<String> =
+            serde_json::from_str(meta(m, "skiff.labels")?).map_err(|_| ModelError::Metadata {
+                key: "skiff.labels",
+            })?;
+        if strides.is_empty()
+            || strides.len() > BLOCKS_MAX
+            || strides.iter().any(|s| !(1..=2).contains(s))
+        {
+            return Err(ModelError::Metadata {
+                key: "skiff.strides",
+            });
         }
         let stem = conv(&st, "stem", 3, false)?;
         let mut c = stem.cout;
@@ -169,7 +197,13 @@ impl Model {
             one(&project, "project")?;
             let residual = stride == 1 && project.cout == c;
             c = project.cout;
-            blocks.push(Block { expand, dw, project, stride, residual });
+            blocks.push(Block {
+                expand,
+                dw,
+                project,
+                stride,
+                residual,
+            });
         }
         let head = conv(&st, "head", c, false)?;
         let classes = labels.len();
@@ -181,8 +215,16 @@ impl Model {
             k: 1,
         };
         if classes == 0 || head.k != 1 {
-            return Err(ModelError::Metadata { key: "skiff.labels" });
+            return Err(ModelError::Metadata {
+                key: "skiff.labels",
+            });
         }
-        Ok(Model { stem, blocks, head, fc, labels })
+        Ok(Model {
+            stem,
+            blocks,
+            head,
+            fc,
+            labels,
+        })
     }
 }

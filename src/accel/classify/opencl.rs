@@ -135,7 +135,11 @@ impl ClBackend {
     }
 }
 
-fn run(exec: &mut ExecuteKernel<'_>, queue: &CommandQueue, what: &'static str) -> Result<(), PluginError> {
+fn run(
+    exec: &mut ExecuteKernel<'_>,
+    queue: &CommandQueue,
+    what: &'static str,
+) -> Result<(), PluginError> {
     // SAFETY: every caller set the kernel's arguments in order and type,
     // over buffers the walker sized for this geometry.
     unsafe { exec.enqueue_nd_range(queue) }
@@ -153,39 +157,70 @@ impl Backend for ClBackend {
     }
     fn alloc(&mut self, n: usize) -> Result<Buffer<f32>, PluginError> {
         // SAFETY: no host pointer; at least one element (OpenCL refuses 0).
-        unsafe { Buffer::<f32>::create(&self.context, CL_MEM_READ_WRITE, n.max(1), ptr::null_mut()) }
-            .map_err(|e| backend("buffer", e))
+        unsafe {
+            Buffer::<f32>::create(&self.context, CL_MEM_READ_WRITE, n.max(1), ptr::null_mut())
+        }
+        .map_err(|e| backend("buffer", e))
     }
     fn write(&mut self, buf: &mut Buffer<f32>, data: &[f32]) -> Result<(), PluginError> {
         // SAFETY: blocking write of `data` into a buffer at least as long
         // (the walker sized it).
-        unsafe { self.queue.enqueue_write_buffer(buf, CL_BLOCKING, 0, data, &[]) }
-            .map(drop)
-            .map_err(|e| backend("write buffer", e))
+        unsafe {
+            self.queue
+                .enqueue_write_buffer(buf, CL_BLOCKING, 0, data, &[])
+        }
+        .map(drop)
+        .map_err(|e| backend("write buffer", e))
     }
     fn read(&mut self, buf: &Buffer<f32>, out: &mut [f32]) -> Result<(), PluginError> {
         // SAFETY: blocking read of `out.len()` floats from a buffer that
         // long; the in-order queue finishes every kernel first.
-        unsafe { self.queue.enqueue_read_buffer(buf, CL_BLOCKING, 0, out, &[]) }
-            .map(drop)
-            .map_err(|e| backend("read buffer", e))
+        unsafe {
+            self.queue
+                .enqueue_read_buffer(buf, CL_BLOCKING, 0, out, &[])
+        }
+        .map(drop)
+        .map_err(|e| backend("read buffer", e))
     }
 
-    fn gemm(&mut self, m: usize, n: usize, k: usize, a: &Buffer<f32>, b: &Buffer<f32>, c: &mut Buffer<f32>) -> Result<(), PluginError> {
+    fn gemm(
+        &mut self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Buffer<f32>,
+        b: &Buffer<f32>,
+        c: &mut Buffer<f32>,
+    ) -> Result<(), PluginError> {
         let d = [m, n, k, k, n, n].map(|x| x as cl_long);
         let (one, zero) = (1.0f32, 0.0f32);
         let round = |x: usize| x.div_ceil(4).div_ceil(WG) * WG;
         let mut e = ExecuteKernel::new(&self.sgemm);
         // SAFETY: the sgemm kernel's signature, in order and type.
         unsafe {
-            e.set_arg(&d[0]).set_arg(&d[1]).set_arg(&d[2]).set_arg(&one).set_arg(a).set_arg(&d[3])
-                .set_arg(b).set_arg(&d[4]).set_arg(&zero).set_arg(c).set_arg(&d[5]);
+            e.set_arg(&d[0])
+                .set_arg(&d[1])
+                .set_arg(&d[2])
+                .set_arg(&one)
+                .set_arg(a)
+                .set_arg(&d[3])
+                .set_arg(b)
+                .set_arg(&d[4])
+                .set_arg(&zero)
+                .set_arg(c)
+                .set_arg(&d[5]);
         }
-        e.set_global_work_sizes(&[round(n), round(m)]).set_local_work_sizes(&[WG, WG]);
+        e.set_global_work_sizes(&[round(n), round(m)])
+            .set_local_work_sizes(&[WG, WG]);
         run(&mut e, &self.queue, "sgemm")
     }
 
-    fn im2col(&mut self, x: &Buffer<f32>, g: &Geom, col: &mut Buffer<f32>) -> Result<(), PluginError> {
+    fn im2col(
+        &mut self,
+        x: &Buffer<f32>,
+        g: &Geom,
+        col: &mut Buffer<f32>,
+    ) -> Result<(), PluginError> {
         let a = Self::geom(g)?;
         let mut e = ExecuteKernel::new(&self.im2col);
         // SAFETY: the im2col kernel's signature, in order and type.
@@ -199,7 +234,13 @@ impl Backend for ClBackend {
         run(&mut e, &self.queue, "im2col")
     }
 
-    fn depthwise(&mut self, x: &Buffer<f32>, w: &Buffer<f32>, g: &Geom, y: &mut Buffer<f32>) -> Result<(), PluginError> {
+    fn depthwise(
+        &mut self,
+        x: &Buffer<f32>,
+        w: &Buffer<f32>,
+        g: &Geom,
+        y: &mut Buffer<f32>,
+    ) -> Result<(), PluginError> {
         let a = Self::geom(g)?;
         let mut e = ExecuteKernel::new(&self.depthwise);
         // SAFETY: the depthwise kernel's signature, in order and type.
@@ -213,7 +254,14 @@ impl Backend for ClBackend {
         run(&mut e, &self.queue, "depthwise")
     }
 
-    fn bias_act(&mut self, x: &mut Buffer<f32>, bias: &Buffer<f32>, channels: usize, plane: usize, relu6: bool) -> Result<(), PluginError> {
+    fn bias_act(
+        &mut self,
+        x: &mut Buffer<f32>,
+        bias: &Buffer<f32>,
+        channels: usize,
+        plane: usize,
+        relu6: bool,
+    ) -> Result<(), PluginError> {
         let (p, r) = (int(plane)?, cl_int::from(relu6));
         let mut e = ExecuteKernel::new(&self.bias_act);
         // SAFETY: the bias_act kernel's signature, in order and type.
@@ -234,7 +282,13 @@ impl Backend for ClBackend {
         run(&mut e, &self.queue, "add")
     }
 
-    fn mean(&mut self, x: &Buffer<f32>, channels: usize, plane: usize, y: &mut Buffer<f32>) -> Result<(), PluginError> {
+    fn mean(
+        &mut self,
+        x: &Buffer<f32>,
+        channels: usize,
+        plane: usize,
+        y: &mut Buffer<f32>,
+    ) -> Result<(), PluginError> {
         let p = int(plane)?;
         let mut e = ExecuteKernel::new(&self.mean);
         // SAFETY: the mean kernel's signature, in order and type.
