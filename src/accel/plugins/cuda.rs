@@ -5,6 +5,9 @@
 //! "unavailable: no CUDA driver" and never runs.
 
 use super::{Plugin, PluginError, Unavailable};
+use crate::accel::classify::cuda::{nvrtc_present, CudaBackend};
+use crate::accel::classify::graph::{Network, Walker};
+use crate::accel::classify::model::Model;
 use crate::accel::ops::Sgemm;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaContext, CudaStream};
@@ -75,7 +78,14 @@ impl Plugin for Cuda {
         PLUGIN_GPU
     }
     fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM)
+        matches!(o, op::NOOP | op::BLAS_SGEMM) || (o == op::IMAGE_CLASSIFY && nvrtc_present())
+    }
+
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Ok(Box::new(Walker::new(
+            CudaBackend::new(self.stream.clone())?,
+            m,
+        )?))
     }
     fn describe(&self) -> String {
         format!("cuda ({})", self.device)
