@@ -3,14 +3,16 @@
 //! `skiff run --accel=opencl --accel-model=imagenet=PATH classify.hvt < photo.jpg`.
 //!
 //! Response: `INDEX LABEL` of the top-1 class, then the top-5, one
-//! `INDEX PROBABILITY LABEL` line each. Argument: the model's name
-//! (default `imagenet`). Exits 1 with a one-line message on failure.
+//! `INDEX PROBABILITY LABEL` line each. Arguments: the model's name
+//! (default `imagenet`); `repeat=N` classifies N times and then prints
+//! `classify: N calls, min NS ns, mean NS ns` (benches). Exits 1 with a
+//! one-line message on failure.
 #![no_std]
 #![no_main]
 
 use guest_abi::accel::{op, RESOURCE_MODEL};
 use guest_abi::rt::accel::{self, arg, arg_mut, Session};
-use guest_abi::rt::{function, Ctx};
+use guest_abi::rt::{function, monotonic_ns, Ctx};
 
 guest_abi::manifest!();
 guest_abi::entry!(main);
@@ -34,7 +36,17 @@ fn main(ctx: &Ctx) -> i32 {
         guest_abi::println!("classify: the tender serves no function I/O or accelerators");
         return 1;
     }
-    let model = ctx.cmdline().split_ascii_whitespace().next().unwrap_or("imagenet");
+    let (mut model, mut repeat) = ("imagenet", 1u64);
+    for word in ctx.cmdline().split_ascii_whitespace() {
+        match word.strip_prefix("repeat=").map(str::parse) {
+            Some(Ok(n)) if n > 0 => repeat = n,
+            Some(_) => {
+                guest_abi::println!("classify: usage: classify [MODEL] [repeat=N]");
+                return 1;
+            }
+            None => model = word,
+        }
+    }
     // SAFETY: called once; nothing else uses memory past the image.
     let buf = unsafe { function::scratch(ctx, BODY_MAX) };
     let n = match function::req_read_all(buf) {
@@ -58,10 +70,20 @@ fn main(ctx: &Ctx) -> i32 {
         arg_mut(guest_abi::accel::arg::UCHAR_ARRAY, &mut top1),
         arg_mut(guest_abi::accel::arg::UCHAR_ARRAY, &mut top5),
     ];
-    if let Err(e) = sess.genop(&read, &write) {
-        return fail("IMAGE_CLASSIFY", e);
+    let (mut min, mut total) = (u64::MAX, 0);
+    for _ in 0..repeat {
+        let t0 = monotonic_ns();
+        if let Err(e) = sess.genop(&read, &write) {
+            return fail("IMAGE_CLASSIFY", e);
+        }
+        let dt = monotonic_ns() - t0;
+        (min, total) = (min.min(dt), total + dt);
     }
     let _ = sess.release();
+    if repeat > 1 {
+        let mean = total / repeat;
+        guest_abi::println!("classify: {repeat} calls, min {min} ns, mean {mean} ns");
+    }
     let out = [text(&top1), b"\n", text(&top5)];
     match out.iter().try_for_each(|part| function::resp_write(part)) {
         Ok(()) => 0,
