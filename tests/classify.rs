@@ -299,3 +299,22 @@ fn a_broken_model_file_is_refused_with_one_line() {
     let _ = std::fs::remove_file(&tmp);
     assert_refused(&o, "not a safetensors file");
 }
+
+/// Without a CUDA driver (skiff's build and CI machines) the cuda plugin
+/// is skipped with one note and classification falls to the next plugin;
+/// with one, its logits must match like the others'.
+#[test]
+fn cuda_matches_onnxruntime_or_is_skipped_cleanly() {
+    if skiff::accel::plugins::cuda::probe().is_ok() {
+        logits_match(PluginKind::Cuda);
+        return;
+    }
+    let o = classify("cuda,cpu", model_path().to_str().unwrap(), &image_bytes("coffee.png"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(first_line(&o), "967 espresso");
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "skiff: accel: plugin cuda unavailable: no CUDA driver; skipped"
+    );
+    eprintln!("cuda: no driver here: only the skip path was tested");
+}
