@@ -309,7 +309,11 @@ fn cuda_matches_onnxruntime_or_is_skipped_cleanly() {
         logits_match(PluginKind::Cuda);
         return;
     }
-    let o = classify("cuda,cpu", model_path().to_str().unwrap(), &image_bytes("coffee.png"));
+    let o = classify(
+        "cuda,cpu",
+        model_path().to_str().unwrap(),
+        &image_bytes("coffee.png"),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(first_line(&o), "967 espresso");
     assert_eq!(

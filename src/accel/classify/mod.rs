@@ -179,3 +179,6 @@ fn fill(buf: &mut [u8], f: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
     buf[..n].copy_from_slice(&v[..n]);
     buf[n..].fill(0);
 }
+
+#[cfg(test)]
+mod tests;
