@@ -322,3 +322,25 @@ fn cuda_matches_onnxruntime_or_is_skipped_cleanly() {
     );
     eprintln!("cuda: no driver here: only the skip path was tested");
 }
+
+/// JPEG goes through another decoder than onnxruntime's reference (PIL,
+/// libjpeg), so pixels may differ slightly: the answer must still be one
+/// of the reference's top-5.
+#[test]
+fn jpeg_images_classify_like_the_reference() {
+    let g = golden();
+    let o = classify(
+        "cpu",
+        model_path().to_str().unwrap(),
+        &image_bytes("rocket.jpg"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let top1: u64 = first_line(&o).split(' ').next().unwrap().parse().unwrap();
+    let want: Vec<u64> = g["images"]["rocket.jpg"]["top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[0].as_u64().unwrap())
+        .collect();
+    assert!(want.contains(&top1), "{} not in {want:?}", first_line(&o));
+}
