@@ -318,7 +318,7 @@ impl Accel {
             _ => run(self.plugins[i].as_mut(), &mut op, &self.libs),
         };
         r.map_err(|e| {
-            if let PluginError::Backend { .. } | PluginError::BadInput { .. } = e {
+            if let PluginError::Backend { .. } | PluginError::BadImage(_) = e {
                 eprintln!("skiff: accel: {e}");
             }
             e.errno()

@@ -124,10 +124,7 @@ impl Classifiers {
     ) -> Result<(), PluginError> {
         let c = &mut self.models[model];
         let net = c.nets[plugin].as_mut().ok_or(PluginError::Unsupported)?;
-        let img = image::decode(req.image).map_err(|e| PluginError::BadInput {
-            what: "image",
-            detail: e.to_string(),
-        })?;
+        let img = image::decode(req.image)?;
         image::preprocess(&img, &mut self.input);
         drop(img);
         let logits = &mut self.logits[..c.labels.len()];

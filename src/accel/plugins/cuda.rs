@@ -18,6 +18,8 @@ pub struct Cuda {
     blas: CudaBlas,
     stream: Arc<CudaStream>,
     device: String,
+    /// NVRTC loads: the classifier's kernels can be built.
+    nvrtc: bool,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -61,6 +63,7 @@ impl Cuda {
             blas,
             stream,
             device,
+            nvrtc: nvrtc_present(),
         })
     }
 }
@@ -78,7 +81,7 @@ impl Plugin for Cuda {
         PLUGIN_GPU
     }
     fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM) || (o == op::IMAGE_CLASSIFY && nvrtc_present())
+        matches!(o, op::NOOP | op::BLAS_SGEMM) || (o == op::IMAGE_CLASSIFY && self.nvrtc)
     }
 
     fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {

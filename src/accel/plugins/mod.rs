@@ -7,7 +7,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod opencl;
 
-use super::classify::{graph::Network, model::Model};
+use super::classify::{graph::Network, image::ImageError, model::Model};
 use super::exec::Libraries;
 use super::ops::{Exec, MinMax, Sgemm};
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
@@ -61,10 +61,9 @@ pub enum PluginError {
     Invalid,
     #[error("no such library or symbol")]
     NotFound,
-    /// The guest's input is unusable (an image that does not decode):
-    /// EINVAL, and this message on stderr.
-    #[error("{what}: {detail}")]
-    BadInput { what: &'static str, detail: String },
+    /// The guest's image is unusable: EINVAL, and this message on stderr.
+    #[error("image: {0}")]
+    BadImage(#[from] ImageError),
     /// A backend failure (OpenCL/CUDA error, EXEC function's non-zero
     /// return): EPROTO, and this message on stderr.
     #[error("{plugin}: {what}: {detail}")]
@@ -79,7 +78,7 @@ impl PluginError {
     pub fn errno(&self) -> i32 {
         match self {
             PluginError::Unsupported => ENOTSUP,
-            PluginError::Invalid | PluginError::BadInput { .. } => EINVAL,
+            PluginError::Invalid | PluginError::BadImage(_) => EINVAL,
             PluginError::NotFound => ENOENT,
             PluginError::Backend { .. } => EPROTO,
         }
