@@ -1,19 +1,18 @@
 //! The OpenCL backend: skiff's own kernels (the plugin's register-tiled
-//! sgemm plus five small ones below), built once per network (pocl caches
-//! the binaries in `$POCL_CACHE_DIR`), all enqueued on one in-order queue;
-//! only the final read waits.
+//! sgemm plus five small ones below, which the plugin builds once per
+//! process; pocl caches the binaries in `$POCL_CACHE_DIR`), all enqueued
+//! on the plugin's in-order queue; only the final read waits.
 
 use super::graph::{Backend, Geom};
-use crate::accel::plugins::opencl::SGEMM_SRC;
+use crate::accel::plugins::opencl::Shared;
 use crate::accel::plugins::PluginError;
 use opencl3::command_queue::CommandQueue;
-use opencl3::context::Context;
-use opencl3::device::Device;
 use opencl3::kernel::{ExecuteKernel, Kernel};
 use opencl3::memory::{Buffer, CL_MEM_READ_WRITE};
 use opencl3::program::Program;
 use opencl3::types::{cl_int, cl_long, CL_BLOCKING};
 use std::ptr;
+use std::sync::Arc;
 
 /// Simple by design: one work-item per output element, no local memory
 /// (pocl builds them in well under a second and vectorises across items).
@@ -73,16 +72,14 @@ __kernel void mean(__global const float *x, __global float *y, const int plane)
 const WG: usize = 8;
 
 pub struct ClBackend {
-    // Kernels and queue before the context they belong to (drop order).
+    // Kernels before the context they belong to (drop order).
     sgemm: Kernel,
     im2col: Kernel,
     depthwise: Kernel,
     bias_act: Kernel,
     add: Kernel,
     mean: Kernel,
-    queue: CommandQueue,
-    _program: Program,
-    context: Context,
+    shared: Arc<Shared>,
 }
 
 fn backend(what: &'static str, e: impl std::fmt::Display) -> PluginError {
@@ -98,25 +95,19 @@ fn int(x: usize) -> Result<cl_int, PluginError> {
 }
 
 impl ClBackend {
-    /// A context and queue of its own on `device`, and the kernels.
-    pub fn new(device: &Device) -> Result<Self, PluginError> {
-        let context = Context::from_device(device).map_err(|e| backend("context", e))?;
-        #[allow(deprecated)] // create_default_with_properties needs OpenCL 2.0
-        let queue = CommandQueue::create_default(&context, 0).map_err(|e| backend("queue", e))?;
-        let src = format!("{SGEMM_SRC}\n{CLASSIFY_SRC}");
-        let program = Program::create_and_build_from_source(&context, &src, "")
-            .map_err(|e| backend("classifier kernels", e))?;
-        let k = |name| Kernel::create(&program, name).map_err(|e| backend("kernel", e));
+    /// Kernels from the plugin's sgemm program and `classify` (built from
+    /// [`CLASSIFY_SRC`] in the shared context).
+    pub fn new(shared: Arc<Shared>, classify: &Program) -> Result<Self, PluginError> {
+        let kernel = |p, name| Kernel::create(p, name).map_err(|e| backend("kernel", e));
+        let k = |name| kernel(classify, name);
         Ok(ClBackend {
-            sgemm: k("sgemm")?,
+            sgemm: kernel(&shared.sgemm, "sgemm")?,
             im2col: k("im2col")?,
             depthwise: k("depthwise")?,
             bias_act: k("bias_act")?,
             add: k("add")?,
             mean: k("mean")?,
-            queue,
-            _program: program,
-            context,
+            shared,
         })
     }
 
@@ -158,7 +149,12 @@ impl Backend for ClBackend {
     fn alloc(&mut self, n: usize) -> Result<Buffer<f32>, PluginError> {
         // SAFETY: no host pointer; at least one element (OpenCL refuses 0).
         unsafe {
-            Buffer::<f32>::create(&self.context, CL_MEM_READ_WRITE, n.max(1), ptr::null_mut())
+            Buffer::<f32>::create(
+                &self.shared.context,
+                CL_MEM_READ_WRITE,
+                n.max(1),
+                ptr::null_mut(),
+            )
         }
         .map_err(|e| backend("buffer", e))
     }
@@ -166,7 +162,8 @@ impl Backend for ClBackend {
         // SAFETY: blocking write of `data` into a buffer at least as long
         // (the walker sized it).
         unsafe {
-            self.queue
+            self.shared
+                .queue
                 .enqueue_write_buffer(buf, CL_BLOCKING, 0, data, &[])
         }
         .map(drop)
@@ -176,7 +173,8 @@ impl Backend for ClBackend {
         // SAFETY: blocking read of `out.len()` floats from a buffer that
         // long; the in-order queue finishes every kernel first.
         unsafe {
-            self.queue
+            self.shared
+                .queue
                 .enqueue_read_buffer(buf, CL_BLOCKING, 0, out, &[])
         }
         .map(drop)
@@ -212,7 +210,7 @@ impl Backend for ClBackend {
         }
         e.set_global_work_sizes(&[round(n), round(m)])
             .set_local_work_sizes(&[WG, WG]);
-        run(&mut e, &self.queue, "sgemm")
+        run(&mut e, &self.shared.queue, "sgemm")
     }
 
     fn im2col(
@@ -231,7 +229,7 @@ impl Backend for ClBackend {
             }
         }
         e.set_global_work_sizes(&[g.out_plane(), g.c * g.k * g.k]);
-        run(&mut e, &self.queue, "im2col")
+        run(&mut e, &self.shared.queue, "im2col")
     }
 
     fn depthwise(
@@ -251,7 +249,7 @@ impl Backend for ClBackend {
             }
         }
         e.set_global_work_sizes(&[g.out_plane(), g.c]);
-        run(&mut e, &self.queue, "depthwise")
+        run(&mut e, &self.shared.queue, "depthwise")
     }
 
     fn bias_act(
@@ -269,7 +267,7 @@ impl Backend for ClBackend {
             e.set_arg(x).set_arg(bias).set_arg(&p).set_arg(&r);
         }
         e.set_global_work_sizes(&[plane, channels]);
-        run(&mut e, &self.queue, "bias_act")
+        run(&mut e, &self.shared.queue, "bias_act")
     }
 
     fn add(&mut self, x: &mut Buffer<f32>, y: &Buffer<f32>, n: usize) -> Result<(), PluginError> {
@@ -279,7 +277,7 @@ impl Backend for ClBackend {
             e.set_arg(x).set_arg(y);
         }
         e.set_global_work_sizes(&[n]);
-        run(&mut e, &self.queue, "add")
+        run(&mut e, &self.shared.queue, "add")
     }
 
     fn mean(
@@ -296,6 +294,6 @@ impl Backend for ClBackend {
             e.set_arg(x).set_arg(y).set_arg(&p);
         }
         e.set_global_work_sizes(&[channels]);
-        run(&mut e, &self.queue, "mean")
+        run(&mut e, &self.shared.queue, "mean")
     }
 }
