@@ -146,7 +146,7 @@ def main():
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
-    (skimage,) = glob.glob(f"{wheel_dir}/scikit_image-*.whl")
+    (skimage,) = glob.glob(f"{wheel_dir}/scikit_image-0.26.0-*.whl")
     os.makedirs(f"{out_dir}/images", exist_ok=True)
     result = {"images": {}, "confident": []}
     with zipfile.ZipFile(skimage) as z:

