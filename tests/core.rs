@@ -58,6 +58,14 @@ fn traps_abort_the_guest_with_255() {
 }
 
 #[test]
+fn exceptions_on_an_ist_stack_are_delivered() {
+    // Solo5's guests take every trap on an IST stack in low memory.
+    let o = run_guest(&[], "iststack", &[]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert!(stdout(&o).contains("trap: type=#UD"), "{}", stdout(&o));
+}
+
+#[test]
 fn exit_status_is_the_guests() {
     for code in ["0", "1", "42", "255"] {
         let o = run_guest(&[], "exitcode", &[code]);

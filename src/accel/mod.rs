@@ -148,10 +148,10 @@ impl Accel {
         for k in kinds {
             match k.init() {
                 Ok(p) => plugins.push(p),
-                Err(why) => eprintln!(
-                    "skiff: accel: plugin {} unavailable: {why}; skipped",
-                    k.name()
-                ),
+                Err(why) => {
+                    let msg = format!("plugin {} unavailable: {why}; skipped", k.name());
+                    crate::cli::report("skiff: accel", &msg);
+                }
             }
         }
         let classifiers = classify::Classifiers::build(&cfg.models, &mut plugins)?;
@@ -319,7 +319,7 @@ impl Accel {
         };
         r.map_err(|e| {
             if let PluginError::Backend { .. } | PluginError::BadImage(_) = e {
-                eprintln!("skiff: accel: {e}");
+                crate::cli::report("skiff: accel", &e);
             }
             e.errno()
         })?;

@@ -6,6 +6,7 @@ mod solo5;
 use crate::config::{self, MemSize, RunConfig};
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The flags `skiff run` shares with solo5-hvt.
@@ -16,6 +17,18 @@ pub struct RunArgs {
     pub mem: MemSize,
     #[command(flatten)]
     pub accel: crate::accel::config::AccelArgs,
+    /// Attach block device NAME to the file PATH (`--block:NAME=PATH`).
+    #[arg(long = "block", value_name = "NAME=PATH")]
+    pub block: Vec<OsString>,
+    /// Block size of device NAME: a power of two >= 512 (default 512).
+    #[arg(long = "block-sector-size", value_name = "NAME=N")]
+    pub block_sector_size: Vec<OsString>,
+    /// Attach net device NAME to TAP interface IFACE, or inherited fd @FD.
+    #[arg(long = "net", value_name = "NAME=IFACE|@FD")]
+    pub net: Vec<OsString>,
+    /// MAC address of net device NAME (default: generated).
+    #[arg(long = "net-mac", value_name = "NAME=MAC")]
+    pub net_mac: Vec<OsString>,
     /// The unikernel (.hvt ELF image).
     #[arg(value_name = "KERNEL")]
     pub kernel: PathBuf,
@@ -30,7 +43,15 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn into_config(self) -> Result<RunConfig, config::ConfigError> {
+        let devices =
+            crate::devices::attach::Bindings::from_flags(&crate::devices::attach::DeviceFlags {
+                block: self.block,
+                block_sector_size: self.block_sector_size,
+                net: self.net,
+                net_mac: self.net_mac,
+            })?;
         Ok(RunConfig {
+            devices,
             mem: self.mem,
             cmdline: config::cmdline(&self.args)?,
             accel: self
@@ -118,7 +139,7 @@ fn invoked_as(argv0: Option<&OsString>) -> String {
 
 /// Prints `prog: message` on stderr.
 pub fn report(prog: &str, msg: &dyn std::fmt::Display) {
-    eprintln!("{prog}: {msg}");
+    let _ = writeln!(std::io::stderr(), "{prog}: {msg}");
 }
 
 /// A clap error as one line (help and version print in full, exit 0).
@@ -145,8 +166,10 @@ pub fn main() -> i32 {
     crate::devices::function::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
-    let argv = solo5::rewrite_device_flags(argv);
-    let parsed = if prog.starts_with("solo5-hvt") {
+    let solo5 = prog.starts_with("solo5-hvt");
+    // skiff's options follow its `run` word; solo5-hvt's follow argv[0].
+    let argv = solo5::rewrite_device_flags(argv, if solo5 { 1 } else { 2 });
+    let parsed = if solo5 {
         Solo5Hvt::try_parse_from(argv).map(|s| Command::Run(s.run))
     } else {
         Skiff::try_parse_from(argv).map(|s| s.cmd)
@@ -233,7 +256,7 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
             });
         return match r {
             Ok(()) => {
-                println!("{}", lines.join("\n"));
+                let _ = writeln!(std::io::stdout(), "{}", lines.join("\n"));
                 0
             }
             Err(e) => {
@@ -251,7 +274,11 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
     };
     match harness::bench(&cfg) {
         Ok(r) if b.json => {
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            );
             0
         }
         Ok(r) => {

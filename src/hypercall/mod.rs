@@ -8,7 +8,7 @@
 //! |----|-------------|-------------------------------|
 //! | 1  | WALLTIME    | `devices/clock.rs`            |
 //! | 2  | PUTS        | `devices/console.rs`          |
-//! | 3  | POLL        | `devices/clock.rs` (+ net)    |
+//! | 3  | POLL        | `devices/net.rs` + `poll.rs`  |
 //! | 4  | BLOCK_WRITE | `devices/block.rs`            |
 //! | 5  | BLOCK_READ  | `devices/block.rs`            |
 //! | 6  | NET_WRITE   | `devices/net.rs`              |
