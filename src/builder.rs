@@ -103,6 +103,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
     devices.function = crate::devices::function::Function::from_env();
+    crate::devices::function::widen_pipes();
     devices.accel = accel;
     Ok(Vm {
         vcpu,

@@ -58,6 +58,12 @@ pub enum SeccompError {
 /// close only: `std::fs::read_to_string` would call statx, which urunc's
 /// outer filter does not allow.
 pub fn mode() -> Option<u8> {
+    // Read once: the builder asks before skiff installs its own filter.
+    static MODE: std::sync::OnceLock<Option<u8>> = std::sync::OnceLock::new();
+    *MODE.get_or_init(read_mode)
+}
+
+fn read_mode() -> Option<u8> {
     let mut f = std::fs::File::open("/proc/self/status").ok()?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
