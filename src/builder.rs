@@ -125,5 +125,6 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         },
         vm,
         kvm,
+        resume: None,
     })
 }

@@ -16,6 +16,10 @@ pub struct RunArgs {
     pub mem: MemSize,
     #[command(flatten)]
     pub accel: crate::accel::config::AccelArgs,
+    /// Resume the function from this snapshot (`skiff snapshot`) instead of
+    /// booting it; KERNEL and the flags must be the snapshot's.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// The unikernel (.hvt ELF image).
     #[arg(value_name = "KERNEL")]
     pub kernel: PathBuf,
@@ -59,6 +63,9 @@ enum Command {
     /// Measure start-up: run an image N times (fresh processes) and report
     /// each phase from exec; optionally alternate with another tender.
     Bench(BenchArgs),
+    /// Boot a function to the point where it asks for its request body and
+    /// save it there: skiff snapshot [run flags] --out FILE KERNEL [ARGS...]
+    Snapshot(crate::snapshot::cli::SnapshotArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -155,8 +162,10 @@ pub fn main() -> i32 {
         Ok(Command::Run(r)) => r,
         Ok(Command::Bench(b)) => return bench(&prog, b),
         Ok(Command::Hook) => return crate::oci::main(&prog),
+        Ok(Command::Snapshot(s)) => return crate::snapshot::cli::main(&prog, s),
         Err(e) => return clap_exit(&prog, e),
     };
+    let restore = run.restore.clone();
     let cfg = match run.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -165,19 +174,39 @@ pub fn main() -> i32 {
         }
     };
     // urunc execs `solo5-hvt` under a seccomp allowlist without clone.
-    run_guest(&prog, &cfg, !prog.starts_with("solo5-hvt"))
+    run_guest(
+        &prog,
+        &cfg,
+        restore.as_deref(),
+        !prog.starts_with("solo5-hvt"),
+    )
 }
 
 /// Builds and runs one guest; its HALT status is the exit status.
 /// `defer_teardown`: destroy the VM after our exit (see teardown.rs).
-pub fn run_guest(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
-    let status = build_and_run(prog, cfg, defer_teardown);
+pub fn run_guest(
+    prog: &str,
+    cfg: &RunConfig,
+    restore: Option<&std::path::Path>,
+    defer_teardown: bool,
+) -> i32 {
+    let status = build_and_run(prog, cfg, restore, defer_teardown);
     crate::bench::marks::report();
     status
 }
 
-fn build_and_run(prog: &str, cfg: &RunConfig, defer_teardown: bool) -> i32 {
-    let mut vm = match crate::builder::build(cfg) {
+fn build_and_run(
+    prog: &str,
+    cfg: &RunConfig,
+    restore: Option<&std::path::Path>,
+    defer_teardown: bool,
+) -> i32 {
+    let built = match restore {
+        // Block/net bindings join the restore's device check when they land.
+        Some(snap) => crate::snapshot::restore::restore(snap, cfg, &[]).map_err(|e| e.to_string()),
+        None => crate::builder::build(cfg).map_err(|e| e.to_string()),
+    };
+    let mut vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             report(prog, &e);

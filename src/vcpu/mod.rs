@@ -158,6 +158,15 @@ impl Vcpu {
         }
     }
 
+    /// The vCPU fd, for saving and restoring its state (snapshot/).
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    pub(crate) fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
     /// The guest's instruction pointer, for fault messages.
     pub fn rip(&self) -> u64 {
         self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
