@@ -208,7 +208,7 @@ pub fn restore(snap: &Path, cfg: &RunConfig, bound: &[Binding]) -> Result<Vm, Re
         let ticks = u128::from(elapsed) * u128::from(h.tsc_hz) / 1_000_000_000;
         h.guest_tsc.wrapping_add(ticks as u64)
     };
-    vcpu::restore(vcpu.fd(), &meta, tsc)?;
+    vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
     crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
     Ok(Vm {

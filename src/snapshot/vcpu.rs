@@ -39,6 +39,8 @@ pub enum StateError {
     Ioctl(&'static str, kvm_ioctls::Error),
     #[error("saved {0} has the wrong size")]
     Size(&'static str),
+    #[error("this KVM does not let skiff set the guest's TSC (kvm_pvm gives guests the host's), and the host's differs from the snapshot's clock by {off_us} us (a snapshot from another host boot, or backdated): the guest's time would be wrong")]
+    Tsc { off_us: i64 },
     #[error("KVM_SET_MSRS set {set} of {want} MSRs (MSR 0x{failed:x} refused)")]
     Msrs {
         set: usize,
@@ -126,6 +128,7 @@ pub fn capture(fd: &VcpuFd) -> Result<Captured, StateError> {
 pub fn restore(
     fd: &VcpuFd,
     m: &super::format::Meta,
+    tsc_hz: u64,
     tsc: impl Fn() -> u64,
 ) -> Result<(), StateError> {
     let e = |what| move |err| StateError::Ioctl(what, err);
@@ -160,6 +163,20 @@ pub fn restore(
             set,
             want: entries.len(),
             failed: entries[set].index,
+        });
+    }
+    // Some KVMs cannot move the guest's TSC: kvm_pvm gives its guests the
+    // host's own TSC and ignores the write. That is still right for a
+    // snapshot from this host boot (both count real time), but not for one
+    // from another boot (or --backdate): refuse rather than resume a guest
+    // whose clock is off.
+    let want = tsc();
+    let (got, _) = read_tsc(fd)?;
+    let off = got.wrapping_sub(want) as i64;
+    let limit = tsc_hz / 2000; // 0.5 ms
+    if off.unsigned_abs() > limit {
+        return Err(StateError::Tsc {
+            off_us: (i128::from(off) * 1_000_000 / i128::from(tsc_hz.max(1))) as i64,
         });
     }
     Ok(())
