@@ -203,8 +203,8 @@ pub fn restore(snap: &Path, cfg: &RunConfig, bound: &[Binding]) -> Result<Vm, Re
     unsafe { vm.set_user_memory_region(region) }.map_err(RestoreError::MemoryRegion)?;
     let vcpu = Vcpu::new(&kvm, &vm)?;
     // The guest's TSC continues from the snapshot by the real time since.
-    let tsc = || {
-        let elapsed = crate::devices::clock::now_ns().saturating_sub(h.saved_at_ns);
+    let tsc = |now: u64| {
+        let elapsed = now.saturating_sub(h.saved_at_ns);
         let ticks = u128::from(elapsed) * u128::from(h.tsc_hz) / 1_000_000_000;
         h.guest_tsc.wrapping_add(ticks as u64)
     };

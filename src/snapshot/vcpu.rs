@@ -123,13 +123,13 @@ pub fn capture(fd: &VcpuFd) -> Result<Captured, StateError> {
     })
 }
 
-/// Puts the saved state back. `tsc` is computed by the caller just before
-/// this call and written last, in the same KVM_SET_MSRS.
+/// Puts the saved state back. `tsc(now)`: the guest TSC due at wall time
+/// `now` (ns); written last, in the same KVM_SET_MSRS, then read back.
 pub fn restore(
     fd: &VcpuFd,
     m: &super::format::Meta,
     tsc_hz: u64,
-    tsc: impl Fn() -> u64,
+    tsc: impl Fn(u64) -> u64,
 ) -> Result<(), StateError> {
     let e = |what| move |err| StateError::Ioctl(what, err);
     let sregs: kvm_sregs = from_raw(&m.sregs, "sregs")?;
@@ -153,7 +153,7 @@ pub fn restore(
         .collect();
     entries.push(kvm_msr_entry {
         index: MSR_IA32_TSC,
-        data: tsc(),
+        data: tsc(crate::devices::clock::now_ns()),
         ..Default::default()
     });
     let msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Size("MSR list"))?;
@@ -170,10 +170,9 @@ pub fn restore(
     // snapshot from this host boot (both count real time), but not for one
     // from another boot (or --backdate): refuse rather than resume a guest
     // whose clock is off.
-    let want = tsc();
-    let (got, _) = read_tsc(fd)?;
-    let off = got.wrapping_sub(want) as i64;
-    let limit = tsc_hz / 2000; // 0.5 ms
+    let (got, at) = read_tsc(fd)?;
+    let off = got.wrapping_sub(tsc(at)) as i64;
+    let limit = tsc_hz / 1000; // 1 ms
     if off.unsigned_abs() > limit {
         return Err(StateError::Tsc {
             off_us: (i128::from(off) * 1_000_000 / i128::from(tsc_hz.max(1))) as i64,
