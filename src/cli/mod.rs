@@ -90,6 +90,9 @@ struct BenchArgs {
     /// Instead: sustained runs per second for SECS seconds.
     #[arg(long, value_name = "SECS")]
     throughput: Option<u64>,
+    /// A file each run reads as stdin (the request body).
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
     /// Concurrent callers for --throughput.
     #[arg(long, default_value_t = 2)]
     callers: usize,
@@ -277,6 +280,7 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
         runs: b.runs.max(1),
         expect_status: b.expect_status,
         run_args: b.args,
+        stdin: b.stdin,
     };
     match harness::bench(&cfg) {
         Ok(r) if b.json => {

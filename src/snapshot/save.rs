@@ -61,10 +61,10 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
             return Err(RunError::Signal(sig).into());
         }
         let exit = vm.vcpu.run().map_err(RunError::from)?;
-        let fault = |fault| RunError::Guest { fault, rip: 0 };
-        let req = match hypercall::decode(&exit, &vm.mem).map_err(fault)? {
-            None => continue,
-            Some(r) => r,
+        let req = match hypercall::decode(&exit, &vm.mem) {
+            Ok(None) => continue,
+            Ok(Some(r)) => r,
+            Err(f) => return Err(guest_fault(&vm, f)),
         };
         let step = match req {
             Request::Extension {
@@ -82,7 +82,7 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         match step {
             Ok(hypercall::Control::Continue) => {}
             Ok(hypercall::Control::Halt(s)) => return Err(SaveError::Halted(s)),
-            Err(Stop::Fault(f)) => return Err(fault(f).into()),
+            Err(Stop::Fault(f)) => return Err(guest_fault(&vm, f)),
             Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e).into()),
             Err(Stop::Function(e)) => return Err(RunError::Function(e).into()),
         }
@@ -122,6 +122,14 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         runs,
     };
     write_file(out, &header, &meta, &vm.mem)
+}
+
+fn guest_fault(vm: &crate::vmm::Vm, fault: crate::vcpu::GuestFault) -> SaveError {
+    RunError::Guest {
+        fault,
+        rip: vm.vcpu.rip(),
+    }
+    .into()
 }
 
 /// The devices the guest was booted with. None yet: the builder refuses
