@@ -1,8 +1,7 @@
 //! The one linear recipe from a validated config to a guest ready to run:
-//! image -> memory -> KVM VM -> vCPU -> boot state -> devices.
+//! image -> devices -> memory -> KVM VM -> vCPU -> boot state.
 
 use crate::config::RunConfig;
-use crate::devices::Devices;
 use crate::image::{self, Image, ImageError};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError};
@@ -16,12 +15,8 @@ use thiserror::Error;
 pub enum BuildError {
     #[error("{path}: {err}")]
     Image { path: String, err: ImageError },
-    #[error("device '{name}' of type {kind} is declared in the manifest but not attached (use --{flag}:{name}=...)")]
-    Unattached {
-        name: String,
-        kind: crate::image::DeviceKind,
-        flag: &'static str,
-    },
+    #[error(transparent)]
+    Attach(#[from] crate::devices::attach::AttachError),
     #[error("{0}")]
     Memory(#[from] MemoryError),
     #[error("cannot open /dev/kvm: {0}")]
@@ -54,17 +49,9 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     let bytes = image::read_file(&cfg.kernel).map_err(img_err)?;
     let mem_size = cfg.mem.bytes();
     let img = Image::parse(&bytes, mem_size).map_err(img_err)?;
-    if let Some(d) = img.manifest.devices.first() {
-        let flag = match d.kind {
-            image::DeviceKind::Block => "block",
-            image::DeviceKind::Net => "net",
-        };
-        return Err(BuildError::Unattached {
-            name: d.name.clone(),
-            kind: d.kind,
-            flag,
-        });
-    }
+    // Every manifest device bound: backing files and TAPs opened, the
+    // guest's manifest copy filled in.
+    let (mut devices, manifest) = crate::devices::attach::attach(&img.manifest, &cfg.devices)?;
 
     // 1b. Accelerator plugins start before the guest's first instruction.
     let accel = crate::accel::Accel::build(&cfg.accel)?;
@@ -94,7 +81,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     // SAFETY: the region is our own live mapping of `mem_size` bytes, and
     // `mem` is kept in the Vm next to the VM fd, so it outlives the slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(BuildError::MemoryRegion)?;
-    let vcpu = Vcpu::new(&kvm, &vm)?;
+    let mut vcpu = Vcpu::new(&kvm, &vm)?;
 
     // 4. Boot state: page tables, GDT, boot info, manifest, command line.
     let tsc_hz = vcpu.tsc_hz()?;
@@ -108,21 +95,19 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
             | accel
                 .as_ref()
                 .map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_ACCEL),
-        &img.manifest.entries,
+        &manifest,
         &cfg.cmdline,
     )
     .map_err(BuildError::Layout)?;
     vcpu.set_boot_state(&boot)?;
     crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
+    devices.function = crate::devices::function::Function::from_env();
+    devices.accel = accel;
     Ok(Vm {
         vcpu,
         mem,
-        devices: Devices {
-            function: crate::devices::function::Function::from_env(),
-            accel,
-            ..Devices::default()
-        },
+        devices,
         vm,
         kvm,
         resume: None,

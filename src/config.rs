@@ -23,6 +23,8 @@ pub enum ConfigError {
     CmdlineTooLong(usize),
     #[error("{0}")]
     Accel(#[from] crate::accel::config::AccelConfigError),
+    #[error(transparent)]
+    Device(#[from] crate::devices::attach::BindingError),
 }
 
 /// Guest memory size in bytes: a multiple of 2 MiB, 2 MiB to 4 GiB.
@@ -57,7 +59,7 @@ impl Default for MemSize {
 }
 
 /// Everything `skiff run` (or `solo5-hvt`) was asked to do.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunConfig {
     pub mem: MemSize,
     pub kernel: PathBuf,
@@ -65,6 +67,8 @@ pub struct RunConfig {
     pub cmdline: Vec<u8>,
     /// Accelerator plugins and the operator's models and libraries.
     pub accel: crate::accel::config::AccelConfig,
+    /// `--block`/`--net` bindings for the manifest's devices.
+    pub devices: crate::devices::attach::Bindings,
 }
 
 /// Joins the guest's arguments as Solo5 does, refusing overlong ones.

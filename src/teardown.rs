@@ -8,8 +8,8 @@
 //! kernel destroys the VM after skiff's exit status has been delivered.
 //!
 //! The total work is the same, only moved out of the caller's wait (the
-//! throughput benchmark shows it). Not used as `solo5-hvt`: urunc's seccomp
-//! allowlist has no clone; there the VM is torn down in place.
+//! throughput benchmark shows it). Not used under an outer seccomp filter
+//! (urunc's allowlist has no clone): there the VM is torn down in place.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -22,6 +22,8 @@ pub enum RunError {
     Function(#[from] crate::devices::function::FunctionError),
     #[error("exiting on signal {0}")]
     Signal(i32),
+    #[error(transparent)]
+    Device(#[from] crate::devices::DeviceError),
 }
 
 /// A guest ready to run.
@@ -44,41 +46,53 @@ impl Vm {
         self.vcpu.arm_signals();
         marks::mark(Mark::FirstRun);
         loop {
-            let decoded = match self.resume.take() {
-                Some(req) => Ok(Some(req)),
-                None => {
-                    if let Some(sig) = signals::pending() {
-                        return Err(RunError::Signal(sig));
-                    }
-                    let exit = self.vcpu.run()?;
-                    marks::count_exit();
-                    hypercall::decode(&exit, &self.mem)
-                }
-            };
-            let step = match decoded {
-                Ok(None) => continue,
-                Ok(Some(req)) => {
-                    marks::mark(Mark::FirstHypercall);
-                    self.devices.handle(req, &self.mem)
-                }
-                Err(fault) => Err(Stop::Fault(fault)),
-            };
-            match step {
-                Ok(Control::Continue) => {}
-                Ok(Control::Halt(status)) => {
-                    marks::mark(Mark::Halt);
-                    return Ok(status);
-                }
-                Err(Stop::Fault(fault)) => {
-                    return Err(RunError::Guest {
-                        fault,
-                        rip: self.vcpu.rip(),
-                    })
-                }
-                Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e)),
-                Err(Stop::Function(e)) => return Err(RunError::Function(e)),
+            if let Some(status) = self.step()? {
+                return Ok(status);
             }
         }
+    }
+
+    /// Runs the guest to its next exit and acts on it: `Some(status)` once
+    /// the guest has halted. The hot path: no allocation, one `KVM_RUN`.
+    pub fn step(&mut self) -> Result<Option<i32>, RunError> {
+        let decoded = match self.resume.take() {
+            Some(req) => Ok(Some(req)),
+            None => {
+                if let Some(sig) = signals::pending() {
+                    return Err(RunError::Signal(sig));
+                }
+                let exit = self.vcpu.run()?;
+                marks::count_exit();
+                hypercall::decode(&exit, &self.mem)
+            }
+        };
+        let step = match decoded {
+            Ok(None) => return Ok(None),
+            Ok(Some(req)) => {
+                marks::mark(Mark::FirstHypercall);
+                self.devices.handle(req, &self.mem)
+            }
+            Err(fault) => Err(Stop::Fault(fault)),
+        };
+        match step {
+            Ok(Control::Continue) => Ok(None),
+            Ok(Control::Halt(status)) => {
+                marks::mark(Mark::Halt);
+                Ok(Some(status))
+            }
+            Err(Stop::Fault(fault)) => Err(RunError::Guest {
+                fault,
+                rip: self.vcpu.rip(),
+            }),
+            Err(Stop::Stdout(e)) => Err(RunError::Stdout(e)),
+            Err(Stop::Function(e)) => Err(RunError::Function(e)),
+            Err(Stop::Device(e)) => Err(RunError::Device(e)),
+        }
+    }
+
+    /// Sends the guest's console (PUTS) to `fd` instead of stdout.
+    pub fn set_console(&mut self, fd: std::os::fd::RawFd) {
+        self.devices.console = crate::devices::console::Console::to_fd(fd);
     }
 
     /// Guest memory (for tests and snapshots).

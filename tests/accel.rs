@@ -202,7 +202,7 @@ fn every_bad_request_gets_its_errno() {
 no_session=2
 bad_hint=22
 unknown_op=95
-image_classify=95
+image_classify=22
 op_wrong_type=22
 no_args=22
 sgemm_ok=0 result_ok=true

@@ -223,25 +223,39 @@ fn bad_snapshots_are_refused_before_the_guest_runs() {
         .arg(guest("echo"));
     assert_refused(&run_with(cmd, b"", Duration::from_secs(30)), "64 MiB");
     refused(&snap, "echo", &[], &["stream"], "arguments differ");
+}
 
-    // A guest booted with a block device: the restore binds none. (The
-    // record is written with the library's own encoder, as skiff snapshot
-    // does once block devices are attached.)
-    let (mut hd, mut meta) = format::decode(&good, good.len() as u64).unwrap();
-    meta.devices.push(format::DeviceRecord {
-        kind: 1,
-        name: "storage".into(),
-        a: 1 << 20,
-        b: 512,
-    });
-    hd.meta_len = 0;
-    let mut b = format::encode(&hd, &meta);
-    let off = format::decode_header(&b).unwrap().data_offset as usize;
-    b.resize(off, 0);
-    b.extend_from_slice(&good[h.data_offset as usize..]);
-    let p = dir.path().join("device");
-    std::fs::write(&p, b).unwrap();
-    refused(&p, "echo", &[], &[], "expects block device 'storage'");
+#[test]
+fn block_devices_are_bound_again_and_must_match() {
+    let dir = TempDir::new("snap-blk");
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0xab; 8192]).unwrap();
+    let flag = format!("--block:storage={}", disk.display());
+    let snap = snapshot(dir.path(), "blkfn", &[&flag], &[]);
+    // The device is live: what block 0 holds now is what the guest reads.
+    let mut d = vec![0xcd; 8192];
+    d[..4].copy_from_slice(b"\x01\x02\x03\x04");
+    std::fs::write(&disk, &d).unwrap();
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", MEM, &flag, "--restore"])
+        .arg(&snap)
+        .arg(guest("blkfn"));
+    let o = run_with(cmd, b"hi", Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "body 2 block0 01020304cdcdcdcd capacity 8192\n");
+
+    refused(&snap, "blkfn", &[], &[], "not attached");
+    let small = dir.path().join("small");
+    std::fs::write(&small, vec![0; 4096]).unwrap();
+    let f = format!("--block:storage={}", small.display());
+    refused(&snap, "blkfn", &[&f], &[], "differs");
+    refused(
+        &snap,
+        "blkfn",
+        &[&flag, "--block-sector-size:storage=4096"],
+        &[],
+        "differs",
+    );
 }
 
 fn smaps_rollup(pid: u32) -> (u64, u64) {

@@ -12,6 +12,7 @@
 //! or unwritable argument struct ends the guest, as for every hypercall.
 
 pub mod args;
+pub mod classify;
 pub mod config;
 pub mod exec;
 pub mod ops;
@@ -51,6 +52,8 @@ pub enum AccelError {
     },
     #[error("{0}")]
     Lib(#[from] LibError),
+    #[error("{0}")]
+    Classifier(#[from] classify::ClassifierError),
 }
 
 #[derive(Debug)]
@@ -89,6 +92,7 @@ pub struct Accel {
     models: Vec<(String, PathBuf)>,
     lib_names: Vec<String>,
     libs: Libraries,
+    classifiers: classify::Classifiers,
 }
 
 /// vAccel's rule: among the plugins implementing `op`, in the operator's
@@ -113,6 +117,8 @@ pub fn run(p: &mut dyn Plugin, op: &mut Op<'_>, libs: &Libraries) -> Result<(), 
             *m.max = hi.to_le_bytes();
         }),
         Op::Exec(e) => p.exec(e, libs),
+        // Needs the run's models: served by `Accel::genop`.
+        Op::Classify(_) => Err(PluginError::Unsupported),
     }
 }
 
@@ -142,13 +148,15 @@ impl Accel {
         for k in kinds {
             match k.init() {
                 Ok(p) => plugins.push(p),
-                Err(why) => eprintln!(
-                    "skiff: accel: plugin {} unavailable: {why}; skipped",
-                    k.name()
-                ),
+                Err(why) => {
+                    let msg = format!("plugin {} unavailable: {why}; skipped", k.name());
+                    crate::cli::report("skiff: accel", &msg);
+                }
             }
         }
+        let classifiers = classify::Classifiers::build(&cfg.models, &mut plugins)?;
         let mut a = Self::with_plugins(plugins);
+        a.classifiers = classifiers;
         a.models = cfg.models.clone();
         a.lib_names = cfg.libs.iter().map(|(n, _)| n.clone()).collect();
         a.libs = libs;
@@ -166,6 +174,7 @@ impl Accel {
             models: Vec::new(),
             lib_names: Vec::new(),
             libs: Libraries::default(),
+            classifiers: classify::Classifiers::default(),
         }
     }
 
@@ -301,14 +310,30 @@ impl Accel {
         let mut args = Args::decode(mem, req)?;
         let mut op = ops::decode(&mut args)?;
         let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
-        let p = &mut self.plugins[i];
-        run(p.as_mut(), &mut op, &self.libs).map_err(|e| {
-            if let PluginError::Backend { .. } = e {
-                eprintln!("skiff: accel: {e}");
+        let r = match &mut op {
+            Op::Classify(c) => {
+                let model = self.session_model(req.session).ok_or(ENOENT)?;
+                self.classifiers.run(model, i, c)
+            }
+            _ => run(self.plugins[i].as_mut(), &mut op, &self.libs),
+        };
+        r.map_err(|e| {
+            if let PluginError::Backend { .. } | PluginError::BadImage(_) = e {
+                crate::cli::report("skiff: accel", &e);
             }
             e.errno()
         })?;
-        Ok(p.kind())
+        Ok(self.plugins[i].kind())
+    }
+
+    /// The classifier of the session's first classifier MODEL resource.
+    fn session_model(&self, session: u32) -> Option<usize> {
+        self.resources(session).find_map(|r| match &r.data {
+            ResourceData::File(p) if r.kind == RESOURCE_MODEL => {
+                self.classifiers.find(p, &self.models)
+            }
+            _ => None,
+        })
     }
 }
 

@@ -1,9 +1,10 @@
 //! The op table: for each supported vAccel op, its genop argument layout
 //! and a decoder from checked [`Args`] to a typed request a plugin runs.
-//! A new op (IMAGE_CLASSIFY next) is one row in [`OPS`], one [`Op`]
+//! A new op is one row in [`OPS`], one [`Op`]
 //! variant and one default method on [`super::plugins::Plugin`].
 
 use super::args::{Args, In, Out, MAX};
+use super::classify::Classify;
 use super::Errno;
 use guest_abi::accel::{arg, op, EINVAL, ENOTSUP};
 
@@ -31,6 +32,11 @@ pub static OPS: &[OpSpec] = &[
         decode: exec,
     },
     OpSpec {
+        op: op::IMAGE_CLASSIFY,
+        name: "IMAGE_CLASSIFY",
+        decode: classify,
+    },
+    OpSpec {
         op: op::BLAS_SGEMM,
         name: "BLAS_SGEMM",
         decode: sgemm,
@@ -56,6 +62,7 @@ pub enum Op<'m> {
     Sgemm(Sgemm<'m>),
     MinMax(MinMax<'m>),
     Exec(Exec<'m>),
+    Classify(Classify<'m>),
 }
 
 impl Op<'_> {
@@ -65,6 +72,7 @@ impl Op<'_> {
             Op::Sgemm(_) => op::BLAS_SGEMM,
             Op::MinMax(_) => op::MINMAX,
             Op::Exec(_) => op::EXEC,
+            Op::Classify(_) => op::IMAGE_CLASSIFY,
         }
     }
 }
@@ -214,6 +222,29 @@ fn minmax<'m>(args: &mut Args<'m>) -> Result<Op<'m>, Errno> {
         out: &mut out[..nd],
         min,
         max,
+    }))
+}
+
+/// read [op, BUFFER image]; write [UCHAR_ARRAY imgname, UCHAR_ARRAY text].
+fn classify<'m>(args: &mut Args<'m>) -> Result<Op<'m>, Errno> {
+    count(args, 1, 2)?;
+    let image = args.read()[1];
+    if image.ty != arg::BUFFER || image.bytes.is_empty() {
+        return Err(EINVAL);
+    }
+    let mut w = args.take_write();
+    let mut out = || {
+        let o = w.next().ok_or(EINVAL)?;
+        match o.ty {
+            arg::UCHAR_ARRAY => Ok(o.bytes),
+            _ => Err(EINVAL),
+        }
+    };
+    let (imgname, text) = (out()?, out()?);
+    Ok(Op::Classify(Classify {
+        image: image.bytes,
+        imgname,
+        text,
     }))
 }
 

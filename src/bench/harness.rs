@@ -293,53 +293,66 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
     })
 }
 
-/// Prints the report as a table.
+/// Prints the report as a table (a closed stdout ends it quietly).
 pub fn print_table(r: &Report) {
-    println!(
+    let _ = write_table(&mut std::io::stdout().lock(), r);
+}
+
+fn write_table(w: &mut impl std::io::Write, r: &Report) -> std::io::Result<()> {
+    let against = r
+        .compare
+        .as_ref()
+        .map(|c| format!(", alternating with {}", c.program));
+    writeln!(
+        w,
         "skiff bench: {} ({} runs{})",
         r.image_args.join(" "),
         r.runs,
-        r.compare
-            .as_ref()
-            .map(|c| format!(", alternating with {}", c.program))
-            .unwrap_or_default()
-    );
-    println!(
+        against.unwrap_or_default()
+    )?;
+    writeln!(
+        w,
         "{:<28} {:>10} {:>10} {:>10}",
         "phase (from exec, us)", "median", "min", "max"
-    );
+    )?;
     for (name, s) in &r.phases {
-        println!(
+        writeln!(
+            w,
             "{:<28} {:>10.0} {:>10.0} {:>10.0}",
             name, s.median_us, s.min_us, s.max_us
-        );
+        )?;
     }
     let s = &r.main_to_first_instruction;
-    println!(
+    writeln!(
+        w,
         "{:<28} {:>10.0} {:>10.0} {:>10.0}",
         "main -> first_instruction", s.median_us, s.min_us, s.max_us
-    );
-    println!(
+    )?;
+    writeln!(
+        w,
         "exits per run: {}; peak RSS: {} KiB",
         r.exits_per_run, r.max_rss_kib
-    );
+    )?;
     if let Some(c) = &r.compare {
-        println!(
+        let e = &c.exec_to_exit;
+        let name = short(&c.program);
+        writeln!(
+            w,
             "{:<28} {:>10.0} {:>10.0} {:>10.0}",
-            format!("{} exec-to-exit", short(&c.program)),
-            c.exec_to_exit.median_us,
-            c.exec_to_exit.min_us,
-            c.exec_to_exit.max_us
-        );
-        println!("peak RSS of {}: {} KiB", short(&c.program), c.max_rss_kib);
-        println!(
-            "ratio skiff/{} (pair by pair): median {:.3}, min {:.3}, max {:.3}",
-            short(&c.program),
-            c.ratio.median,
-            c.ratio.min,
-            c.ratio.max
-        );
+            format!("{name} exec-to-exit"),
+            e.median_us,
+            e.min_us,
+            e.max_us
+        )?;
+        writeln!(w, "peak RSS of {name}: {} KiB", c.max_rss_kib)?;
+        let q = &c.ratio;
+        writeln!(
+            w,
+            "ratio skiff/{name} (pair by pair): median {:.3}, min {:.3}, max {:.3}",
+            q.median, q.min, q.max
+        )?;
     }
+    Ok(())
 }
 
 fn short(p: &str) -> &str {

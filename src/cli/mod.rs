@@ -6,6 +6,7 @@ mod solo5;
 use crate::config::{self, MemSize, RunConfig};
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The flags `skiff run` shares with solo5-hvt.
@@ -20,6 +21,18 @@ pub struct RunArgs {
     /// booting it; KERNEL and the flags must be the snapshot's.
     #[arg(long, value_name = "FILE")]
     pub restore: Option<PathBuf>,
+    /// Attach block device NAME to the file PATH (`--block:NAME=PATH`).
+    #[arg(long = "block", value_name = "NAME=PATH")]
+    pub block: Vec<OsString>,
+    /// Block size of device NAME: a power of two >= 512 (default 512).
+    #[arg(long = "block-sector-size", value_name = "NAME=N")]
+    pub block_sector_size: Vec<OsString>,
+    /// Attach net device NAME to TAP interface IFACE, or inherited fd @FD.
+    #[arg(long = "net", value_name = "NAME=IFACE|@FD")]
+    pub net: Vec<OsString>,
+    /// MAC address of net device NAME (default: generated).
+    #[arg(long = "net-mac", value_name = "NAME=MAC")]
+    pub net_mac: Vec<OsString>,
     /// The unikernel (.hvt ELF image).
     #[arg(value_name = "KERNEL")]
     pub kernel: PathBuf,
@@ -34,7 +47,15 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn into_config(self) -> Result<RunConfig, config::ConfigError> {
+        let devices =
+            crate::devices::attach::Bindings::from_flags(&crate::devices::attach::DeviceFlags {
+                block: self.block,
+                block_sector_size: self.block_sector_size,
+                net: self.net,
+                net_mac: self.net_mac,
+            })?;
         Ok(RunConfig {
+            devices,
             mem: self.mem,
             cmdline: config::cmdline(&self.args)?,
             accel: self
@@ -128,7 +149,7 @@ fn invoked_as(argv0: Option<&OsString>) -> String {
 
 /// Prints `prog: message` on stderr.
 pub fn report(prog: &str, msg: &dyn std::fmt::Display) {
-    eprintln!("{prog}: {msg}");
+    let _ = writeln!(std::io::stderr(), "{prog}: {msg}");
 }
 
 /// A clap error as one line (help and version print in full, exit 0).
@@ -155,8 +176,10 @@ pub fn main() -> i32 {
     crate::devices::function::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
-    let argv = solo5::rewrite_device_flags(argv);
-    let parsed = if prog.starts_with("solo5-hvt") {
+    let solo5 = prog.starts_with("solo5-hvt");
+    // skiff's options follow its `run` word; solo5-hvt's follow argv[0].
+    let argv = solo5::rewrite_device_flags(argv, if solo5 { 1 } else { 2 });
+    let parsed = if solo5 {
         Solo5Hvt::try_parse_from(argv).map(|s| Command::Run(s.run))
     } else {
         Skiff::try_parse_from(argv).map(|s| s.cmd)
@@ -176,37 +199,20 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    // urunc execs `solo5-hvt` under a seccomp allowlist without clone.
-    run_guest(
-        &prog,
-        &cfg,
-        restore.as_deref(),
-        !prog.starts_with("solo5-hvt"),
-    )
+    run_guest(&prog, &cfg, restore.as_deref())
 }
 
-/// Builds and runs one guest; its HALT status is the exit status.
-/// `defer_teardown`: destroy the VM after our exit (see teardown.rs).
-pub fn run_guest(
-    prog: &str,
-    cfg: &RunConfig,
-    restore: Option<&std::path::Path>,
-    defer_teardown: bool,
-) -> i32 {
-    let status = build_and_run(prog, cfg, restore, defer_teardown);
+/// Builds (or restores from a snapshot) and runs one guest; its HALT
+/// status is the exit status.
+pub fn run_guest(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>) -> i32 {
+    let status = build_and_run(prog, cfg, restore);
     crate::bench::marks::report();
     status
 }
 
-fn build_and_run(
-    prog: &str,
-    cfg: &RunConfig,
-    restore: Option<&std::path::Path>,
-    defer_teardown: bool,
-) -> i32 {
+fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>) -> i32 {
     let built = match restore {
-        // Block/net bindings join the restore's device check when they land.
-        Some(snap) => crate::snapshot::restore::restore(snap, cfg, &[]).map_err(|e| e.to_string()),
+        Some(snap) => crate::snapshot::restore::restore(snap, cfg).map_err(|e| e.to_string()),
         None => crate::builder::build(cfg).map_err(|e| e.to_string()),
     };
     let mut vm = match built {
@@ -216,8 +222,18 @@ fn build_and_run(
             return 1;
         }
     };
+    // Accelerator plugins (pocl's threads) need the looser policy.
+    let policy = match cfg.accel.plugins {
+        Some(_) => crate::seccomp::Policy::Accel,
+        None => crate::seccomp::Policy::Run,
+    };
+    let Some(confined) = crate::seccomp::confine(prog, policy) else {
+        return 1;
+    };
     let result = vm.run();
-    if defer_teardown {
+    // The VM is destroyed after our exit, unless an outer filter (urunc's
+    // allowlist has no clone) might forbid the holder process.
+    if confined != crate::seccomp::Installed::OuterFilter {
         crate::teardown::defer(vm);
     }
     match result {
@@ -265,7 +281,7 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
             });
         return match r {
             Ok(()) => {
-                println!("{}", lines.join("\n"));
+                let _ = writeln!(std::io::stdout(), "{}", lines.join("\n"));
                 0
             }
             Err(e) => {
@@ -284,7 +300,11 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
     };
     match harness::bench(&cfg) {
         Ok(r) if b.json => {
-            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string_pretty(&r).unwrap_or_default()
+            );
             0
         }
         Ok(r) => {

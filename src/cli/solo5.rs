@@ -5,13 +5,32 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-/// Splits `--FLAG:NAME=VALUE` into `--FLAG`, `NAME=VALUE` among the options.
-pub fn rewrite_device_flags(argv: Vec<OsString>) -> Vec<OsString> {
+/// skiff's options that take their value as the next argument.
+const VALUE_FLAGS: [&str; 7] = [
+    "--mem",
+    "--restore",
+    "--out",
+    "--backdate",
+    "--accel",
+    "--accel-lib",
+    "--accel-model",
+];
+
+/// Splits `--FLAG:NAME=VALUE` into `--FLAG`, `NAME=VALUE` among the options,
+/// which start after the first `skip` arguments (argv[0], and `run` for skiff).
+pub fn rewrite_device_flags(argv: Vec<OsString>, skip: usize) -> Vec<OsString> {
     let mut out = Vec::with_capacity(argv.len() + 4);
     let mut options = true;
+    let mut value = false;
     for (i, a) in argv.into_iter().enumerate() {
         let b = a.as_bytes();
-        if i == 0 || !options {
+        if i < skip || !options || std::mem::take(&mut value) {
+            out.push(a);
+            continue;
+        }
+        // `--restore FILE`: FILE is the option's value, not the kernel.
+        if VALUE_FLAGS.iter().any(|f| f.as_bytes() == b) {
+            value = true;
             out.push(a);
             continue;
         }
@@ -42,15 +61,18 @@ mod tests {
 
     #[test]
     fn rewrites_only_options() {
-        let got = rewrite_device_flags(v(&[
-            "solo5-hvt",
-            "--mem=2",
-            "--block:storage=/tmp/x",
-            "--net-mac:service=aa:bb",
-            "--",
-            "k.hvt",
-            "--block:no=rewrite",
-        ]));
+        let got = rewrite_device_flags(
+            v(&[
+                "solo5-hvt",
+                "--mem=2",
+                "--block:storage=/tmp/x",
+                "--net-mac:service=aa:bb",
+                "--",
+                "k.hvt",
+                "--block:no=rewrite",
+            ]),
+            1,
+        );
         assert_eq!(
             got,
             v(&[
@@ -65,7 +87,9 @@ mod tests {
                 "--block:no=rewrite"
             ])
         );
-        let got = rewrite_device_flags(v(&["skiff", "run", "k.hvt", "--x:y=z"]));
+        let got = rewrite_device_flags(v(&["skiff", "run", "k.hvt", "--x:y=z"]), 2);
         assert_eq!(got, v(&["skiff", "run", "k.hvt", "--x:y=z"]));
+        let got = rewrite_device_flags(v(&["skiff", "run", "--net:a=b", "k.hvt"]), 2);
+        assert_eq!(got, v(&["skiff", "run", "--net", "a=b", "k.hvt"]));
     }
 }

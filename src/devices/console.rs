@@ -5,22 +5,34 @@ use super::Stop;
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::GuestFault;
 use guest_abi::hvt::HcPuts;
-use std::os::fd::BorrowedFd;
-use vm_memory::WriteVolatile;
+use std::os::fd::RawFd;
 
-#[derive(Debug, Default)]
-pub struct Console;
+/// Where the guest's console goes: skiff's stdout unless told otherwise.
+#[derive(Debug)]
+pub struct Console {
+    fd: RawFd,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self { fd: 1 }
+    }
+}
 
 impl Console {
+    /// A console writing to `fd`, which must stay open as long as it.
+    pub fn to_fd(fd: RawFd) -> Self {
+        Self { fd }
+    }
+
     pub fn puts(&mut self, mem: &GuestMemory, arg: HcPuts) -> Result<(), Stop> {
         let buf = mem
             .slice(Gpa(arg.data), arg.len)
             .map_err(|err| GuestFault::BadArgument { call: "PUTS", err })?;
-        // SAFETY: fd 1 stays open for the life of the process.
-        let mut out = unsafe { BorrowedFd::borrow_raw(1) };
-        out.write_all_volatile(&buf).map_err(|e| match e {
-            vm_memory::VolatileMemoryError::IOError(io) => Stop::Stdout(io),
-            other => Stop::Stdout(std::io::Error::other(other.to_string())),
-        })
+        // A terminating signal cuts a write to a stuck reader short (the
+        // vCPU loop then ends the run), so the result code is not needed.
+        super::function::write_all(self.fd, &buf)
+            .map(|_| ())
+            .map_err(Stop::Stdout)
     }
 }

@@ -68,12 +68,17 @@ pub fn reserve_stdio() {
     }
 }
 
-/// Writes all of `buf` to stdout, retrying short writes and interruptions,
-/// except that a pending SIGINT/SIGTERM stops it (AGAIN) so a stuck reader
-/// cannot keep skiff from exiting.
-pub(crate) fn write_all(buf: &VolatileSlice<'_, impl BitmapSlice>) -> std::io::Result<i32> {
-    // SAFETY: fd 1 stays open for the life of the process.
-    let mut out = unsafe { BorrowedFd::borrow_raw(1) };
+/// Writes all of `buf` to `fd` (stdout for responses and the console),
+/// retrying short writes and interruptions, except that a pending
+/// SIGINT/SIGTERM stops it (AGAIN) so a stuck reader cannot keep skiff from
+/// exiting.
+pub(crate) fn write_all(
+    fd: std::os::fd::RawFd,
+    buf: &VolatileSlice<'_, impl BitmapSlice>,
+) -> std::io::Result<i32> {
+    // SAFETY: the caller's fd (stdout or the console's) stays open for the
+    // life of the device.
+    let mut out = unsafe { BorrowedFd::borrow_raw(fd) };
     let mut done = 0;
     while done < buf.len() {
         let rest = buf
@@ -188,7 +193,7 @@ impl Function {
             .map_err(|err| GuestFault::BadArgument { call, err })?;
         req.ret = match mem.slice(Gpa(req.data), req.len) {
             Err(_) => ret::EINVAL,
-            Ok(buf) => write_all(&buf).map_err(Stop::Stdout)?,
+            Ok(buf) => write_all(1, &buf).map_err(Stop::Stdout)?,
         };
         Ok(write_back(mem, call, arg, req)?)
     }

@@ -1,14 +1,18 @@
 //! Devices: one module per device, each owning its hypercalls. `handle`
 //! is the dispatch table from a decoded request to its owner.
 
+pub mod attach;
+pub mod block;
 pub mod clock;
 pub mod console;
 pub mod function;
+pub mod net;
+pub mod poll;
 
 use crate::hypercall::{Control, Request};
 use crate::memory::GuestMemory;
 use crate::vcpu::GuestFault;
-use guest_abi::hvt::{ret, Hypercall};
+use guest_abi::hvt::Hypercall;
 use thiserror::Error;
 
 /// Why a hypercall ended the run.
@@ -20,6 +24,31 @@ pub enum Stop {
     Stdout(std::io::Error),
     #[error("{0}")]
     Function(#[from] function::FunctionError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+/// A host-side device failure that ends the run (never a guest mistake).
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("{call}: backing storage I/O failed: {err}")]
+    BlockIo {
+        call: &'static str,
+        err: std::io::Error,
+    },
+    #[error("{call}: backing storage ended after {done} of {len} bytes")]
+    BlockShort {
+        call: &'static str,
+        done: u64,
+        len: u64,
+    },
+    #[error("{call}: network I/O failed: {err}")]
+    NetIo {
+        call: &'static str,
+        err: std::io::Error,
+    },
+    #[error("POLL: waiting failed: {0}")]
+    Poll(std::io::Error),
 }
 
 /// The running devices of one guest.
@@ -29,6 +58,8 @@ pub struct Devices {
     pub function: function::Function,
     /// The accelerator runtime, when the operator enabled it.
     pub accel: Option<crate::accel::Accel>,
+    pub block: block::BlockDevices,
+    pub net: net::NetDevices,
 }
 
 impl Devices {
@@ -37,17 +68,11 @@ impl Devices {
         match req {
             Request::Walltime { arg } => clock::walltime(mem, arg)?,
             Request::Puts { arg } => self.console.puts(mem, arg)?,
-            Request::Poll { arg, req } => clock::poll(mem, arg, req)?,
-            // No block or net device is attached yet: every handle is
-            // invalid, which the guest learns as EINVAL.
-            Request::BlockWrite { arg, mut req } | Request::BlockRead { arg, mut req } => {
-                req.ret = ret::EINVAL;
-                write_back(mem, "BLOCK", arg, req)?;
-            }
-            Request::NetWrite { arg, mut req } | Request::NetRead { arg, mut req } => {
-                req.ret = ret::EINVAL;
-                write_back(mem, "NET", arg, req)?;
-            }
+            Request::Poll { arg, req } => self.net.poll(mem, arg, req)?,
+            Request::BlockWrite { arg, req } => self.block.io(mem, block::Dir::Write, arg, req)?,
+            Request::BlockRead { arg, req } => self.block.io(mem, block::Dir::Read, arg, req)?,
+            Request::NetWrite { arg, req } => self.net.write(mem, arg, req)?,
+            Request::NetRead { arg, req } => self.net.read(mem, arg, req)?,
             Request::Halt { status } => return Ok(Control::Halt(status)),
             Request::Extension {
                 nr: Hypercall::ReqRead,

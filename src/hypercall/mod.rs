@@ -8,7 +8,7 @@
 //! |----|-------------|-------------------------------|
 //! | 1  | WALLTIME    | `devices/clock.rs`            |
 //! | 2  | PUTS        | `devices/console.rs`          |
-//! | 3  | POLL        | `devices/clock.rs` (+ net)    |
+//! | 3  | POLL        | `devices/net.rs` + `poll.rs`  |
 //! | 4  | BLOCK_WRITE | `devices/block.rs`            |
 //! | 5  | BLOCK_READ  | `devices/block.rs`            |
 //! | 6  | NET_WRITE   | `devices/net.rs`              |
@@ -89,6 +89,10 @@ pub fn decode(exit: &Exit, mem: &GuestMemory) -> Result<Option<Request>, GuestFa
         Exit::IoOut { port, size, data } => (port, size, data),
         Exit::Interrupted => return Ok(None),
         Exit::IoIn { port, size } => return Err(GuestFault::BadIn { port, size }),
+        // Inside memory, only a write to a host-read-only page exits.
+        Exit::Mmio { addr, .. } if mem.check(Gpa(addr), 1).is_ok() => {
+            return Err(GuestFault::ReadOnlyWrite { addr })
+        }
         Exit::Mmio { addr, write } => return Err(GuestFault::Mmio { addr, write }),
         Exit::Hlt => return Err(GuestFault::Hlt),
         Exit::Shutdown => return Err(GuestFault::TripleFault),

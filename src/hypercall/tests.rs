@@ -153,3 +153,27 @@ fn block_and_net_without_devices_get_einval() {
     let b: HcBlock = mem.read_obj(Gpa(0x5000)).unwrap();
     assert_eq!(b.ret, ret::EINVAL);
 }
+
+#[test]
+fn mmio_exits_inside_memory_are_writes_to_read_only_pages() {
+    let mem = GuestMemory::new(MEM).unwrap();
+    let inside = Exit::Mmio {
+        addr: 0x10_0000,
+        write: true,
+    };
+    assert_eq!(
+        decode(&inside, &mem),
+        Err(GuestFault::ReadOnlyWrite { addr: 0x10_0000 })
+    );
+    let past = Exit::Mmio {
+        addr: MEM,
+        write: false,
+    };
+    assert_eq!(
+        decode(&past, &mem),
+        Err(GuestFault::Mmio {
+            addr: MEM,
+            write: false
+        })
+    );
+}

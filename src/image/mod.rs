@@ -55,9 +55,14 @@ pub struct Image<'a> {
     pub manifest: Manifest,
 }
 
+/// Largest image file read: the largest guest memory (`--mem` is at most
+/// 4 GiB), since every loaded byte must fit in it.
+pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
+
 /// Reads an image file, refusing anything that is not a regular file
-/// (a FIFO or a device would block or never end). Uses fstat, not
-/// `File::metadata` (statx): urunc's seccomp allowlist has no statx.
+/// (a FIFO or a device would block or never end) or larger than
+/// [`MAX_IMAGE_BYTES`]. Uses fstat and read only: `File::metadata` and
+/// `read_to_end` call statx, which urunc's outer seccomp filter forbids.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
     read_open(std::fs::File::open(path).map_err(ImageError::Open)?)
 }
@@ -67,21 +72,32 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
 pub fn read_open(mut f: std::fs::File) -> Result<Vec<u8>, ImageError> {
     use std::io::Read;
     use std::os::fd::AsRawFd;
-    // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+    // SAFETY: fstat on our open fd into a zeroed, properly sized struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `f` is an open fd and `st` a writable stat buffer.
+    // SAFETY: as above; `st` is a valid out-pointer.
     if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
         return Err(ImageError::Open(std::io::Error::last_os_error()));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(ImageError::NotAFile);
     }
-    let mut buf = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
-    // Through `Take`: File's own read_to_end would call statx to size it.
-    (&mut f)
-        .take(u64::MAX)
-        .read_to_end(&mut buf)
-        .map_err(ImageError::Open)?;
+    let size = st.st_size as u64;
+    if size > MAX_IMAGE_BYTES {
+        return Err(ImageError::TooBig(format!(
+            "the file is {size} bytes, more than the largest guest memory ({MAX_IMAGE_BYTES} bytes)"
+        )));
+    }
+    let mut buf = vec![0u8; size as usize];
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ImageError::Open(e)),
+        }
+    }
+    buf.truncate(len);
     Ok(buf)
 }
 

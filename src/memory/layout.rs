@@ -98,12 +98,9 @@ pub fn write_boot_state(
     };
     mem.write_obj(header, Gpa(mft_gpa))?;
     let entries_gpa = mft_gpa + std::mem::size_of::<MftHeader>() as u64;
-    mem.slice_mut(
-        Gpa(entries_gpa),
-        (manifest.len() * std::mem::size_of::<MftEntry>()) as u64,
-    )?
-    .copy_from(manifest);
-    let cmdline_gpa = entries_gpa + (manifest.len() * std::mem::size_of::<MftEntry>()) as u64;
+    mem.slice_mut(Gpa(entries_gpa), std::mem::size_of_val(manifest) as u64)?
+        .copy_from(manifest);
+    let cmdline_gpa = entries_gpa + std::mem::size_of_val(manifest) as u64;
     let n = cmdline.len().min(CMDLINE_SIZE - 1);
     mem.write_bytes(&cmdline[..n], Gpa(cmdline_gpa))?;
     mem.write_obj(0u8, Gpa(cmdline_gpa + n as u64))?;

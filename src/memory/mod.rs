@@ -91,7 +91,11 @@ impl GuestMemory {
     /// Makes `[start, end)` (page-aligned, inside memory) read-only for the
     /// guest and for skiff's own writes.
     pub fn protect(&mut self, start: u64, end: u64) -> std::io::Result<()> {
-        if start % 4096 != 0 || end % 4096 != 0 || start >= end || end > self.size {
+        if !start.is_multiple_of(4096)
+            || !end.is_multiple_of(4096)
+            || start >= end
+            || end > self.size
+        {
             return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
         }
         // SAFETY: the range lies inside our own mapping (checked above);

@@ -43,10 +43,10 @@ pub enum RestoreError {
     Cmdline(String),
     #[error("snapshots of guests using --accel are not supported")]
     Accel,
-    #[error("the snapshot's guest expects {kind} device '{name}' (use --{kind}:{name}=...)")]
-    MissingDevice { kind: &'static str, name: String },
-    #[error("the snapshot's guest has no {kind} device '{name}'")]
-    ExtraDevice { kind: &'static str, name: String },
+    #[error("{0}")]
+    Attach(#[from] crate::devices::attach::AttachError),
+    #[error("device {0} differs from the one the snapshot's guest was booted with (type, size, block size, MAC or MTU)")]
+    Device(String),
     #[error("{0}")]
     Memory(#[from] MemoryError),
     #[error("cannot map the snapshot's pages: {0}")]
@@ -63,43 +63,40 @@ pub enum RestoreError {
     State(#[from] StateError),
 }
 
-/// A device the restoring run binds: kind ("block"/"net") and name.
-/// Block and net flags add theirs here when they land.
-pub type Binding<'a> = (&'static str, &'a str);
-
-fn kind_name(kind: u32) -> &'static str {
-    match kind {
-        1 => "block",
-        _ => "net",
-    }
-}
-
-/// The bound devices must be exactly the recorded ones.
-pub fn check_devices(
+/// The devices attached now must look to the guest exactly as the ones
+/// it was booted with (it read their geometry or MAC at boot).
+fn check_devices(
     recorded: &[format::DeviceRecord],
-    bound: &[Binding],
+    now: &[guest_abi::manifest::MftEntry],
 ) -> Result<(), RestoreError> {
+    let now: Vec<_> = now.iter().filter(|e| e.attached != 0).collect();
     for d in recorded {
-        let kind = kind_name(d.kind);
-        if !bound.iter().any(|&(k, n)| k == kind && n == d.name) {
-            return Err(RestoreError::MissingDevice {
-                kind,
-                name: d.name.clone(),
-            });
+        let name = d.name.as_bytes();
+        match now.iter().find(|e| e.name_bytes() == Some(name)) {
+            Some(e) if e.kind == d.kind && e.u == [d.a, d.b] => {}
+            _ => return Err(RestoreError::Device(d.name.clone())),
         }
     }
-    for &(kind, name) in bound {
-        if !recorded
-            .iter()
-            .any(|d| kind_name(d.kind) == kind && d.name == name)
-        {
-            return Err(RestoreError::ExtraDevice {
-                kind,
-                name: name.into(),
-            });
-        }
+    if now.len() != recorded.len() {
+        return Err(RestoreError::Device("(another device)".into()));
     }
     Ok(())
+}
+
+/// Net devices bound without --net-mac get the MAC the guest was booted
+/// with, not a new one.
+fn with_recorded_macs(
+    b: &crate::devices::attach::Bindings,
+    recorded: &[format::DeviceRecord],
+) -> crate::devices::attach::Bindings {
+    let mut b = b.clone();
+    for n in b.net.iter_mut().filter(|n| n.mac.is_none()) {
+        if let Some(d) = recorded.iter().find(|d| d.name == n.name) {
+            let m = d.a.to_le_bytes();
+            n.mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]]);
+        }
+    }
+    b
 }
 
 /// Reads and checks the snapshot's header and metadata (one read when the
@@ -151,7 +148,7 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// Builds a guest from the snapshot at `snap`, ready to [`Vm::run`]: the
 /// first thing it does is answer the guest's pending REQ_READ from stdin.
 /// Every check happens before KVM is opened.
-pub fn restore(snap: &Path, cfg: &RunConfig, bound: &[Binding]) -> Result<Vm, RestoreError> {
+pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
     let path = snap.display().to_string();
     let mut f = std::fs::File::open(snap).map_err(|err| RestoreError::Open {
         path: path.clone(),
@@ -181,7 +178,16 @@ pub fn restore(snap: &Path, cfg: &RunConfig, bound: &[Binding]) -> Result<Vm, Re
     if cfg.accel.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
         return Err(RestoreError::Accel);
     }
-    check_devices(&meta.devices, bound)?;
+    // The manifest (for the device bindings); the hash matched, so this
+    // is the image the snapshot was booted from.
+    let img =
+        crate::image::Image::parse(&image, h.mem_size).map_err(|err| RestoreError::Image {
+            path: kpath.clone(),
+            err,
+        })?;
+    let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
+    let (mut devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
+    check_devices(&meta.devices, &entries)?;
 
     let mut mem = GuestMemory::new(h.mem_size)?;
     map_runs(&mem, &f, &h, &meta).map_err(RestoreError::Map)?;
@@ -208,16 +214,16 @@ pub fn restore(snap: &Path, cfg: &RunConfig, bound: &[Binding]) -> Result<Vm, Re
         let ticks = u128::from(elapsed) * u128::from(h.tsc_hz) / 1_000_000_000;
         h.guest_tsc.wrapping_add(ticks as u64)
     };
-    vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
+    let mut vcpu = vcpu;
+    let native = vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
+    vcpu.set_pvm_native(native);
+    devices.function = crate::devices::function::Function::from_env();
     crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
     Ok(Vm {
         vcpu,
         mem,
-        devices: crate::devices::Devices {
-            function: crate::devices::function::Function::from_env(),
-            ..Default::default()
-        },
+        devices,
         vm,
         kvm,
         resume: Some(Request::Extension {

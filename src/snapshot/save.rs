@@ -85,6 +85,7 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
             Err(Stop::Fault(f)) => return Err(guest_fault(&vm, f)),
             Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e).into()),
             Err(Stop::Function(e)) => return Err(RunError::Function(e).into()),
+            Err(Stop::Device(e)) => return Err(RunError::Device(e).into()),
         }
     };
     // Complete the OUT (KVM finishes a port write on the next KVM_RUN; with
@@ -113,7 +114,7 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         cmdline: cfg.cmdline.clone(),
         pending_req_read: arg.0,
         read_only: vm.mem.read_only().to_vec(),
-        devices: device_record(cfg),
+        devices: device_record(&vm.mem, &bi)?,
         regs: state.regs,
         sregs: state.sregs,
         xsave: state.xsave,
@@ -132,10 +133,26 @@ fn guest_fault(vm: &crate::vmm::Vm, fault: crate::vcpu::GuestFault) -> SaveError
     .into()
 }
 
-/// The devices the guest was booted with. None yet: the builder refuses
-/// manifest devices until block/net land; they add one record each here.
-fn device_record(_cfg: &RunConfig) -> Vec<DeviceRecord> {
-    Vec::new()
+/// The devices as the guest saw them at boot: its manifest copy's
+/// attached entries (block: capacity and block size; net: MAC and MTU).
+fn device_record(mem: &GuestMemory, bi: &BootInfo) -> Result<Vec<DeviceRecord>, SaveError> {
+    use guest_abi::manifest::{MftEntry, MftHeader};
+    let hdr: MftHeader = mem.read_obj(Gpa(bi.mft))?;
+    let mut out = Vec::new();
+    for i in 0..u64::from(hdr.entries) {
+        let at = bi.mft + size_of::<MftHeader>() as u64 + i * size_of::<MftEntry>() as u64;
+        let e: MftEntry = mem.read_obj(Gpa(at))?;
+        if e.attached == 0 {
+            continue;
+        }
+        out.push(DeviceRecord {
+            kind: e.kind,
+            name: String::from_utf8_lossy(e.name_bytes().unwrap_or_default()).into_owned(),
+            a: e.u[0],
+            b: e.u[1],
+        });
+    }
+    Ok(out)
 }
 
 /// The guest pages that hold anything but zeros, as runs. Only pages the

@@ -125,12 +125,13 @@ pub fn capture(fd: &VcpuFd) -> Result<Captured, StateError> {
 
 /// Puts the saved state back. `tsc(now)`: the guest TSC due at wall time
 /// `now` (ns); written last, in the same KVM_SET_MSRS, then read back.
+/// Returns whether kvm_pvm's native mode was restored.
 pub fn restore(
     fd: &VcpuFd,
     m: &super::format::Meta,
     tsc_hz: u64,
     tsc: impl Fn(u64) -> u64,
-) -> Result<(), StateError> {
+) -> Result<bool, StateError> {
     let e = |what| move |err| StateError::Ioctl(what, err);
     let sregs: kvm_sregs = from_raw(&m.sregs, "sregs")?;
     let regs: kvm_regs = from_raw(&m.regs, "regs")?;
@@ -178,5 +179,8 @@ pub fn restore(
             off_us: (i128::from(off) * 1_000_000 / i128::from(tsc_hz.max(1))) as i64,
         });
     }
-    Ok(())
+    // kvm_pvm runs the guest natively again if it was registered.
+    Ok(m.msrs
+        .iter()
+        .any(|&(i, v)| i == MSR_PVM_REGISTER && v & 1 != 0))
 }

@@ -20,7 +20,7 @@ const ENTRY: usize = size_of::<kvm_cpuid_entry2>();
 /// The supported CPUID, from the cache when it is valid.
 pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
     let boot = boot_id();
-    if let Some(c) = boot.as_ref().and_then(|b| load(b)) {
+    if let Some(c) = boot.as_ref().and_then(load) {
         return Ok(c);
     }
     let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
@@ -57,14 +57,14 @@ fn read_small(path: &str, buf: &mut [u8]) -> Option<(usize, libc::stat)> {
         return None;
     }
     // SAFETY: fstat and read into buffers we own, on the fd we opened.
-    let r = unsafe {
+
+    unsafe {
         let mut st: libc::stat = std::mem::zeroed();
         let ok = libc::fstat(fd, &mut st) == 0;
         let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
         (ok && n >= 0).then_some((n as usize, st))
-    };
-    r
+    }
 }
 
 fn boot_id() -> Option<[u8; 36]> {

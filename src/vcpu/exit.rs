@@ -62,6 +62,8 @@ pub enum GuestFault {
     },
     #[error("memory access outside guest memory at 0x{addr:x} ({})", if *.write { "write" } else { "read" })]
     Mmio { addr: u64, write: bool },
+    #[error("write to read-only guest memory at 0x{addr:x} (the image's text or rodata)")]
+    ReadOnlyWrite { addr: u64 },
     #[error("write to read-only guest memory (host/guest translation fault)")]
     TranslationFault,
     #[error("the guest halted the CPU (HLT) with no way to wake it")]

@@ -9,7 +9,7 @@ pub mod signals;
 pub use exit::{Exit, GuestFault};
 
 use crate::memory::{BootState, BOOT_GDT_SELECTORS};
-use kvm_bindings::{kvm_regs, kvm_segment};
+use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 
@@ -44,6 +44,8 @@ pub enum VcpuError {
 #[derive(Debug)]
 pub struct Vcpu {
     fd: VcpuFd,
+    /// Whether kvm_pvm runs the guest natively (see [`pvm`]).
+    pvm_native: bool,
 }
 
 impl Vcpu {
@@ -52,7 +54,10 @@ impl Vcpu {
         let fd = vm.create_vcpu(0).map_err(VcpuError::Create)?;
         let cpuid = cpuid::supported(kvm).map_err(VcpuError::GetCpuid)?;
         fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            pvm_native: false,
+        })
     }
 
     /// The guest TSC frequency in Hz (the boot info's `cpu_cycle_freq`).
@@ -62,7 +67,7 @@ impl Vcpu {
     }
 
     /// Sets the 64-bit entry state Solo5 guests expect.
-    pub fn set_boot_state(&self, b: &BootState) -> Result<(), VcpuError> {
+    pub fn set_boot_state(&mut self, b: &BootState) -> Result<(), VcpuError> {
         let mut sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
         let (code_sel, data_sel) = BOOT_GDT_SELECTORS;
         let code = kvm_segment {
@@ -117,7 +122,7 @@ impl Vcpu {
             ..Default::default()
         };
         self.fd.set_regs(&regs).map_err(VcpuError::Regs)?;
-        pvm::register(&self.fd);
+        self.pvm_native = pvm::register(&self.fd);
         Ok(())
     }
 
@@ -139,6 +144,7 @@ impl Vcpu {
                 VcpuExit::MmioRead(addr, _) => Exit::Mmio { addr, write: false },
                 VcpuExit::MmioWrite(addr, _) => Exit::Mmio { addr, write: true },
                 VcpuExit::Hlt => Exit::Hlt,
+                VcpuExit::Shutdown if self.pvm_native => return self.redeliver(),
                 VcpuExit::Shutdown => Exit::Shutdown,
                 VcpuExit::FailEntry(reason, _) => Exit::FailEntry(reason),
                 VcpuExit::InternalError => {
@@ -165,6 +171,31 @@ impl Vcpu {
 
     pub(crate) fn fd_mut(&mut self) -> &mut VcpuFd {
         &mut self.fd
+    }
+
+    /// After a restore: whether kvm_pvm runs the guest natively again.
+    pub(crate) fn set_pvm_native(&mut self, on: bool) {
+        self.pvm_native = on;
+    }
+
+    /// A triple fault in kvm_pvm's native mode: the guest's exception could
+    /// not be delivered there (see [`pvm::unregister`]). Leaves native mode
+    /// for good and delivers the same exception again under emulation; a
+    /// guest that still cannot take it triple-faults again there.
+    fn redeliver(&mut self) -> Result<Exit, VcpuError> {
+        self.pvm_native = false;
+        let mut events = self.fd.get_vcpu_events().map_err(VcpuError::Regs)?;
+        if !pvm::unregister(&self.fd) {
+            return Ok(Exit::Shutdown);
+        }
+        // The first exception is still recorded (CR2 too, for a #PF);
+        // re-inject it rather than the #SS/#DF kvm_pvm raised after it.
+        events.exception.injected = 1;
+        events.exception.pending = 0;
+        events.triple_fault.pending = 0;
+        events.flags &= !KVM_VCPUEVENT_VALID_TRIPLE_FAULT;
+        self.fd.set_vcpu_events(&events).map_err(VcpuError::Regs)?;
+        self.run()
     }
 
     /// The guest's instruction pointer, for fault messages.

@@ -25,9 +25,24 @@ pub const SHARED_PAGE: u64 = 0x9000;
 
 /// Registers the shared page; returns whether kvm_pvm accepted it.
 pub fn register(vcpu: &VcpuFd) -> bool {
+    write(vcpu, SHARED_PAGE | REGISTER)
+}
+
+/// Unregisters the shared page: the vCPU goes back to full emulation,
+/// where kvm_pvm delivers exceptions like hardware does.
+///
+/// Registered (bit 0), kvm_pvm treats the guest as a PV kernel and refuses
+/// any TSS stack (IST or RSP0) in the lower half of the address space
+/// (`pvm_tss_stack_lm` raises #SS), so the exceptions of a guest with IST
+/// gates in low memory, as Solo5's, end in a triple fault.
+pub fn unregister(vcpu: &VcpuFd) -> bool {
+    write(vcpu, 0)
+}
+
+fn write(vcpu: &VcpuFd, data: u64) -> bool {
     let entry = kvm_msr_entry {
         index: MSR_PVM_REGISTER,
-        data: SHARED_PAGE | REGISTER,
+        data,
         ..Default::default()
     };
     match Msrs::from_entries(&[entry]) {

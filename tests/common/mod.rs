@@ -64,6 +64,36 @@ pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
     }
 }
 
+/// Starts `skiff run ARGS...`, lets the guest run for 300 ms (it must
+/// still be running), sends `sig` and asserts that skiff ends within 2 s
+/// with 128+sig and says so in one line.
+pub fn signal_running(args: &[&str], sig: i32) -> Output {
+    let mut child = Command::new(skiff())
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{args:?} ended by itself"
+    );
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let t = Instant::now();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(128 + sig));
+    assert_eq!(stderr(&o), format!("skiff: exiting on signal {sig}\n"));
+    o
+}
+
 /// `skiff ARGS...` with a 30 s limit and no input.
 pub fn skiff_run(args: &[&str]) -> Output {
     let mut cmd = Command::new(skiff());

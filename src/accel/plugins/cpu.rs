@@ -1,7 +1,10 @@
 //! The CPU plugin: sgemm on `matrixmultiply` (single-threaded, as skiff
-//! is), MINMAX, and EXEC of the operator's host libraries.
+//! is), MINMAX, EXEC of the operator's host libraries, IMAGE_CLASSIFY.
 
 use super::{Plugin, PluginError};
+use crate::accel::classify::cpu::CpuBackend;
+use crate::accel::classify::graph::{Network, Walker};
+use crate::accel::classify::model::Model;
 use crate::accel::exec::Libraries;
 use crate::accel::ops::{Exec, MinMax, Sgemm};
 use guest_abi::accel::{op, PLUGIN_CPU, PLUGIN_SOFTWARE};
@@ -17,7 +20,10 @@ impl Plugin for Cpu {
         PLUGIN_CPU | PLUGIN_SOFTWARE
     }
     fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM | op::MINMAX | op::EXEC)
+        matches!(
+            o,
+            op::NOOP | op::BLAS_SGEMM | op::MINMAX | op::EXEC | op::IMAGE_CLASSIFY
+        )
     }
 
     fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
@@ -63,5 +69,9 @@ impl Plugin for Cpu {
 
     fn exec(&mut self, e: &mut Exec<'_>, libs: &Libraries) -> Result<(), PluginError> {
         libs.call(e)
+    }
+
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Ok(Box::new(Walker::new(CpuBackend, m)?))
     }
 }

@@ -5,6 +5,9 @@
 //! "unavailable: no CUDA driver" and never runs.
 
 use super::{Plugin, PluginError, Unavailable};
+use crate::accel::classify::cuda::{nvrtc_present, CudaBackend};
+use crate::accel::classify::graph::{Network, Walker};
+use crate::accel::classify::model::Model;
 use crate::accel::ops::Sgemm;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaContext, CudaStream};
@@ -15,6 +18,8 @@ pub struct Cuda {
     blas: CudaBlas,
     stream: Arc<CudaStream>,
     device: String,
+    /// NVRTC loads: the classifier's kernels can be built.
+    nvrtc: bool,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -58,6 +63,7 @@ impl Cuda {
             blas,
             stream,
             device,
+            nvrtc: nvrtc_present(),
         })
     }
 }
@@ -75,7 +81,14 @@ impl Plugin for Cuda {
         PLUGIN_GPU
     }
     fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM)
+        matches!(o, op::NOOP | op::BLAS_SGEMM) || (o == op::IMAGE_CLASSIFY && self.nvrtc)
+    }
+
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Ok(Box::new(Walker::new(
+            CudaBackend::new(self.stream.clone())?,
+            m,
+        )?))
     }
     fn describe(&self) -> String {
         format!("cuda ({})", self.device)

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod opencl;
 
+use super::classify::{graph::Network, image::ImageError, model::Model};
 use super::exec::Libraries;
 use super::ops::{Exec, MinMax, Sgemm};
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
@@ -60,6 +61,9 @@ pub enum PluginError {
     Invalid,
     #[error("no such library or symbol")]
     NotFound,
+    /// The guest's image is unusable: EINVAL, and this message on stderr.
+    #[error("image: {0}")]
+    BadImage(#[from] ImageError),
     /// A backend failure (OpenCL/CUDA error, EXEC function's non-zero
     /// return): EPROTO, and this message on stderr.
     #[error("{plugin}: {what}: {detail}")]
@@ -74,7 +78,7 @@ impl PluginError {
     pub fn errno(&self) -> i32 {
         match self {
             PluginError::Unsupported => ENOTSUP,
-            PluginError::Invalid => EINVAL,
+            PluginError::Invalid | PluginError::BadImage(_) => EINVAL,
             PluginError::NotFound => ENOENT,
             PluginError::Backend { .. } => EPROTO,
         }
@@ -104,6 +108,10 @@ pub trait Plugin: std::fmt::Debug {
         Err(PluginError::Unsupported)
     }
     fn exec(&mut self, _: &mut Exec<'_>, _: &Libraries) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once.
+    fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {
         Err(PluginError::Unsupported)
     }
 }

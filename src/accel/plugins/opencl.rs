@@ -5,6 +5,9 @@
 //! pocl caches compiled programs in `$POCL_CACHE_DIR`.
 
 use super::{Plugin, PluginError, Unavailable};
+use crate::accel::classify::graph::{Network, Walker};
+use crate::accel::classify::model::Model;
+use crate::accel::classify::opencl::{ClBackend, CLASSIFY_SRC};
 use crate::accel::ops::Sgemm;
 use guest_abi::accel::{op, PLUGIN_CPU, PLUGIN_FPGA, PLUGIN_GENERIC, PLUGIN_GPU};
 use opencl3::command_queue::CommandQueue;
@@ -15,6 +18,7 @@ use opencl3::memory::{Buffer, CL_MEM_READ_ONLY, CL_MEM_READ_WRITE};
 use opencl3::program::Program;
 use opencl3::types::{cl_long, CL_BLOCKING};
 use std::ptr;
+use std::sync::Arc;
 
 /// Work-group edge in work-items; each work-item computes a 4 x 4 tile.
 const WG: usize = 8;
@@ -64,12 +68,22 @@ __kernel void sgemm(const long M, const long N, const long K, const float alpha,
 }
 "#;
 
+/// What the plugin and the networks it builds share: one context, one
+/// in-order queue, the sgemm program.
+pub struct Shared {
+    // The queue and program before the context they belong to (drop order).
+    pub queue: CommandQueue,
+    pub sgemm: Program,
+    pub context: Context,
+}
+
 pub struct OpenCl {
-    // Kernel and queue before the context they belong to (drop order).
+    // Kernels and programs before the shared context (drop order).
     sgemm: Kernel,
-    queue: CommandQueue,
-    _program: Program,
-    context: Context,
+    /// The classifier's kernels, built at the first network (once per
+    /// process).
+    classify: Option<Program>,
+    shared: Arc<Shared>,
     kind: u32,
     device: String,
 }
@@ -143,9 +157,12 @@ impl OpenCl {
             Kernel::create(&program, "sgemm").map_err(|e| unavailable("sgemm kernel", e))?;
         Ok(Self {
             sgemm,
-            queue,
-            _program: program,
-            context,
+            classify: None,
+            shared: Arc::new(Shared {
+                queue,
+                sgemm: program,
+                context,
+            }),
             kind,
             device,
         })
@@ -154,13 +171,13 @@ impl OpenCl {
     /// Builds another program in this plugin's context (EPROTO and the
     /// build log on failure).
     pub fn build_source(&self, src: &str) -> Result<Program, PluginError> {
-        build(&self.context, src).map_err(|e| backend("program build", e))
+        build(&self.shared.context, src).map_err(|e| backend("program build", e))
     }
 
     /// A device buffer of `n` floats (at least one: OpenCL refuses 0).
     fn buffer(&self, flags: u64, n: usize) -> Result<Buffer<f32>, PluginError> {
         // SAFETY: no host pointer; the size is bounded by guest buffers.
-        unsafe { Buffer::<f32>::create(&self.context, flags, n.max(1), ptr::null_mut()) }
+        unsafe { Buffer::<f32>::create(&self.shared.context, flags, n.max(1), ptr::null_mut()) }
             .map_err(|e| backend("buffer", e))
     }
 
@@ -170,7 +187,8 @@ impl OpenCl {
         }
         // SAFETY: blocking write of `data`, which fits `buf` (sized from it).
         unsafe {
-            self.queue
+            self.shared
+                .queue
                 .enqueue_write_buffer(buf, CL_BLOCKING, 0, data, &[])
         }
         .map_err(|e| backend("write buffer", e))?;
@@ -186,10 +204,21 @@ impl Plugin for OpenCl {
         self.kind
     }
     fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM)
+        matches!(o, op::NOOP | op::BLAS_SGEMM | op::IMAGE_CLASSIFY)
     }
     fn describe(&self) -> String {
         format!("opencl ({})", self.device)
+    }
+
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        let program = match self.classify.take() {
+            Some(p) => p,
+            None => build(&self.shared.context, CLASSIFY_SRC)
+                .map_err(|e| backend("classifier kernels", e))?,
+        };
+        let be = ClBackend::new(self.shared.clone(), &program);
+        self.classify = Some(program);
+        Ok(Box::new(Walker::new(be?, m)?))
     }
 
     fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
@@ -226,13 +255,17 @@ impl Plugin for OpenCl {
                 .set_arg(&dims[5])
                 .set_global_work_sizes(&[round(s.n.div_ceil(4), WG), round(s.m.div_ceil(4), WG)])
                 .set_local_work_sizes(&[WG, WG])
-                .enqueue_nd_range(&self.queue)
+                .enqueue_nd_range(&self.shared.queue)
         }
         .map_err(|e| backend("sgemm kernel", e))?;
         ev.wait().map_err(|e| backend("sgemm kernel", e))?;
         // SAFETY: blocking read into the guest's C, which `c` was sized from.
-        unsafe { self.queue.enqueue_read_buffer(&c, CL_BLOCKING, 0, s.c, &[]) }
-            .map_err(|e| backend("read buffer", e))?;
+        unsafe {
+            self.shared
+                .queue
+                .enqueue_read_buffer(&c, CL_BLOCKING, 0, s.c, &[])
+        }
+        .map_err(|e| backend("read buffer", e))?;
         Ok(())
     }
 }

@@ -2,12 +2,13 @@
 //! `cost walltime N`, `cost puts N` (empty PUTS), `cost touch N` (first
 //! touch of N fresh 4 KiB pages above the kernel), `cost spin N` (a loop
 //! of N register-only iterations). Prints `cost WHAT N ns=T per=P`, timed
-//! with the TSC.
+//! with the TSC. `cost loop-puts` and `cost loop-poll` make one-byte PUTS
+//! or zero-timeout POLL hypercalls forever, for in-process benchmarks.
 #![no_std]
 #![no_main]
 
 use guest_abi::println;
-use guest_abi::rt::{monotonic_ns, puts, walltime_ns, Ctx};
+use guest_abi::rt::{monotonic_ns, poll, puts, walltime_ns, Ctx};
 
 guest_abi::manifest!();
 guest_abi::entry!(main);
@@ -15,6 +16,15 @@ guest_abi::entry!(main);
 fn main(ctx: &Ctx) -> i32 {
     let mut words = ctx.cmdline().split(' ');
     let what = words.next().unwrap_or("");
+    match what {
+        "loop-puts" => loop {
+            puts(b".");
+        },
+        "loop-poll" => loop {
+            core::hint::black_box(poll(0));
+        },
+        _ => {}
+    }
     let n: u64 = match words.next().and_then(|w| w.parse().ok()) {
         Some(n) if n > 0 => n,
         _ => {

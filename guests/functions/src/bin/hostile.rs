@@ -1,0 +1,171 @@
+//! A hostile guest: its first argument picks one thing a guest should not
+//! be able to get away with, and tests/hostile.rs asserts skiff's answer.
+//!
+//! Raw `OUT`/`IN` instructions rather than the runtime's wrappers, so the
+//! guest can say exactly what a hostile one would.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use guest_abi::hvt::{HcHalt, HcPuts, HcWalltime, Hypercall, HYPERCALL_PIO_BASE};
+use guest_abi::println;
+use guest_abi::rt::{self, Ctx};
+
+guest_abi::manifest!();
+guest_abi::entry!(main);
+
+/// A 32-bit `OUT` of `value` to `port`: a hypercall if the port is one.
+fn out32(port: u16, value: u32) {
+    // SAFETY: an OUT exits to the tender; it touches no guest memory.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack)) };
+}
+
+fn hypercall<T>(nr: Hypercall, arg: *const T) {
+    out32(nr.port(), arg as usize as u32);
+}
+
+/// Builds page tables of its own that map the first GiB with 2 MiB pages,
+/// far past the end of guest memory, and loads them.
+fn map_past_memory() {
+    #[repr(C, align(4096))]
+    struct Table([u64; 512]);
+    static mut PML4: Table = Table([0; 512]);
+    static mut PDPT: Table = Table([0; 512]);
+    static mut PD: Table = Table([0; 512]);
+    const P: u64 = 1;
+    const W: u64 = 2;
+    const PS: u64 = 1 << 7;
+    // User-accessible, like the tender's own tables: kvm_pvm (skiff's CI
+    // host) runs the guest natively in ring 3 and would fault forever on
+    // supervisor-only pages.
+    const U: u64 = 1 << 2;
+    // SAFETY: single-threaded guest; the tables are ours, identity-mapped
+    // (VA == GPA), and the new mapping keeps every page the guest uses
+    // (text, data, stack) where it was. PD[0] reuses the tender's 4 KiB
+    // table for the first 2 MiB (at 0x8000), so the boot area stays as is.
+    unsafe {
+        let pml4 = &raw mut PML4;
+        let pdpt = &raw mut PDPT;
+        let pd = &raw mut PD;
+        (*pd).0[0] = 0x8000 | P | W | U;
+        for i in 1..512u64 {
+            (*pd).0[i as usize] = (i << 21) | P | W | U | PS;
+        }
+        (*pdpt).0[0] = pd as u64 | P | W | U;
+        (*pml4).0[0] = pdpt as u64 | P | W | U;
+        asm!("mov cr3, {0}", in(reg) pml4 as u64, options(nostack));
+    }
+}
+
+/// Where the far accesses go: 16 MiB, past the 8 MiB the test gives.
+const FAR: u64 = 16 << 20;
+
+fn main(ctx: &Ctx) -> i32 {
+    let mut args = ctx.cmdline().split_ascii_whitespace();
+    let mode = args.next().unwrap_or("");
+    let mem = ctx.mem_size();
+    match mode {
+        // The argument struct lies outside guest memory.
+        "arg-outside" => out32(Hypercall::Puts.port(), 0xffff_fff0),
+        // ... or straddles its end.
+        "arg-straddle" => out32(Hypercall::Puts.port(), (mem - 8) as u32),
+        // The struct is fine, the buffer it names is not.
+        "buf-outside" => {
+            let arg = HcPuts { data: mem, len: 1 };
+            hypercall(Hypercall::Puts, &arg);
+        }
+        // addr + len overflows 64 bits (addr itself is the guest's text).
+        "len-overflow" => {
+            let arg = HcPuts {
+                data: 0x10_0000,
+                len: u64::MAX - 0xf_ffff,
+            };
+            hypercall(Hypercall::Puts, &arg);
+        }
+        // WALLTIME told to write its answer over the guest's own text.
+        "walltime-readonly" => out32(Hypercall::Walltime.port(), main as usize as u32),
+        "halt-outside" => out32(Hypercall::Halt.port(), 0xffff_fff0),
+        // A hypercall port with no hypercall, a port with no device.
+        "unknown-hypercall" => out32(HYPERCALL_PIO_BASE + 31, 0),
+        "unknown-port" => out32(0x1234, 0),
+        // IN from a hypercall port; 8- and 16-bit OUTs to one.
+        "in" => {
+            let v: u32;
+            // SAFETY: an IN exits to the tender; no memory is touched.
+            unsafe { asm!("in eax, dx", in("dx") Hypercall::Puts.port(), out("eax") v, options(nostack)) };
+            println!("in: read {v:#x}");
+        }
+        "out8" => {
+            let arg = HcHalt::default();
+            // SAFETY: as `out32`, with an 8-bit operand.
+            unsafe { asm!("out dx, al", in("dx") Hypercall::Halt.port(), in("al") &arg as *const _ as usize as u8, options(nostack)) };
+        }
+        "out16" => {
+            let arg = HcHalt::default();
+            // SAFETY: as `out32`, with a 16-bit operand.
+            unsafe { asm!("out dx, ax", in("dx") Hypercall::Halt.port(), in("ax") &arg as *const _ as usize as u16, options(nostack)) };
+        }
+        // Loads and stores past the end of guest memory (MMIO exits).
+        "mmio-read" | "mmio-write" => {
+            map_past_memory();
+            let p = FAR as *mut u64;
+            // SAFETY: deliberately touches guest-physical memory that does
+            // not exist; the tender ends the guest on the access.
+            unsafe {
+                if mode == "mmio-read" {
+                    println!("mmio: read {:#x}", p.read_volatile());
+                } else {
+                    p.write_volatile(0x5a5a);
+                }
+            }
+        }
+        // HLT with interrupts off: the CPU would never wake.
+        "hlt" => {
+            // SAFETY: stops the vCPU; touches no memory.
+            unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        }
+        // The boot area (boot info, command line) is read-only in the page
+        // tables: a #PF, which the runtime's handler reports (255).
+        "write-boot" => {
+            // SAFETY: deliberately faults.
+            unsafe { (0x10000 as *mut u64).write_volatile(0) };
+        }
+        // The guest's own text is writable in its page tables but mapped
+        // read-only in skiff: the host refuses the write.
+        "write-text" => {
+            // SAFETY: deliberately writes over our own code.
+            unsafe { (main as usize as *mut u8).write_volatile(0xcc) };
+        }
+        // Block and net hypercalls with no device attached: error codes.
+        "no-devices" => {
+            let mut buf = [0u8; 512];
+            let b = rt::block_write(0, 0, &buf);
+            let r = rt::block_read(7, 0, &mut buf);
+            let n = rt::net_write(1, &buf[..64]).max(rt::net_read(0, &mut buf).0);
+            println!("no-devices: block_write={b} block_read={r} net={n}");
+            return 0;
+        }
+        // POLL with the longest timeout there is: only a signal ends it.
+        "poll-forever" => {
+            rt::poll(u64::MAX);
+        }
+        // A flood of cheap hypercalls: PUTS of nothing, WALLTIME.
+        "flood" => {
+            let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+            let mut t = HcWalltime::default();
+            for _ in 0..n {
+                rt::puts(&[]);
+                hypercall(Hypercall::Walltime, &mut t);
+            }
+            println!("flood: {n} hypercalls of each kind");
+            return 0;
+        }
+        _ => {
+            println!("hostile: unknown mode {mode:?}");
+            return 2;
+        }
+    }
+    // Every mode above should have ended the guest before this.
+    println!("hostile: {mode}: still running");
+    3
+}

@@ -1,0 +1,105 @@
+//! seccomp: once the builder has acquired every host resource (image read,
+//! guest memory mapped, KVM fds open, devices attached) and before the
+//! first guest instruction, skiff confines itself to the syscalls its run
+//! path makes. The policies are `seccomp/*.json`, compiled to BPF by
+//! `build.rs`; a syscall outside the policy kills skiff (SIGSYS).
+//!
+//! Where an outer filter is already in place (urunc installs one before it
+//! execs `solo5-hvt`, and its allowlist has neither prctl nor seccomp, so
+//! trying would be fatal), skiff keeps that filter and says so on stderr.
+
+use std::io::{self, Read};
+use thiserror::Error;
+
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/seccomp.rs"));
+}
+
+/// Which filter to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `seccomp/run.json`: the tender's run path, an allowlist; anything
+    /// else kills the process.
+    Run,
+    /// `seccomp/accel.json`: for runs with an accelerator plugin, whose
+    /// runtime (e.g. pocl) starts threads and makes a large, version-
+    /// dependent set of syscalls: everything is allowed except a denylist
+    /// of privileged and escape-prone syscalls (see README, Security).
+    Accel,
+}
+
+impl Policy {
+    /// The compiled BPF program.
+    pub fn program(self) -> &'static [seccompiler::sock_filter] {
+        match self {
+            Policy::Run => &bpf::RUN,
+            Policy::Accel => &bpf::ACCEL,
+        }
+    }
+}
+
+/// What [`install`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installed {
+    /// The policy now applies to every thread of skiff.
+    Filter(Policy),
+    /// An outer filter was already in place; skiff installed none.
+    OuterFilter,
+}
+
+#[derive(Debug, Error)]
+pub enum SeccompError {
+    #[error("cannot install the seccomp filter: {0}")]
+    Apply(seccompiler::Error),
+}
+
+/// The `Seccomp:` mode of this process from /proc/self/status (0 none,
+/// 1 strict, 2 filter), or `None` if it cannot be read. Plain open/read/
+/// close only: `std::fs::read_to_string` would call statx, which urunc's
+/// outer filter does not allow.
+pub fn mode() -> Option<u8> {
+    let mut f = std::fs::File::open("/proc/self/status").ok()?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let text = std::str::from_utf8(&buf[..len]).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Seccomp:"))?;
+    line["Seccomp:".len()..].trim().parse().ok()
+}
+
+/// Installs `policy` on every thread (TSYNC), unless an outer filter is
+/// already in place. If /proc cannot be read, it installs anyway: failing
+/// closed is the safer guess.
+pub fn install(policy: Policy) -> Result<Installed, SeccompError> {
+    if mode() == Some(2) {
+        return Ok(Installed::OuterFilter);
+    }
+    seccompiler::apply_filter_all_threads(policy.program()).map_err(SeccompError::Apply)?;
+    Ok(Installed::Filter(policy))
+}
+
+/// [`install`] for the binary: the outer-filter note or the error goes to
+/// stderr as one line; `None` means the run must end with exit status 1.
+pub fn confine(prog: &str, policy: Policy) -> Option<Installed> {
+    match install(policy) {
+        Ok(i @ Installed::Filter(_)) => Some(i),
+        Ok(Installed::OuterFilter) => {
+            crate::cli::report(
+                prog,
+                &"already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own",
+            );
+            Some(Installed::OuterFilter)
+        }
+        Err(e) => {
+            crate::cli::report(prog, &e);
+            None
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! seccomp on the running tender: the filter is in place while a guest
+//! runs, a syscall outside the policy kills the process with SIGSYS, and
+//! under an outer filter like urunc's skiff keeps it and says so.
+
+mod common;
+use common::*;
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use skiff::seccomp::{self, Installed, Policy};
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `Seccomp:` field of /proc/PID/status.
+fn seccomp_mode(pid: u32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Seccomp:"))?;
+    Some(line["Seccomp:".len()..].trim().to_string())
+}
+
+#[test]
+fn a_running_skiff_is_under_its_filter() {
+    let mut child = Command::new(skiff())
+        .args(["run", guest("spin").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The filter goes on after the build, just before the guest starts.
+    let t = Instant::now();
+    let mut mode = seccomp_mode(pid);
+    while mode.as_deref() != Some("2") && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+        mode = seccomp_mode(pid);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "spin exited by itself");
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        mode.as_deref(),
+        Some("2"),
+        "Seccomp: field of a running skiff"
+    );
+    // The signal path (handler, rt_sigreturn, message, exit) is allowed.
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "skiff: exiting on signal 15\n");
+}
+
+/// Runs `f` in a forked child and returns its raw wait status. The child
+/// only makes plain syscalls (no allocation: the parent has threads).
+fn in_child(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child runs `f` (async-signal-safe work only) and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork");
+    if pid == 0 {
+        let code = f();
+        // SAFETY: ends the child without running the parent's atexit state.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid out-pointer.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+fn killed_by_sigsys(status: i32) -> bool {
+    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS
+}
+
+#[test]
+fn a_syscall_outside_the_run_policy_kills_with_sigsys() {
+    // Control: listed syscalls (a zero-byte write, a clock read) and
+    // exit_group pass.
+    let status = in_child(|| {
+        if seccomp::install(Policy::Run).is_err() {
+            return 100;
+        }
+        // SAFETY: a zero-byte write and a clock read, both in the policy.
+        unsafe {
+            libc::write(2, [].as_ptr(), 0);
+            let mut ts: libc::timespec = std::mem::zeroed();
+            libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts);
+        }
+        7
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+        "{status:#x}"
+    );
+
+    // getpid is not in the policy, nor is openat.
+    for nr in [libc::SYS_getpid, libc::SYS_openat] {
+        let status = in_child(|| {
+            if seccomp::install(Policy::Run).is_err() {
+                return 100;
+            }
+            // SAFETY: the syscall never runs: the filter kills the process.
+            unsafe { libc::syscall(nr, libc::AT_FDCWD, c"/etc/hostname".as_ptr(), 0) };
+            0
+        });
+        assert!(killed_by_sigsys(status), "syscall {nr}: status {status:#x}");
+    }
+
+    // mmap is allowed only without PROT_EXEC: no new code at run time.
+    for (prot, allowed) in [
+        (libc::PROT_READ | libc::PROT_WRITE, true),
+        (libc::PROT_READ | libc::PROT_EXEC, false),
+    ] {
+        let status = in_child(|| {
+            if seccomp::install(Policy::Run).is_err() {
+                return 100;
+            }
+            let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+            // SAFETY: a fresh anonymous mapping, never used.
+            let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, prot, flags, -1, 0) };
+            if p == libc::MAP_FAILED {
+                101
+            } else {
+                7
+            }
+        });
+        if allowed {
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+                "{status:#x}"
+            );
+        } else {
+            assert!(
+                killed_by_sigsys(status),
+                "mmap PROT_EXEC: status {status:#x}"
+            );
+        }
+    }
+
+    // An ioctl other than the listed KVM requests is refused too.
+    let status = in_child(|| {
+        if seccomp::install(Policy::Run).is_err() {
+            return 100;
+        }
+        // SAFETY: never runs (TIOCGWINSZ is not in the policy).
+        unsafe { libc::syscall(libc::SYS_ioctl, 0, libc::TIOCGWINSZ, 0) };
+        0
+    });
+    assert!(killed_by_sigsys(status), "ioctl: status {status:#x}");
+}
+
+#[test]
+fn the_accelerator_policy_allows_ordinary_calls_and_kills_privileged_ones() {
+    let status = in_child(|| {
+        if seccomp::install(Policy::Accel).is_err() {
+            return 100;
+        }
+        // SAFETY: getpid and sched_yield are ordinary (allowed) syscalls.
+        let (pid, yielded) = unsafe {
+            (
+                libc::syscall(libc::SYS_getpid),
+                libc::syscall(libc::SYS_sched_yield),
+            )
+        };
+        if pid > 0 && yielded == 0 {
+            7
+        } else {
+            101
+        }
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+        "{status:#x}"
+    );
+    let status = in_child(|| {
+        if seccomp::install(Policy::Accel).is_err() {
+            return 100;
+        }
+        // SAFETY: never runs: ptrace is on the denylist.
+        unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0) };
+        0
+    });
+    assert!(killed_by_sigsys(status), "ptrace: status {status:#x}");
+}
+
+/// urunc's allowlist (see README, Security): default action SIGSYS trap.
+fn urunc_filter() -> BpfProgram {
+    let mut allowed = vec![
+        libc::SYS_rt_sigaction,
+        libc::SYS_ioctl,
+        libc::SYS_pread64,
+        libc::SYS_mmap,
+        libc::SYS_recvmsg,
+        libc::SYS_openat,
+        libc::SYS_sendto,
+        libc::SYS_mprotect,
+        libc::SYS_write,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_create1,
+        libc::SYS_read,
+        libc::SYS_open,
+        libc::SYS_close,
+        libc::SYS_fstat,
+        libc::SYS_stat,
+        libc::SYS_munmap,
+        libc::SYS_brk,
+        libc::SYS_access,
+        libc::SYS_execve,
+        libc::SYS_timerfd_create,
+        libc::SYS_arch_prctl,
+        libc::SYS_lseek,
+        libc::SYS_personality,
+        libc::SYS_socket,
+        libc::SYS_bind,
+        libc::SYS_getsockname,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        libc::SYS_getpid,
+        libc::SYS_tgkill,
+        libc::SYS_nanosleep,
+        libc::SYS_futex,
+        libc::SYS_epoll_pwait,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_timerfd_settime,
+        libc::SYS_pwrite64,
+        libc::SYS_newfstatat,
+        libc::SYS_set_tid_address,
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_prlimit64,
+        libc::SYS_getrandom,
+    ];
+    // Rust std's debug builds (this test's skiff) check every fd with
+    // fcntl(F_GETFD) before closing it; release builds, which urunc runs,
+    // do not.
+    if cfg!(debug_assertions) {
+        allowed.push(libc::SYS_fcntl);
+    }
+    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+        allowed.iter().map(|&nr| (nr, vec![])).collect();
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .unwrap()
+    .try_into()
+    .unwrap()
+}
+
+#[test]
+fn under_an_outer_filter_like_urunc_skiff_keeps_it_and_says_so() {
+    // hello: console and command line; time: WALLTIME and POLL's sleep.
+    for (g, arg, out) in [
+        ("hello", "x", "Hello, world!\ncmdline: x\n"),
+        ("time", "", "time: ok\n"),
+    ] {
+        let filter = urunc_filter();
+        let mut cmd = Command::new(skiff());
+        cmd.args(["run", "--mem=16", guest(g).to_str().unwrap(), arg]);
+        // SAFETY: the pre_exec closure only makes the prctl and seccomp
+        // syscalls (no allocation), on a program compiled before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                seccompiler::apply_filter(&filter).map_err(|e| std::io::Error::other(e.to_string()))
+            });
+        }
+        let o = run_with(cmd, b"", Duration::from_secs(30));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{g}: {:?} {}",
+            o.status,
+            stderr(&o)
+        );
+        assert!(stdout(&o).ends_with(out), "{g}: {}", stdout(&o));
+        assert_eq!(
+            stderr(&o),
+            "skiff: already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own\n"
+        );
+    }
+}
+
+#[test]
+fn install_reports_what_it_did() {
+    // In a child: the test process itself must stay unfiltered.
+    let status = in_child(|| {
+        let first = seccomp::install(Policy::Accel);
+        let second = seccomp::install(Policy::Run);
+        match (first, second) {
+            (Ok(Installed::Filter(Policy::Accel)), Ok(Installed::OuterFilter)) => 7,
+            _ => 1,
+        }
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+        "{status:#x}"
+    );
+}
