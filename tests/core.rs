@@ -43,7 +43,7 @@ fn guests_checking_themselves_pass() {
 
 #[test]
 fn traps_abort_the_guest_with_255() {
-    for (g, ty) in [("exception", "#UD"), ("zeropage", "#PF")] {
+    for (g, ty) in [("exception", "#UD"), ("zeropage", "#PF"), ("notls", "#PF")] {
         let o = run_guest(&[], g, &[]);
         assert_eq!(o.status.code(), Some(255), "{g}: {}", stderr(&o));
         let out = stdout(&o);

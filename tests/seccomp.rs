@@ -3,10 +3,9 @@
 //! under an outer filter like urunc's skiff keeps it and says so.
 
 mod common;
+use common::urunc::urunc_filter;
 use common::*;
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 use skiff::seccomp::{self, Installed, Policy};
-use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -178,72 +177,6 @@ fn the_accelerator_policy_allows_ordinary_calls_and_kills_privileged_ones() {
         0
     });
     assert!(killed_by_sigsys(status), "ptrace: status {status:#x}");
-}
-
-/// urunc's allowlist (see README, Security): default action SIGSYS trap.
-fn urunc_filter() -> BpfProgram {
-    let mut allowed = vec![
-        libc::SYS_rt_sigaction,
-        libc::SYS_ioctl,
-        libc::SYS_pread64,
-        libc::SYS_mmap,
-        libc::SYS_recvmsg,
-        libc::SYS_openat,
-        libc::SYS_sendto,
-        libc::SYS_mprotect,
-        libc::SYS_write,
-        libc::SYS_epoll_ctl,
-        libc::SYS_epoll_create1,
-        libc::SYS_read,
-        libc::SYS_open,
-        libc::SYS_close,
-        libc::SYS_fstat,
-        libc::SYS_stat,
-        libc::SYS_munmap,
-        libc::SYS_brk,
-        libc::SYS_access,
-        libc::SYS_execve,
-        libc::SYS_timerfd_create,
-        libc::SYS_arch_prctl,
-        libc::SYS_lseek,
-        libc::SYS_personality,
-        libc::SYS_socket,
-        libc::SYS_bind,
-        libc::SYS_getsockname,
-        libc::SYS_exit,
-        libc::SYS_exit_group,
-        libc::SYS_getpid,
-        libc::SYS_tgkill,
-        libc::SYS_nanosleep,
-        libc::SYS_futex,
-        libc::SYS_epoll_pwait,
-        libc::SYS_rt_sigreturn,
-        libc::SYS_timerfd_settime,
-        libc::SYS_pwrite64,
-        libc::SYS_newfstatat,
-        libc::SYS_set_tid_address,
-        libc::SYS_set_robust_list,
-        libc::SYS_rseq,
-        libc::SYS_prlimit64,
-        libc::SYS_getrandom,
-    ];
-    // Rust std's debug builds (this test's skiff) check every fd with
-    // fcntl(F_GETFD) before closing it; release builds, which urunc runs,
-    // do not.
-    if cfg!(debug_assertions) {
-        allowed.push(libc::SYS_fcntl);
-    }
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        allowed.iter().map(|&nr| (nr, vec![])).collect();
-    SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .unwrap()
-    .try_into()
-    .unwrap()
 }
 
 #[test]

@@ -2,73 +2,11 @@
 //! (default action SIGSYS trap, no_new_privs), hello and echo still work.
 
 mod common;
+use common::urunc::urunc_filter;
 use common::*;
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
-use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
 use std::time::Duration;
-
-/// urunc's allowlist, complete, from the integrations fact sheet.
-const URUNC_ALLOWLIST: &[i64] = &[
-    libc::SYS_rt_sigaction,
-    libc::SYS_ioctl,
-    libc::SYS_pread64,
-    libc::SYS_mmap,
-    libc::SYS_recvmsg,
-    libc::SYS_openat,
-    libc::SYS_sendto,
-    libc::SYS_mprotect,
-    libc::SYS_write,
-    libc::SYS_epoll_ctl,
-    libc::SYS_epoll_create1,
-    libc::SYS_read,
-    libc::SYS_open,
-    libc::SYS_close,
-    libc::SYS_fstat,
-    libc::SYS_stat,
-    libc::SYS_munmap,
-    libc::SYS_brk,
-    libc::SYS_access,
-    libc::SYS_execve,
-    libc::SYS_timerfd_create,
-    libc::SYS_arch_prctl,
-    libc::SYS_lseek,
-    libc::SYS_personality,
-    libc::SYS_socket,
-    libc::SYS_bind,
-    libc::SYS_getsockname,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_getpid,
-    libc::SYS_tgkill,
-    libc::SYS_nanosleep,
-    libc::SYS_futex,
-    libc::SYS_epoll_pwait,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_timerfd_settime,
-    libc::SYS_pwrite64,
-    libc::SYS_newfstatat,
-    libc::SYS_set_tid_address,
-    libc::SYS_set_robust_list,
-    libc::SYS_rseq,
-    libc::SYS_prlimit64,
-    libc::SYS_getrandom,
-];
-
-fn urunc_filter() -> BpfProgram {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        URUNC_ALLOWLIST.iter().map(|&nr| (nr, vec![])).collect();
-    SeccompFilter::new(
-        rules,
-        SeccompAction::Trap,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )
-    .unwrap()
-    .try_into()
-    .unwrap()
-}
 
 /// Makes `cmd` exec as urunc execs: no_new_privs, then the filter, then
 /// execve (which the allowlist permits).

@@ -2,6 +2,8 @@
 //! through a symlink) on the project's own guests, with a time limit.
 #![allow(dead_code)]
 
+pub mod urunc;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
