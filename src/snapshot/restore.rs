@@ -59,6 +59,8 @@ pub enum RestoreError {
     MemoryRegion(kvm_ioctls::Error),
     #[error("{0}")]
     Vcpu(#[from] VcpuError),
+    #[error("the snapshot's guest was booted with a {snap} kHz TSC, this host's is {here} kHz")]
+    TscHz { snap: u64, here: u64 },
     #[error("cannot restore the vCPU: {0}")]
     State(#[from] StateError),
 }
@@ -215,6 +217,14 @@ pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
         h.guest_tsc.wrapping_add(ticks as u64)
     };
     let mut vcpu = vcpu;
+    // The guest converts TSC ticks with the frequency it was booted with.
+    let hz = vcpu.tsc_hz()?;
+    if hz != h.tsc_hz {
+        return Err(RestoreError::TscHz {
+            snap: h.tsc_hz / 1000,
+            here: hz / 1000,
+        });
+    }
     let native = vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
     vcpu.set_pvm_native(native);
     devices.function = crate::devices::function::Function::from_env();
