@@ -111,5 +111,6 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         devices,
         vm,
         kvm,
+        resume: None,
     })
 }

@@ -15,6 +15,7 @@ pub mod image;
 pub mod memory;
 pub mod oci;
 pub mod seccomp;
+pub mod snapshot;
 pub mod teardown;
 pub mod vcpu;
 pub mod vmm;

@@ -35,6 +35,9 @@ pub struct Vm {
     pub(crate) devices: Devices,
     pub(crate) vm: VmFd,
     pub(crate) kvm: Kvm,
+    /// A hypercall to answer before the first KVM_RUN: a restored guest
+    /// resumes inside its REQ_READ (see snapshot/).
+    pub(crate) resume: Option<hypercall::Request>,
 }
 
 impl Vm {
@@ -52,12 +55,18 @@ impl Vm {
     /// Runs the guest to its next exit and acts on it: `Some(status)` once
     /// the guest has halted. The hot path: no allocation, one `KVM_RUN`.
     pub fn step(&mut self) -> Result<Option<i32>, RunError> {
-        if let Some(sig) = signals::pending() {
-            return Err(RunError::Signal(sig));
-        }
-        let exit = self.vcpu.run()?;
-        marks::count_exit();
-        let step = match hypercall::decode(&exit, &self.mem) {
+        let decoded = match self.resume.take() {
+            Some(req) => Ok(Some(req)),
+            None => {
+                if let Some(sig) = signals::pending() {
+                    return Err(RunError::Signal(sig));
+                }
+                let exit = self.vcpu.run()?;
+                marks::count_exit();
+                hypercall::decode(&exit, &self.mem)
+            }
+        };
+        let step = match decoded {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);

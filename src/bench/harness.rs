@@ -79,6 +79,9 @@ pub struct Report {
     pub exits_per_run: u64,
     pub max_rss_kib: u64,
     pub compare: Option<CompareReport>,
+    /// skiff's own start-up (or restore) work: from `main` to the guest's
+    /// first instruction, run by run.
+    pub main_to_first_instruction: Stat,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +108,8 @@ pub struct BenchConfig {
     pub runs: usize,
     pub expect_status: i32,
     pub run_args: Vec<OsString>,
+    /// A file every run reads as its stdin (a request body); else /dev/null.
+    pub stdin: Option<PathBuf>,
 }
 
 fn run_once(
@@ -112,6 +117,7 @@ fn run_once(
     args: &[OsString],
     want_marks: bool,
     expect: i32,
+    stdin: Option<&PathBuf>,
 ) -> Result<Sample, BenchError> {
     let name = program.display().to_string();
     let mut fds = [-1; 2];
@@ -121,9 +127,15 @@ fn run_once(
             return Err(BenchError::Pipe(std::io::Error::last_os_error()));
         }
     }
+    let input = match stdin {
+        Some(p) => Stdio::from(
+            std::fs::File::open(p).map_err(|e| BenchError::Spawn(p.display().to_string(), e))?,
+        ),
+        None => Stdio::null(),
+    };
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(input)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if want_marks {
@@ -190,14 +202,38 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
     skiff_args.extend(cfg.run_args.iter().cloned());
     // One untimed warm-up of each, so page-cache and first-exec effects do
     // not land on the first pair.
-    run_once(&cfg.skiff, &skiff_args, true, cfg.expect_status)?;
+    run_once(
+        &cfg.skiff,
+        &skiff_args,
+        true,
+        cfg.expect_status,
+        cfg.stdin.as_ref(),
+    )?;
     if let Some(other) = &cfg.compare {
-        run_once(other, &cfg.run_args, false, cfg.expect_status)?;
+        run_once(
+            other,
+            &cfg.run_args,
+            false,
+            cfg.expect_status,
+            cfg.stdin.as_ref(),
+        )?;
     }
     for _ in 0..cfg.runs {
-        mine.push(run_once(&cfg.skiff, &skiff_args, true, cfg.expect_status)?);
+        mine.push(run_once(
+            &cfg.skiff,
+            &skiff_args,
+            true,
+            cfg.expect_status,
+            cfg.stdin.as_ref(),
+        )?);
         if let Some(other) = &cfg.compare {
-            theirs.push(run_once(other, &cfg.run_args, false, cfg.expect_status)?);
+            theirs.push(run_once(
+                other,
+                &cfg.run_args,
+                false,
+                cfg.expect_status,
+                cfg.stdin.as_ref(),
+            )?);
         }
     }
     let mut phases = Vec::new();
@@ -246,6 +282,14 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
         exits_per_run: mine.iter().map(|s| s.exits).max().unwrap_or(0),
         max_rss_kib: mine.iter().map(|s| s.max_rss_kib).max().unwrap_or(0),
         compare,
+        main_to_first_instruction: stat(
+            mine.iter()
+                .map(|s| {
+                    let p = s.phases.unwrap_or_default();
+                    p[2].saturating_sub(p[0])
+                })
+                .collect(),
+        ),
     })
 }
 
@@ -278,6 +322,12 @@ fn write_table(w: &mut impl std::io::Write, r: &Report) -> std::io::Result<()> {
             name, s.median_us, s.min_us, s.max_us
         )?;
     }
+    let s = &r.main_to_first_instruction;
+    writeln!(
+        w,
+        "{:<28} {:>10.0} {:>10.0} {:>10.0}",
+        "main -> first_instruction", s.median_us, s.min_us, s.max_us
+    )?;
     writeln!(
         w,
         "exits per run: {}; peak RSS: {} KiB",
@@ -326,7 +376,7 @@ pub fn throughput(
                 s.spawn(|| {
                     let mut n = 0u64;
                     while Instant::now() < deadline {
-                        run_once(program, args, false, expect)?;
+                        run_once(program, args, false, expect, None)?;
                         n += 1;
                     }
                     Ok(n)

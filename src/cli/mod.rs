@@ -17,6 +17,10 @@ pub struct RunArgs {
     pub mem: MemSize,
     #[command(flatten)]
     pub accel: crate::accel::config::AccelArgs,
+    /// Resume the function from this snapshot (`skiff snapshot`) instead of
+    /// booting it; KERNEL and the flags must be the snapshot's.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// Attach block device NAME to the file PATH (`--block:NAME=PATH`).
     #[arg(long = "block", value_name = "NAME=PATH")]
     pub block: Vec<OsString>,
@@ -80,6 +84,9 @@ enum Command {
     /// Measure start-up: run an image N times (fresh processes) and report
     /// each phase from exec; optionally alternate with another tender.
     Bench(BenchArgs),
+    /// Boot a function to the point where it asks for its request body and
+    /// save it there: skiff snapshot [run flags] --out FILE KERNEL [ARGS...]
+    Snapshot(crate::snapshot::cli::SnapshotArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -104,6 +111,9 @@ struct BenchArgs {
     /// Instead: sustained runs per second for SECS seconds.
     #[arg(long, value_name = "SECS")]
     throughput: Option<u64>,
+    /// A file each run reads as stdin (the request body).
+    #[arg(long, value_name = "FILE")]
+    stdin: Option<PathBuf>,
     /// Concurrent callers for --throughput.
     #[arg(long, default_value_t = 2)]
     callers: usize,
@@ -178,8 +188,10 @@ pub fn main() -> i32 {
         Ok(Command::Run(r)) => r,
         Ok(Command::Bench(b)) => return bench(&prog, b),
         Ok(Command::Hook) => return crate::oci::main(&prog),
+        Ok(Command::Snapshot(s)) => return crate::snapshot::cli::main(&prog, s),
         Err(e) => return clap_exit(&prog, e),
     };
+    let restore = run.restore.clone();
     let cfg = match run.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -187,18 +199,23 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    run_guest(&prog, &cfg)
+    run_guest(&prog, &cfg, restore.as_deref())
 }
 
-/// Builds and runs one guest; its HALT status is the exit status.
-pub fn run_guest(prog: &str, cfg: &RunConfig) -> i32 {
-    let status = build_and_run(prog, cfg);
+/// Builds (or restores from a snapshot) and runs one guest; its HALT
+/// status is the exit status.
+pub fn run_guest(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>) -> i32 {
+    let status = build_and_run(prog, cfg, restore);
     crate::bench::marks::report();
     status
 }
 
-fn build_and_run(prog: &str, cfg: &RunConfig) -> i32 {
-    let mut vm = match crate::builder::build(cfg) {
+fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>) -> i32 {
+    let built = match restore {
+        Some(snap) => crate::snapshot::restore::restore(snap, cfg).map_err(|e| e.to_string()),
+        None => crate::builder::build(cfg).map_err(|e| e.to_string()),
+    };
+    let mut vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             report(prog, &e);
@@ -279,6 +296,7 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
         runs: b.runs.max(1),
         expect_status: b.expect_status,
         run_args: b.args,
+        stdin: b.stdin,
     };
     match harness::bench(&cfg) {
         Ok(r) if b.json => {

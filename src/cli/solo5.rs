@@ -5,14 +5,32 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
+/// skiff's options that take their value as the next argument.
+const VALUE_FLAGS: [&str; 7] = [
+    "--mem",
+    "--restore",
+    "--out",
+    "--backdate",
+    "--accel",
+    "--accel-lib",
+    "--accel-model",
+];
+
 /// Splits `--FLAG:NAME=VALUE` into `--FLAG`, `NAME=VALUE` among the options,
 /// which start after the first `skip` arguments (argv[0], and `run` for skiff).
 pub fn rewrite_device_flags(argv: Vec<OsString>, skip: usize) -> Vec<OsString> {
     let mut out = Vec::with_capacity(argv.len() + 4);
     let mut options = true;
+    let mut value = false;
     for (i, a) in argv.into_iter().enumerate() {
         let b = a.as_bytes();
-        if i < skip || !options {
+        if i < skip || !options || std::mem::take(&mut value) {
+            out.push(a);
+            continue;
+        }
+        // `--restore FILE`: FILE is the option's value, not the kernel.
+        if VALUE_FLAGS.iter().any(|f| f.as_bytes() == b) {
+            value = true;
             out.push(a);
             continue;
         }

@@ -114,6 +114,11 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// The read-only ranges (for snapshots).
+    pub fn read_only(&self) -> &[(u64, u64)] {
+        &self.read_only
+    }
+
     /// Like [`GuestMemory::slice`], for writing: refuses read-only ranges.
     pub fn slice_mut(
         &self,

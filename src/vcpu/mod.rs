@@ -164,6 +164,20 @@ impl Vcpu {
         }
     }
 
+    /// The vCPU fd, for saving and restoring its state (snapshot/).
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    pub(crate) fn fd_mut(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
+    /// After a restore: whether kvm_pvm runs the guest natively again.
+    pub(crate) fn set_pvm_native(&mut self, on: bool) {
+        self.pvm_native = on;
+    }
+
     /// A triple fault in kvm_pvm's native mode: the guest's exception could
     /// not be delivered there (see [`pvm::unregister`]). Leaves native mode
     /// for good and delivers the same exception again under emulation; a

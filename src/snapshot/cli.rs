@@ -1,0 +1,50 @@
+//! `skiff snapshot`'s flags and entry point.
+
+use crate::cli::{report, RunArgs};
+use clap::Args;
+use std::path::PathBuf;
+
+/// `skiff snapshot [run flags] --out FILE KERNEL [ARGS...]`
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Where to write the snapshot.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Testing aid: make the snapshot SECS seconds old, consistently (the
+    /// guest's WALLTIME during its boot and the saved timestamp both move
+    /// back by SECS), to test restoring old snapshots without waiting.
+    #[arg(long, value_name = "SECS", default_value_t = 0, hide = true)]
+    pub backdate: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn main(prog: &str, a: SnapshotArgs) -> i32 {
+    if a.run.restore.is_some() {
+        report(prog, &"--restore cannot be used with snapshot");
+        return 1;
+    }
+    let cfg = match a.run.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
+    };
+    match super::save::snapshot(&cfg, &a.out, a.backdate.saturating_mul(1_000_000_000)) {
+        Ok(s) => {
+            eprintln!(
+                "{prog}: snapshot {}: {} pages in {} runs, {} bytes",
+                a.out.display(),
+                s.pages,
+                s.runs,
+                s.file_bytes
+            );
+            0
+        }
+        Err(e) => {
+            report(prog, &e);
+            1
+        }
+    }
+}

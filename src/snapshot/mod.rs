@@ -1,0 +1,14 @@
+//! Warm start: `skiff snapshot` saves a function at the moment it first
+//! asks for its request body; `skiff run --restore FILE` resumes it there
+//! for a new request, mapping the saved pages copy-on-write.
+//!
+//! - `format.rs`: the file (header, checksummed metadata, page data)
+//! - `vcpu.rs`: vCPU state out and in (registers, XSAVE, MSRs, TSC)
+//! - `save.rs`: boot to the first REQ_READ, write the file
+//! - `restore.rs`: check, map, restore, resume
+
+pub mod cli;
+pub mod format;
+pub mod restore;
+pub mod save;
+mod vcpu;

@@ -1,0 +1,268 @@
+//! `skiff run --restore FILE`: map the saved pages copy-on-write from the
+//! file, put the vCPU back, and resume the guest inside its REQ_READ.
+//!
+//! Guest memory is one anonymous MAP_NORESERVE reservation with each run
+//! of saved pages mapped over it MAP_FIXED|MAP_PRIVATE from the file: zero
+//! pages stay anonymous, saved pages come from the page cache and are
+//! shared by every concurrent restore until a guest writes one (then that
+//! guest gets its own copy; the file never changes). Work is one mmap per
+//! run, nothing per page and nothing per byte of guest memory.
+
+use super::format::{self, FormatError, Header, Meta, HEADER_LEN, PAGE};
+use super::vcpu::{self, StateError};
+use crate::config::RunConfig;
+use crate::hypercall::Request;
+use crate::memory::{Gpa, GuestMemory, MemoryError};
+use crate::vcpu::{Vcpu, VcpuError};
+use crate::vmm::Vm;
+use guest_abi::hvt::Hypercall;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::Kvm;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    #[error("{path}: {err}")]
+    Open { path: String, err: std::io::Error },
+    #[error("{path}: {err}")]
+    Format { path: String, err: FormatError },
+    #[error("{path}: {err}")]
+    Image {
+        path: String,
+        err: crate::image::ImageError,
+    },
+    #[error("the snapshot was made from another image than {0}")]
+    OtherImage(String),
+    #[error("the snapshot has {snap} MiB of guest memory, this run asks for {given} MiB (--mem)")]
+    MemSize { snap: u64, given: u64 },
+    #[error("the guest arguments differ from the snapshot's ('{0}'); give none or the same")]
+    Cmdline(String),
+    #[error("snapshots of guests using --accel are not supported")]
+    Accel,
+    #[error("{0}")]
+    Attach(#[from] crate::devices::attach::AttachError),
+    #[error("device {0} differs from the one the snapshot's guest was booted with (type, size, block size, MAC or MTU)")]
+    Device(String),
+    #[error("{0}")]
+    Memory(#[from] MemoryError),
+    #[error("cannot map the snapshot's pages: {0}")]
+    Map(std::io::Error),
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
+    MemoryRegion(kvm_ioctls::Error),
+    #[error("{0}")]
+    Vcpu(#[from] VcpuError),
+    #[error("the snapshot's guest was booted with a {snap} kHz TSC, this host's is {here} kHz")]
+    TscHz { snap: u64, here: u64 },
+    #[error("cannot restore the vCPU: {0}")]
+    State(#[from] StateError),
+}
+
+/// The devices attached now must look to the guest exactly as the ones
+/// it was booted with (it read their geometry or MAC at boot).
+fn check_devices(
+    recorded: &[format::DeviceRecord],
+    now: &[guest_abi::manifest::MftEntry],
+) -> Result<(), RestoreError> {
+    let now: Vec<_> = now.iter().filter(|e| e.attached != 0).collect();
+    for d in recorded {
+        let name = d.name.as_bytes();
+        match now.iter().find(|e| e.name_bytes() == Some(name)) {
+            Some(e) if e.kind == d.kind && e.u == [d.a, d.b] => {}
+            _ => return Err(RestoreError::Device(d.name.clone())),
+        }
+    }
+    if now.len() != recorded.len() {
+        return Err(RestoreError::Device("(another device)".into()));
+    }
+    Ok(())
+}
+
+/// Net devices bound without --net-mac get the MAC the guest was booted
+/// with, not a new one.
+fn with_recorded_macs(
+    b: &crate::devices::attach::Bindings,
+    recorded: &[format::DeviceRecord],
+) -> crate::devices::attach::Bindings {
+    let mut b = b.clone();
+    for n in b.net.iter_mut().filter(|n| n.mac.is_none()) {
+        if let Some(d) = recorded.iter().find(|d| d.name == n.name) {
+            let m = d.a.to_le_bytes();
+            n.mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]]);
+        }
+    }
+    b
+}
+
+/// Reads and checks the snapshot's header and metadata (one read when the
+/// metadata fits in the first 16 KiB, as it does for one vCPU).
+fn read_meta(f: &mut std::fs::File, path: &str) -> Result<(Header, Meta), RestoreError> {
+    let ferr = |err| RestoreError::Format {
+        path: path.into(),
+        err,
+    };
+    let ioerr = |err| RestoreError::Open {
+        path: path.into(),
+        err,
+    };
+    // SAFETY: an all-zero stat is valid for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on our own open fd writes only into `st` (fstat, not
+    // statx: urunc's seccomp allowlist).
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(ioerr(std::io::Error::last_os_error()));
+    }
+    let file_len = st.st_size as u64;
+    let mut buf = vec![0u8; 16 << 10];
+    let n = read_full(f, &mut buf).map_err(ioerr)?;
+    buf.truncate(n);
+    let h = format::decode_header(&buf).map_err(ferr)?;
+    let want = (HEADER_LEN as u64).saturating_add(h.meta_len);
+    if want > n as u64 {
+        if want > file_len {
+            return Err(ferr(FormatError::Truncated));
+        }
+        buf.resize(want as usize, 0);
+        let m = read_full(f, &mut buf[n..]).map_err(ioerr)?;
+        buf.truncate(n + m);
+    }
+    format::decode(&buf, file_len).map_err(ferr)
+}
+
+fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Builds a guest from the snapshot at `snap`, ready to [`Vm::run`]: the
+/// first thing it does is answer the guest's pending REQ_READ from stdin.
+/// Every check happens before KVM is opened.
+pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
+    let path = snap.display().to_string();
+    let mut f = std::fs::File::open(snap).map_err(|err| RestoreError::Open {
+        path: path.clone(),
+        err,
+    })?;
+    let (h, meta) = read_meta(&mut f, &path)?;
+
+    let kpath = cfg.kernel.display().to_string();
+    let image = crate::image::read_file(&cfg.kernel).map_err(|err| RestoreError::Image {
+        path: kpath.clone(),
+        err,
+    })?;
+    if <[u8; 32]>::from(Sha256::digest(&image)) != h.image_sha256 {
+        return Err(RestoreError::OtherImage(kpath));
+    }
+    if h.mem_size != cfg.mem.bytes() {
+        return Err(RestoreError::MemSize {
+            snap: h.mem_size >> 20,
+            given: cfg.mem.bytes() >> 20,
+        });
+    }
+    if !cfg.cmdline.is_empty() && cfg.cmdline != meta.cmdline {
+        return Err(RestoreError::Cmdline(
+            String::from_utf8_lossy(&meta.cmdline).into_owned(),
+        ));
+    }
+    if cfg.accel.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(RestoreError::Accel);
+    }
+    // The manifest (for the device bindings); the hash matched, so this
+    // is the image the snapshot was booted from.
+    let img =
+        crate::image::Image::parse(&image, h.mem_size).map_err(|err| RestoreError::Image {
+            path: kpath.clone(),
+            err,
+        })?;
+    let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
+    let (mut devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
+    check_devices(&meta.devices, &entries)?;
+
+    let mut mem = GuestMemory::new(h.mem_size)?;
+    map_runs(&mem, &f, &h, &meta).map_err(RestoreError::Map)?;
+    for &(a, b) in &meta.read_only {
+        mem.protect(a, b).map_err(RestoreError::Map)?;
+    }
+
+    let kvm = Kvm::new().map_err(RestoreError::KvmOpen)?;
+    let vm = kvm.create_vm().map_err(RestoreError::CreateVm)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: h.mem_size,
+        userspace_addr: mem.host_base() as u64,
+    };
+    // SAFETY: the region is our own live mapping of `mem_size` bytes, kept
+    // in the Vm next to the VM fd, so it outlives the slot.
+    unsafe { vm.set_user_memory_region(region) }.map_err(RestoreError::MemoryRegion)?;
+    let vcpu = Vcpu::new(&kvm, &vm)?;
+    // The guest's TSC continues from the snapshot by the real time since.
+    let tsc = |now: u64| {
+        let elapsed = now.saturating_sub(h.saved_at_ns);
+        let ticks = u128::from(elapsed) * u128::from(h.tsc_hz) / 1_000_000_000;
+        h.guest_tsc.wrapping_add(ticks as u64)
+    };
+    let mut vcpu = vcpu;
+    // The guest converts TSC ticks with the frequency it was booted with.
+    let hz = vcpu.tsc_hz()?;
+    if hz != h.tsc_hz {
+        return Err(RestoreError::TscHz {
+            snap: h.tsc_hz / 1000,
+            here: hz / 1000,
+        });
+    }
+    let native = vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
+    vcpu.set_pvm_native(native);
+    devices.function = crate::devices::function::Function::from_env();
+    crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
+
+    Ok(Vm {
+        vcpu,
+        mem,
+        devices,
+        vm,
+        kvm,
+        resume: Some(Request::Extension {
+            nr: Hypercall::ReqRead,
+            arg: Gpa(meta.pending_req_read),
+        }),
+    })
+}
+
+/// One MAP_FIXED|MAP_PRIVATE file mapping per run, over the reservation.
+fn map_runs(mem: &GuestMemory, f: &std::fs::File, h: &Header, m: &Meta) -> std::io::Result<()> {
+    for r in &m.runs {
+        // In range: format::decode checked every run against mem_size and
+        // the file's data pages.
+        // SAFETY: the target lies inside our own reservation (replacing
+        // part of it, which nothing references yet); the file is open.
+        let p = unsafe {
+            libc::mmap(
+                mem.host_base().add(r.gpa as usize).cast(),
+                (r.pages * PAGE) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                f.as_raw_fd(),
+                (h.data_offset + r.file_page * PAGE) as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

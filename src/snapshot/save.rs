@@ -1,0 +1,230 @@
+//! `skiff snapshot`: boot the function, stop it inside its first REQ_READ
+//! (ready for its request), write the snapshot.
+
+use super::format::{self, DeviceRecord, Header, Meta, Run, PAGE};
+use super::vcpu::{self, StateError};
+use crate::config::RunConfig;
+use crate::devices::Stop;
+use crate::hypercall::{self, Request};
+use crate::memory::{Gpa, GuestMemory};
+use crate::vmm::RunError;
+use guest_abi::hvt::{BootInfo, HcWalltime, Hypercall, BOOT_INFO_BASE};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SaveError {
+    #[error("{0}")]
+    Build(#[from] crate::builder::BuildError),
+    #[error("{0}")]
+    Run(#[from] RunError),
+    #[error("the guest halted (status {0}) before asking for its request: nothing to snapshot")]
+    Halted(i32),
+    #[error("snapshots of guests using --accel are not supported")]
+    Accel,
+    #[error("cannot read the vCPU state: {0}")]
+    State(#[from] StateError),
+    #[error("cannot read guest memory: {0}")]
+    Memory(#[from] crate::memory::OutOfRange),
+    #[error("cannot write {path}: {err}")]
+    Write { path: String, err: std::io::Error },
+}
+
+/// What was written.
+#[derive(Debug)]
+pub struct Saved {
+    pub pages: u64,
+    pub runs: usize,
+    pub file_bytes: u64,
+}
+
+/// Boots `cfg`'s guest to its first REQ_READ and writes the snapshot to
+/// `out`. `backdate_ns`: a testing aid (`--backdate`) that makes the
+/// snapshot look that much older, consistently: the guest's WALLTIME
+/// during boot and the saved timestamp are both moved back by it, as if
+/// the whole boot had happened then.
+pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, SaveError> {
+    if cfg.accel.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(SaveError::Accel);
+    }
+    let mut vm = crate::builder::build(cfg)?;
+    let image =
+        crate::image::read_file(&cfg.kernel).map_err(|err| crate::builder::BuildError::Image {
+            path: cfg.kernel.display().to_string(),
+            err,
+        })?;
+    vm.vcpu.arm_signals();
+    let arg = loop {
+        if let Some(sig) = crate::vcpu::signals::pending() {
+            return Err(RunError::Signal(sig).into());
+        }
+        let exit = vm.vcpu.run().map_err(RunError::from)?;
+        let req = match hypercall::decode(&exit, &vm.mem) {
+            Ok(None) => continue,
+            Ok(Some(r)) => r,
+            Err(f) => return Err(guest_fault(&vm, f)),
+        };
+        let step = match req {
+            Request::Extension {
+                nr: Hypercall::ReqRead,
+                arg,
+            } => break arg,
+            Request::Walltime { arg } if backdate_ns > 0 => {
+                let nsecs = crate::devices::clock::now_ns() - backdate_ns;
+                crate::devices::write_back(&vm.mem, "WALLTIME", arg, HcWalltime { nsecs })
+                    .map(|_| hypercall::Control::Continue)
+                    .map_err(Stop::from)
+            }
+            r => vm.devices.handle(r, &vm.mem),
+        };
+        match step {
+            Ok(hypercall::Control::Continue) => {}
+            Ok(hypercall::Control::Halt(s)) => return Err(SaveError::Halted(s)),
+            Err(Stop::Fault(f)) => return Err(guest_fault(&vm, f)),
+            Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e).into()),
+            Err(Stop::Function(e)) => return Err(RunError::Function(e).into()),
+            Err(Stop::Device(e)) => return Err(RunError::Device(e).into()),
+        }
+    };
+    // Complete the OUT (KVM finishes a port write on the next KVM_RUN; with
+    // immediate_exit it returns before any guest instruction runs), so the
+    // state is consistent: the guest is just past its REQ_READ, whose
+    // result the restoring skiff provides.
+    vm.vcpu.fd_mut().set_kvm_immediate_exit(1);
+    vm.vcpu.run().map_err(RunError::from)?;
+    let state = vcpu::capture(vm.vcpu.fd())?;
+    let (guest_tsc, now) = vcpu::read_tsc(vm.vcpu.fd())?;
+    let bi: BootInfo = vm.mem.read_obj(Gpa(BOOT_INFO_BASE))?;
+
+    let (runs, pages) = nonzero_runs(&vm.mem)?;
+    let header = Header {
+        version: format::VERSION,
+        host_features: bi.host_features,
+        mem_size: vm.mem.size(),
+        image_sha256: Sha256::digest(&image).into(),
+        saved_at_ns: now - backdate_ns,
+        guest_tsc,
+        tsc_hz: bi.cpu_cycle_freq,
+        data_pages: pages,
+        ..Header::default()
+    };
+    let meta = Meta {
+        cmdline: cfg.cmdline.clone(),
+        pending_req_read: arg.0,
+        read_only: vm.mem.read_only().to_vec(),
+        devices: device_record(&vm.mem, &bi)?,
+        regs: state.regs,
+        sregs: state.sregs,
+        xsave: state.xsave,
+        xcrs: state.xcrs,
+        msrs: state.msrs,
+        runs,
+    };
+    write_file(out, &header, &meta, &vm.mem)
+}
+
+fn guest_fault(vm: &crate::vmm::Vm, fault: crate::vcpu::GuestFault) -> SaveError {
+    RunError::Guest {
+        fault,
+        rip: vm.vcpu.rip(),
+    }
+    .into()
+}
+
+/// The devices as the guest saw them at boot: its manifest copy's
+/// attached entries (block: capacity and block size; net: MAC and MTU).
+fn device_record(mem: &GuestMemory, bi: &BootInfo) -> Result<Vec<DeviceRecord>, SaveError> {
+    use guest_abi::manifest::{MftEntry, MftHeader};
+    let hdr: MftHeader = mem.read_obj(Gpa(bi.mft))?;
+    let mut out = Vec::new();
+    for i in 0..u64::from(hdr.entries) {
+        let at = bi.mft + size_of::<MftHeader>() as u64 + i * size_of::<MftEntry>() as u64;
+        let e: MftEntry = mem.read_obj(Gpa(at))?;
+        if e.attached == 0 {
+            continue;
+        }
+        out.push(DeviceRecord {
+            kind: e.kind,
+            name: String::from_utf8_lossy(e.name_bytes().unwrap_or_default()).into_owned(),
+            a: e.u[0],
+            b: e.u[1],
+        });
+    }
+    Ok(out)
+}
+
+/// The guest pages that hold anything but zeros, as runs. Only pages the
+/// host has backed (mincore) are looked at: an untouched page is zero.
+fn nonzero_runs(mem: &GuestMemory) -> Result<(Vec<Run>, u64), SaveError> {
+    let n = (mem.size() / PAGE) as usize;
+    let mut resident = vec![0u8; n];
+    // SAFETY: the range is our own mapping; `resident` has one byte per page.
+    let r = unsafe {
+        libc::mincore(
+            mem.host_base().cast(),
+            mem.size() as usize,
+            resident.as_mut_ptr(),
+        )
+    };
+    let all = r != 0; // cannot tell: look at every page
+    let mut runs: Vec<Run> = Vec::new();
+    let mut pages = 0;
+    let mut buf = [0u8; PAGE as usize];
+    for (i, res) in resident.iter().enumerate() {
+        if !all && res & 1 == 0 {
+            continue;
+        }
+        let gpa = i as u64 * PAGE;
+        mem.read_bytes(&mut buf, Gpa(gpa))?;
+        if buf.iter().all(|&b| b == 0) {
+            continue;
+        }
+        match runs.last_mut() {
+            Some(r) if r.gpa + r.pages * PAGE == gpa => r.pages += 1,
+            _ => runs.push(Run {
+                gpa,
+                pages: 1,
+                file_page: pages,
+            }),
+        }
+        pages += 1;
+    }
+    Ok((runs, pages))
+}
+
+/// Writes to a temporary name, then renames: a reader never sees a
+/// half-written snapshot.
+fn write_file(out: &Path, h: &Header, m: &Meta, mem: &GuestMemory) -> Result<Saved, SaveError> {
+    let err = |err| SaveError::Write {
+        path: out.display().to_string(),
+        err,
+    };
+    let mut head = format::encode(h, m);
+    let data_offset = format::decode_header(&head)
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?
+        .data_offset;
+    head.resize(data_offset as usize, 0);
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(err)?);
+    f.write_all(&head).map_err(err)?;
+    let mut buf = vec![0u8; PAGE as usize];
+    for r in &m.runs {
+        for p in 0..r.pages {
+            mem.read_bytes(&mut buf, Gpa(r.gpa + p * PAGE))?;
+            f.write_all(&buf).map_err(err)?;
+        }
+    }
+    f.into_inner()
+        .map_err(|e| err(e.into_error()))?
+        .sync_all()
+        .map_err(err)?;
+    std::fs::rename(&tmp, out).map_err(err)?;
+    Ok(Saved {
+        pages: h.data_pages,
+        runs: m.runs.len(),
+        file_bytes: data_offset + h.data_pages * PAGE,
+    })
+}

@@ -1,0 +1,186 @@
+//! vCPU state in and out of a snapshot: registers, special registers,
+//! XSAVE area (FPU/SSE/AVX), XCR0, the MSRs that matter, and the TSC.
+//!
+//! The kvm_* structs are kernel ABI, plain integers: they are stored as
+//! their raw bytes and read back only into a struct of the same size.
+
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs, kvm_xsave, Msrs};
+use kvm_ioctls::VcpuFd;
+use thiserror::Error;
+
+pub const MSR_IA32_TSC: u32 = 0x10;
+/// kvm_pvm's vCPU registration (see vcpu/pvm.rs): restored like any MSR,
+/// which re-registers the shared page so the guest runs natively again.
+const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
+
+/// What the guest's code can have changed: SYSCALL/SYSENTER targets,
+/// segment bases (FS/GS also live in sregs), KERNEL_GS_BASE, TSC_AUX, PAT,
+/// MISC_ENABLE, and kvm_pvm's registration. EFER is part of sregs.
+const MSRS: [u32; 14] = [
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+    0x1a0,       // MISC_ENABLE
+    0x277,       // PAT
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0xc000_0100, // FS_BASE
+    0xc000_0101, // GS_BASE
+    0xc000_0102, // KERNEL_GS_BASE
+    0xc000_0103, // TSC_AUX
+    MSR_PVM_REGISTER,
+];
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("{0} failed: {1}")]
+    Ioctl(&'static str, kvm_ioctls::Error),
+    #[error("saved {0} has the wrong size")]
+    Size(&'static str),
+    #[error("this KVM does not let skiff set the guest's TSC (kvm_pvm gives guests the host's), and the host's differs from the snapshot's clock by {off_us} us (a snapshot from another host boot, or backdated): the guest's time would be wrong")]
+    Tsc { off_us: i64 },
+    #[error("KVM_SET_MSRS set {set} of {want} MSRs (MSR 0x{failed:x} refused)")]
+    Msrs {
+        set: usize,
+        want: usize,
+        failed: u32,
+    },
+}
+
+/// The captured state, as raw bytes.
+pub struct Captured {
+    pub regs: Vec<u8>,
+    pub sregs: Vec<u8>,
+    pub xsave: Vec<u8>,
+    pub xcrs: Vec<u8>,
+    pub msrs: Vec<(u32, u64)>,
+}
+
+fn raw<T>(v: &T) -> Vec<u8> {
+    // SAFETY: T is a plain-integer kvm struct; reading its bytes is sound.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+fn from_raw<T: Default>(b: &[u8], what: &'static str) -> Result<T, StateError> {
+    if b.len() != size_of::<T>() {
+        return Err(StateError::Size(what));
+    }
+    let mut v = T::default();
+    // SAFETY: sizes match and every bit pattern is valid for these
+    // plain-integer kvm structs.
+    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast(), b.len()) };
+    Ok(v)
+}
+
+/// Reads the MSRs of `MSRS` that this KVM knows (KVM_GET_MSRS stops at
+/// the first unknown one: drop it and ask again).
+fn read_msrs(fd: &VcpuFd) -> Result<Vec<(u32, u64)>, StateError> {
+    let mut want: Vec<u32> = MSRS.to_vec();
+    loop {
+        let entries: Vec<kvm_msr_entry> = want
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Size("MSR list"))?;
+        let n = fd
+            .get_msrs(&mut msrs)
+            .map_err(|e| StateError::Ioctl("KVM_GET_MSRS", e))?;
+        if n == want.len() {
+            return Ok(msrs.as_slice().iter().map(|e| (e.index, e.data)).collect());
+        }
+        want.remove(n);
+    }
+}
+
+/// The guest's TSC now, with CLOCK_REALTIME read around it (midpoint).
+pub fn read_tsc(fd: &VcpuFd) -> Result<(u64, u64), StateError> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        ..Default::default()
+    }])
+    .map_err(|_| StateError::Size("MSR list"))?;
+    let t0 = crate::devices::clock::now_ns();
+    fd.get_msrs(&mut msrs)
+        .map_err(|e| StateError::Ioctl("KVM_GET_MSRS", e))?;
+    let t1 = crate::devices::clock::now_ns();
+    Ok((msrs.as_slice()[0].data, t0 + (t1 - t0) / 2))
+}
+
+/// Captures the state of a vCPU stopped between instructions.
+pub fn capture(fd: &VcpuFd) -> Result<Captured, StateError> {
+    let e = |what| move |err| StateError::Ioctl(what, err);
+    Ok(Captured {
+        regs: raw(&fd.get_regs().map_err(e("KVM_GET_REGS"))?),
+        sregs: raw(&fd.get_sregs().map_err(e("KVM_GET_SREGS"))?),
+        xsave: raw(&fd.get_xsave().map_err(e("KVM_GET_XSAVE"))?),
+        xcrs: raw(&fd.get_xcrs().map_err(e("KVM_GET_XCRS"))?),
+        msrs: read_msrs(fd)?,
+    })
+}
+
+/// Puts the saved state back. `tsc(now)`: the guest TSC due at wall time
+/// `now` (ns); written last, in the same KVM_SET_MSRS, then read back.
+/// Returns whether kvm_pvm's native mode was restored.
+pub fn restore(
+    fd: &VcpuFd,
+    m: &super::format::Meta,
+    tsc_hz: u64,
+    tsc: impl Fn(u64) -> u64,
+) -> Result<bool, StateError> {
+    let e = |what| move |err| StateError::Ioctl(what, err);
+    let sregs: kvm_sregs = from_raw(&m.sregs, "sregs")?;
+    let regs: kvm_regs = from_raw(&m.regs, "regs")?;
+    let xsave: kvm_xsave = from_raw(&m.xsave, "xsave")?;
+    let xcrs: kvm_xcrs = from_raw(&m.xcrs, "xcrs")?;
+    fd.set_sregs(&sregs).map_err(e("KVM_SET_SREGS"))?;
+    // SAFETY: a kvm_xsave of the kernel's fixed size, as KVM_GET_XSAVE
+    // returned it on this host type; no FAM part is used.
+    unsafe { fd.set_xsave(&xsave) }.map_err(e("KVM_SET_XSAVE"))?;
+    fd.set_xcrs(&xcrs).map_err(e("KVM_SET_XCRS"))?;
+    fd.set_regs(&regs).map_err(e("KVM_SET_REGS"))?;
+    let mut entries: Vec<kvm_msr_entry> = m
+        .msrs
+        .iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect();
+    entries.push(kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        data: tsc(crate::devices::clock::now_ns()),
+        ..Default::default()
+    });
+    let msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Size("MSR list"))?;
+    let set = fd.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
+    if set != entries.len() {
+        return Err(StateError::Msrs {
+            set,
+            want: entries.len(),
+            failed: entries[set].index,
+        });
+    }
+    // Some KVMs cannot move the guest's TSC: kvm_pvm gives its guests the
+    // host's own TSC and ignores the write. That is still right for a
+    // snapshot from this host boot (both count real time), but not for one
+    // from another boot (or --backdate): refuse rather than resume a guest
+    // whose clock is off.
+    let (got, at) = read_tsc(fd)?;
+    let off = got.wrapping_sub(tsc(at)) as i64;
+    let limit = tsc_hz / 1000; // 1 ms
+    if off.unsigned_abs() > limit {
+        return Err(StateError::Tsc {
+            off_us: (i128::from(off) * 1_000_000 / i128::from(tsc_hz.max(1))) as i64,
+        });
+    }
+    // kvm_pvm runs the guest natively again if it was registered.
+    Ok(m.msrs
+        .iter()
+        .any(|&(i, v)| i == MSR_PVM_REGISTER && v & 1 != 0))
+}

@@ -1,0 +1,348 @@
+//! Warm start on real KVM: `skiff snapshot` at the first REQ_READ, then
+//! `skiff run --restore`: the same answers as a cold run, the guest's
+//! clock continuing, every bad input refused before the guest runs, and
+//! concurrent restores sharing the snapshot's pages.
+
+mod common;
+use common::*;
+use skiff::snapshot::format;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+const MEM: &str = "--mem=64";
+
+fn snapshot(dir: &Path, name: &str, extra: &[&str], args: &[&str]) -> std::path::PathBuf {
+    let out = dir.join(format!("{name}.snap"));
+    let mut cmd = Command::new(skiff());
+    cmd.args(["snapshot", MEM, "--out"])
+        .arg(&out)
+        .args(extra)
+        .arg(guest(name))
+        .args(args)
+        .env_remove("Http_Method");
+    let o = run_with(cmd, b"", Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(0), "snapshot: {}", stderr(&o));
+    out
+}
+
+fn run(
+    restore: Option<&Path>,
+    name: &str,
+    env: &[(&str, &str)],
+    body: &[u8],
+) -> std::process::Output {
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", MEM]);
+    if let Some(s) = restore {
+        cmd.arg("--restore").arg(s);
+    }
+    cmd.arg(guest(name)).envs(env.iter().copied());
+    run_with(cmd, body, Duration::from_secs(60))
+}
+
+#[test]
+fn restored_echo_answers_as_a_cold_run() {
+    let dir = TempDir::new("snap-echo");
+    let snap = snapshot(dir.path(), "echo", &[], &[]);
+    for i in 0..100u64 {
+        let n = match i % 4 {
+            0 => (i * 37) as usize,
+            1 => 1024,
+            2 => (i * 4099) as usize,
+            _ => (i * 31_337) as usize % (3 << 20),
+        };
+        let body = random(n, i + 1);
+        let warm = run(Some(&snap), "echo", &[], &body);
+        let cold = run(None, "echo", &[], &body);
+        assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));
+        assert_eq!(cold.status.code(), Some(0), "{}", stderr(&cold));
+        assert!(
+            warm.stdout == cold.stdout && warm.stdout == body,
+            "body {i} ({n} bytes)"
+        );
+    }
+}
+
+#[test]
+fn restored_meta_sees_this_requests_variables() {
+    let dir = TempDir::new("snap-meta");
+    let snap = snapshot(dir.path(), "meta", &[], &[]);
+    let methods = ["GET", "POST", "PUT", "DELETE"];
+    for i in 0..100u64 {
+        let path = format!("/fn/{i}/{}", "x".repeat((i % 7) as usize));
+        let query = format!("a={i}&b=\"{}\"", i * i);
+        let method = methods[i as usize % 4];
+        let env = [
+            ("Http_Method", method),
+            ("Http_Path", path.as_str()),
+            ("Http_Query", query.as_str()),
+        ];
+        let env = &env[..if i % 5 == 0 { 2 } else { 3 }];
+        let body = random((i * 613) as usize % (64 << 10), i + 7);
+        let warm = run(Some(&snap), "meta", env, &body);
+        let cold = run(None, "meta", env, &body);
+        assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));
+        assert_eq!(stdout(&warm), stdout(&cold), "request {i}");
+        assert!(stdout(&warm).contains(&format!("\"method\":\"{method}\"")));
+    }
+}
+
+/// (derived, fresh) from the clock guest's answer.
+fn clock_answer(o: &std::process::Output) -> (i128, i128) {
+    let s = stdout(o);
+    let field = |k: &str| -> i128 {
+        let v = s.split(&format!("{k}=")).nth(1).expect(&s);
+        v.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (field("derived"), field("fresh"))
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+#[test]
+fn a_restored_guest_keeps_the_wall_time() {
+    let dir = TempDir::new("snap-clock");
+    let snap = snapshot(dir.path(), "clock", &[], &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = now_ns();
+    let o = run(Some(&snap), "clock", &[], b"x");
+    let after = now_ns();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (derived, fresh) = clock_answer(&o);
+    println!(
+        "1.5 s old snapshot: derived - fresh = {} us",
+        (derived - fresh) / 1000
+    );
+    assert!((derived - fresh).abs() < 1_000_000, "{}", stdout(&o));
+    assert!(before <= fresh && fresh <= after);
+
+    // An hour-old snapshot (--backdate: the guest's boot WALLTIME and the
+    // saved timestamp both an hour back). Where KVM lets skiff set the
+    // guest's TSC, the guest's clock is right; kvm_pvm pins guests to the
+    // host's TSC, and there the restore must refuse rather than resume a
+    // guest an hour off.
+    let old = snapshot(dir.path(), "clock", &["--backdate", "3600"], &[]);
+    let o = run(Some(&old), "clock", &[], b"x");
+    if o.status.code() == Some(1) {
+        assert_refused(&o, "does not let skiff set the guest's TSC");
+        assert!(o.stdout.is_empty());
+        println!("hour-old snapshot: refused (this KVM pins the guest TSC)");
+    } else {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let (derived, fresh) = clock_answer(&o);
+        println!(
+            "hour-old snapshot: derived - fresh = {} us",
+            (derived - fresh) / 1000
+        );
+        assert!((derived - fresh).abs() < 1_000_000, "{}", stdout(&o));
+    }
+}
+
+fn refused(snap: &Path, name: &str, flags: &[&str], args: &[&str], needle: &str) {
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", MEM])
+        .args(flags)
+        .arg("--restore")
+        .arg(snap)
+        .arg(guest(name))
+        .args(args);
+    let o = run_with(cmd, b"hello", Duration::from_secs(30));
+    assert_refused(&o, needle);
+    assert!(o.stdout.is_empty(), "the guest ran: {}", stdout(&o));
+}
+
+#[test]
+fn bad_snapshots_are_refused_before_the_guest_runs() {
+    let dir = TempDir::new("snap-bad");
+    let snap = snapshot(dir.path(), "echo", &[], &[]);
+    let good = std::fs::read(&snap).unwrap();
+    let variant = |tag: &str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = good.clone();
+        f(&mut b);
+        let p = dir.path().join(tag);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+    let h = format::decode_header(&good).unwrap();
+    let cases: Vec<(std::path::PathBuf, &str)> = vec![
+        (
+            variant("trunc-data", &|b| b.truncate(b.len() - 1)),
+            "truncated",
+        ),
+        (variant("trunc-meta", &|b| b.truncate(200)), "truncated"),
+        (variant("empty", &|b| b.clear()), "truncated"),
+        (variant("magic", &|b| b[0] = b'X'), "bad magic"),
+        (variant("version", &|b| b[8] = 2), "version 2"),
+        (
+            variant("meta-byte", &|b| b[format::HEADER_LEN + 40] ^= 1),
+            "checksum",
+        ),
+        (variant("header-byte", &|b| b[17] ^= 1), "checksum"),
+        (
+            variant("last-meta-byte", &|b| {
+                b[format::HEADER_LEN + h.meta_len as usize - 1] ^= 0x80
+            }),
+            "checksum",
+        ),
+    ];
+    for (p, needle) in &cases {
+        refused(p, "echo", &[], &[], needle);
+    }
+    refused(
+        &dir.path().join("missing"),
+        "echo",
+        &[],
+        &[],
+        "No such file",
+    );
+    refused(&snap, "meta", &[], &[], "another image");
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", "--mem=32", "--restore"])
+        .arg(&snap)
+        .arg(guest("echo"));
+    assert_refused(&run_with(cmd, b"", Duration::from_secs(30)), "64 MiB");
+    refused(&snap, "echo", &[], &["stream"], "arguments differ");
+}
+
+#[test]
+fn block_devices_are_bound_again_and_must_match() {
+    let dir = TempDir::new("snap-blk");
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0xab; 8192]).unwrap();
+    let flag = format!("--block:storage={}", disk.display());
+    let snap = snapshot(dir.path(), "blkfn", &[&flag], &[]);
+    // The device is live: what block 0 holds now is what the guest reads.
+    let mut d = vec![0xcd; 8192];
+    d[..4].copy_from_slice(b"\x01\x02\x03\x04");
+    std::fs::write(&disk, &d).unwrap();
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", MEM, &flag, "--restore"])
+        .arg(&snap)
+        .arg(guest("blkfn"));
+    let o = run_with(cmd, b"hi", Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "body 2 block0 01020304cdcdcdcd capacity 8192\n");
+
+    refused(&snap, "blkfn", &[], &[], "not attached");
+    let small = dir.path().join("small");
+    std::fs::write(&small, vec![0; 4096]).unwrap();
+    let f = format!("--block:storage={}", small.display());
+    refused(&snap, "blkfn", &[&f], &[], "differs");
+    refused(
+        &snap,
+        "blkfn",
+        &[&flag, "--block-sector-size:storage=4096"],
+        &[],
+        "differs",
+    );
+}
+
+fn smaps_rollup(pid: u32) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    let kib = |k: &str| -> u64 {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (kib("Rss:"), kib("Pss:"))
+}
+
+/// Rss and Pss (KiB) of the mappings of `file` in process `pid`.
+fn file_maps(pid: u32, file: &Path) -> (u64, u64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let name = file.to_str().unwrap();
+    let (mut rss, mut pss, mut inside) = (0, 0, false);
+    for l in s.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = l.trim_end().ends_with(name);
+            continue;
+        }
+        let v = || {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if inside && l.starts_with("Rss:") {
+            rss += v();
+        } else if inside && l.starts_with("Pss:") {
+            pss += v();
+        }
+    }
+    (rss, pss)
+}
+
+#[test]
+fn fifty_concurrent_restores_share_the_snapshots_pages() {
+    let dir = TempDir::new("snap-share");
+    let snap = snapshot(dir.path(), "echo", &[], &["stream"]);
+    let data_kib = std::fs::metadata(&snap).unwrap().len() / 1024;
+    let mut kids = Vec::new();
+    for _ in 0..50 {
+        let mut c = Command::new(skiff())
+            .args(["run", MEM, "--restore"])
+            .arg(&snap)
+            .arg(guest("echo"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Each answers one piece, then waits on stdin for the next: its
+        // guest has run and touched its working set.
+        c.stdin.as_mut().unwrap().write_all(b"ping\n").unwrap();
+        let mut got = [0u8; 5];
+        c.stdout.as_mut().unwrap().read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping\n");
+        kids.push(c);
+    }
+    let (mut rss, mut pss, mut frss, mut fpss) = (0, 0, 0, 0);
+    for c in &kids {
+        let (r, p) = smaps_rollup(c.id());
+        let (fr, fp) = file_maps(c.id(), &snap);
+        rss += r;
+        pss += p;
+        frss += fr;
+        fpss += fp;
+    }
+    for mut c in kids {
+        drop(c.stdin.take());
+        assert_eq!(c.wait().unwrap().code(), Some(0));
+    }
+    println!(
+        "50 restores of a {data_kib} KiB snapshot: total Rss {rss} KiB, total Pss {pss} KiB; \
+         guest pages mapped from the snapshot: Rss {frss} KiB, Pss {fpss} KiB"
+    );
+    assert!(frss > 0, "no guest page mapped from the snapshot");
+    // Shared: the 50 processes' proportional share of the snapshot's pages
+    // is far below 50 private copies of what each maps.
+    assert!(
+        fpss * 5 < frss,
+        "Pss {fpss} KiB vs Rss {frss} KiB: not shared"
+    );
+    assert!(fpss < 50 * data_kib / 5);
+}
