@@ -9,6 +9,7 @@
 //! trying would be fatal), skiff keeps that filter and says so on stderr.
 
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU8, Ordering};
 use thiserror::Error;
 
 mod bpf {
@@ -58,10 +59,22 @@ pub enum SeccompError {
 /// close only: `std::fs::read_to_string` would call statx, which urunc's
 /// outer filter does not allow.
 pub fn mode() -> Option<u8> {
-    // Read once: the builder asks before skiff installs its own filter.
-    static MODE: std::sync::OnceLock<Option<u8>> = std::sync::OnceLock::new();
-    *MODE.get_or_init(read_mode)
+    // Read once (the builder asks before skiff installs its own filter);
+    // `install` records its own filter.
+    match MODE.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            let m = read_mode();
+            MODE.store(m.unwrap_or(UNREADABLE), Ordering::Relaxed);
+            m
+        }
+        UNREADABLE => None,
+        m => Some(m),
+    }
 }
+
+const UNKNOWN: u8 = u8::MAX;
+const UNREADABLE: u8 = u8::MAX - 1;
+static MODE: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 fn read_mode() -> Option<u8> {
     let mut f = std::fs::File::open("/proc/self/status").ok()?;
@@ -88,6 +101,7 @@ pub fn install(policy: Policy) -> Result<Installed, SeccompError> {
         return Ok(Installed::OuterFilter);
     }
     seccompiler::apply_filter_all_threads(policy.program()).map_err(SeccompError::Apply)?;
+    MODE.store(2, Ordering::Relaxed);
     Ok(Installed::Filter(policy))
 }
 
