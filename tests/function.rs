@@ -8,20 +8,6 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 fn run_function(name: &str, args: &[&str], body: &[u8]) -> std::process::Output {
     let mut cmd = Command::new(skiff());
     cmd.arg("run").arg(guest(name)).args(args);

@@ -11,20 +11,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 const MEM: &str = "--mem=64";
 
 fn snapshot(dir: &Path, name: &str, extra: &[&str], args: &[&str]) -> std::path::PathBuf {
@@ -67,7 +53,7 @@ fn restored_echo_answers_as_a_cold_run() {
             2 => (i * 4099) as usize,
             _ => (i * 31_337) as usize % (3 << 20),
         };
-        let body = random(n, i + 1);
+        let body = random_bytes(n, i + 1);
         let warm = run(Some(&snap), "echo", &[], &body);
         let cold = run(None, "echo", &[], &body);
         assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));
@@ -94,7 +80,7 @@ fn restored_meta_sees_this_requests_variables() {
             ("Http_Query", query.as_str()),
         ];
         let env = &env[..if i % 5 == 0 { 2 } else { 3 }];
-        let body = random((i * 613) as usize % (64 << 10), i + 7);
+        let body = random_bytes((i * 613) as usize % (64 << 10), i + 7);
         let warm = run(Some(&snap), "meta", env, &body);
         let cold = run(None, "meta", env, &body);
         assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));
