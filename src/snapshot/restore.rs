@@ -228,6 +228,7 @@ pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
     let native = vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
     vcpu.set_pvm_native(native);
     devices.function = crate::devices::function::Function::from_env();
+    crate::devices::function::widen_pipes();
     crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
     Ok(Vm {
