@@ -14,6 +14,7 @@ pub mod hypercall;
 pub mod image;
 pub mod memory;
 pub mod oci;
+pub mod pool;
 pub mod seccomp;
 pub mod snapshot;
 pub mod teardown;

@@ -27,6 +27,9 @@ pub enum Policy {
     /// dependent set of syscalls: everything is allowed except a denylist
     /// of privileged and escape-prone syscalls (see README, Security).
     Accel,
+    /// `seccomp/pool.json` plus run's rules: a pool worker, which also
+    /// takes its request from a socket (src/pool/).
+    Pool,
 }
 
 impl Policy {
@@ -35,6 +38,7 @@ impl Policy {
         match self {
             Policy::Run => &bpf::RUN,
             Policy::Accel => &bpf::ACCEL,
+            Policy::Pool => &bpf::POOL,
         }
     }
 }
@@ -72,6 +76,13 @@ pub fn mode() -> Option<u8> {
     }
 }
 
+/// Whether a filter not installed by skiff is in place (skiff keeps such a
+/// filter and must stay within what it may allow).
+pub fn outer_filter() -> bool {
+    mode() == Some(2) && !OWN.load(Ordering::Relaxed)
+}
+
+static OWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 const UNKNOWN: u8 = u8::MAX;
 const UNREADABLE: u8 = u8::MAX - 1;
 static MODE: AtomicU8 = AtomicU8::new(UNKNOWN);
@@ -102,6 +113,7 @@ pub fn install(policy: Policy) -> Result<Installed, SeccompError> {
     }
     seccompiler::apply_filter_all_threads(policy.program()).map_err(SeccompError::Apply)?;
     MODE.store(2, Ordering::Relaxed);
+    OWN.store(true, Ordering::Relaxed);
     Ok(Installed::Filter(policy))
 }
 

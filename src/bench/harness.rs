@@ -6,7 +6,7 @@
 //! it measures sustained runs per second with `--callers` concurrent
 //! callers instead.
 
-use super::marks::{self, NAMES};
+use super::marks::{self, Mark, NAMES};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -38,7 +38,7 @@ pub enum BenchError {
 #[derive(Debug, Clone, Default)]
 struct Sample {
     /// Cumulative phase times (skiff only), as in `marks::NAMES`.
-    phases: Option<[u64; 5]>,
+    phases: Option<[u64; marks::COUNT]>,
     exits: u64,
     total: u64,
     max_rss_kib: u64,
@@ -82,6 +82,9 @@ pub struct Report {
     /// skiff's own start-up (or restore) work: from `main` to the guest's
     /// first instruction, run by run.
     pub main_to_first_instruction: Stat,
+    /// From having the request (`main`, or a pool worker's accept) to the
+    /// guest's first instruction: a restore's own latency.
+    pub request_to_first_instruction: Stat,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,9 +110,15 @@ pub struct BenchConfig {
     pub compare: Option<PathBuf>,
     pub runs: usize,
     pub expect_status: i32,
+    /// skiff's arguments: `run` and the run arguments, or `call PATH`.
+    pub skiff_args: Vec<OsString>,
+    /// The run arguments (also what --compare's program is given).
     pub run_args: Vec<OsString>,
     /// A file every run reads as its stdin (a request body); else /dev/null.
     pub stdin: Option<PathBuf>,
+    /// A pause before each timed run (requests arriving apart, as a pool
+    /// sees them, rather than back to back).
+    pub interval: std::time::Duration,
 }
 
 fn run_once(
@@ -198,13 +207,12 @@ fn run_once(
 pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let mut mine = Vec::with_capacity(cfg.runs);
     let mut theirs = Vec::with_capacity(cfg.runs);
-    let mut skiff_args = vec![OsString::from("run")];
-    skiff_args.extend(cfg.run_args.iter().cloned());
+    let skiff_args = &cfg.skiff_args;
     // One untimed warm-up of each, so page-cache and first-exec effects do
     // not land on the first pair.
     run_once(
         &cfg.skiff,
-        &skiff_args,
+        skiff_args,
         true,
         cfg.expect_status,
         cfg.stdin.as_ref(),
@@ -219,9 +227,10 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
         )?;
     }
     for _ in 0..cfg.runs {
+        std::thread::sleep(cfg.interval);
         mine.push(run_once(
             &cfg.skiff,
-            &skiff_args,
+            skiff_args,
             true,
             cfg.expect_status,
             cfg.stdin.as_ref(),
@@ -282,15 +291,22 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
         exits_per_run: mine.iter().map(|s| s.exits).max().unwrap_or(0),
         max_rss_kib: mine.iter().map(|s| s.max_rss_kib).max().unwrap_or(0),
         compare,
-        main_to_first_instruction: stat(
-            mine.iter()
-                .map(|s| {
-                    let p = s.phases.unwrap_or_default();
-                    p[2].saturating_sub(p[0])
-                })
-                .collect(),
-        ),
+        main_to_first_instruction: span(&mine, Mark::Main, Mark::FirstRun),
+        request_to_first_instruction: span(&mine, Mark::Request, Mark::FirstRun),
     })
+}
+
+/// The time from mark `a` to mark `b`, run by run.
+fn span(samples: &[Sample], a: Mark, b: Mark) -> Stat {
+    stat(
+        samples
+            .iter()
+            .map(|s| {
+                let p = s.phases.unwrap_or_default();
+                p[b as usize].saturating_sub(p[a as usize])
+            })
+            .collect(),
+    )
 }
 
 /// Prints the report as a table (a closed stdout ends it quietly).
@@ -322,12 +338,19 @@ fn write_table(w: &mut impl std::io::Write, r: &Report) -> std::io::Result<()> {
             name, s.median_us, s.min_us, s.max_us
         )?;
     }
-    let s = &r.main_to_first_instruction;
-    writeln!(
-        w,
-        "{:<28} {:>10.0} {:>10.0} {:>10.0}",
-        "main -> first_instruction", s.median_us, s.min_us, s.max_us
-    )?;
+    for (name, s) in [
+        ("main -> first_instruction", &r.main_to_first_instruction),
+        (
+            "request -> first_instruction",
+            &r.request_to_first_instruction,
+        ),
+    ] {
+        writeln!(
+            w,
+            "{:<28} {:>10.0} {:>10.0} {:>10.0}",
+            name, s.median_us, s.min_us, s.max_us
+        )?;
+    }
     writeln!(
         w,
         "exits per run: {}; peak RSS: {} KiB",

@@ -10,25 +10,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum Mark {
     /// `main` entered (after exec, the dynamic loader and libc start-up).
     Main = 0,
+    /// skiff has the request: `main` for `skiff run`; for a call to a
+    /// pool (`skiff call`), the moment a ready worker accepted it.
+    Request = 1,
     /// VM, memory, vCPU and boot state ready.
-    KvmReady = 1,
+    KvmReady = 2,
     /// Just before the first `KVM_RUN`: the guest's first instruction.
-    FirstRun = 2,
+    FirstRun = 3,
     /// The first hypercall exit.
-    FirstHypercall = 3,
+    FirstHypercall = 4,
     /// The guest's HALT.
-    Halt = 4,
+    Halt = 5,
 }
 
-pub const NAMES: [&str; 5] = [
+/// How many marks there are.
+pub const COUNT: usize = 6;
+
+pub const NAMES: [&str; COUNT] = [
     "main",
+    "request",
     "kvm_ready",
     "first_instruction",
     "first_hypercall",
     "halt",
 ];
 
-static MARKS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+static MARKS: [AtomicU64; COUNT] = [const { AtomicU64::new(0) }; COUNT];
 static EXITS: AtomicU64 = AtomicU64::new(0);
 
 /// Nanoseconds of CLOCK_MONOTONIC (shared with the harness process).
@@ -57,6 +64,24 @@ pub fn count_exit() {
     EXITS.fetch_add(1, Ordering::Relaxed);
 }
 
+/// All marks taken so far (0: not reached) and the exit count.
+pub fn taken() -> ([u64; COUNT], u64) {
+    (
+        std::array::from_fn(|i| MARKS[i].load(Ordering::Relaxed)),
+        EXITS.load(Ordering::Relaxed),
+    )
+}
+
+/// Replaces the marks from `first` on and the exit count: a pool worker
+/// starts its request from scratch, and `skiff call` reports the
+/// worker's marks after its own `main`.
+pub fn set_from(first: Mark, marks: &[u64; COUNT], exits: u64) {
+    for (slot, v) in MARKS.iter().zip(marks).skip(first as usize) {
+        slot.store(*v, Ordering::Relaxed);
+    }
+    EXITS.store(exits, Ordering::Relaxed);
+}
+
 /// Writes `skiff-marks main=NS kvm_ready=NS ... exits=N` to the fd in
 /// `SKIFF_BENCH_FD`, if set. Called once, as skiff finishes.
 pub fn report() {
@@ -74,9 +99,9 @@ pub fn report() {
 }
 
 /// Parses a `skiff-marks` line back into (marks, exits).
-pub fn parse(line: &str) -> Option<([u64; 5], u64)> {
+pub fn parse(line: &str) -> Option<([u64; COUNT], u64)> {
     let rest = line.trim().strip_prefix("skiff-marks ")?;
-    let mut marks = [0u64; 5];
+    let mut marks = [0u64; COUNT];
     let mut exits = None;
     for kv in rest.split(' ') {
         let (k, v) = kv.split_once('=')?;

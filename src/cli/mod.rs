@@ -46,6 +46,11 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// [`Self::into_config`], with the error reported on stderr as one line.
+    pub fn config_or_report(self, prog: &str) -> Option<RunConfig> {
+        self.into_config().map_err(|e| report(prog, &e)).ok()
+    }
+
     pub fn into_config(self) -> Result<RunConfig, config::ConfigError> {
         let devices =
             crate::devices::attach::Bindings::from_flags(&crate::devices::attach::DeviceFlags {
@@ -87,6 +92,12 @@ enum Command {
     /// Boot a function to the point where it asks for its request body and
     /// save it there: skiff snapshot [run flags] --out FILE KERNEL [ARGS...]
     Snapshot(crate::snapshot::cli::SnapshotArgs),
+    /// Keep guests restored from a snapshot ready on a unix socket:
+    /// skiff pool --socket PATH --restore FILE [run flags] KERNEL
+    Pool(crate::pool::PoolArgs),
+    /// Serve one request with a pool's ready guest: skiff call PATH
+    /// (stdin, stdout, stderr and Http_* variables go to the guest)
+    Call(crate::pool::call::CallArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -117,10 +128,17 @@ struct BenchArgs {
     /// Concurrent callers for --throughput.
     #[arg(long, default_value_t = 2)]
     callers: usize,
+    /// Pause MS milliseconds before each timed run.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    interval: u64,
+    /// Time `skiff call PATH` (a request to a running `skiff pool`)
+    /// instead of `skiff run RUN-ARGS`.
+    #[arg(long, value_name = "PATH")]
+    pool: Option<PathBuf>,
     /// `skiff run`'s arguments: [flags] KERNEL [ARGS...]
     #[arg(
         value_name = "RUN-ARGS",
-        required = true,
+        required_unless_present = "pool",
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
@@ -172,6 +190,7 @@ fn clap_exit(prog: &str, e: clap::Error) -> i32 {
 /// The whole program; returns the process exit status.
 pub fn main() -> i32 {
     crate::bench::marks::mark(crate::bench::marks::Mark::Main);
+    crate::bench::marks::mark(crate::bench::marks::Mark::Request);
     crate::vcpu::signals::install();
     crate::devices::function::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
@@ -189,15 +208,13 @@ pub fn main() -> i32 {
         Ok(Command::Bench(b)) => return bench(&prog, b),
         Ok(Command::Hook) => return crate::oci::main(&prog),
         Ok(Command::Snapshot(s)) => return crate::snapshot::cli::main(&prog, s),
+        Ok(Command::Pool(p)) => return crate::pool::main(&prog, p),
+        Ok(Command::Call(c)) => return crate::pool::call::main(&prog, c),
         Err(e) => return clap_exit(&prog, e),
     };
     let restore = run.restore.clone();
-    let cfg = match run.into_config() {
-        Ok(c) => c,
-        Err(e) => {
-            report(&prog, &e);
-            return 1;
-        }
+    let Some(cfg) = run.config_or_report(&prog) else {
+        return 1;
     };
     run_guest(&prog, &cfg, restore.as_deref())
 }
@@ -236,6 +253,12 @@ fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>)
     if confined != crate::seccomp::Installed::OuterFilter {
         crate::teardown::defer(vm);
     }
+    outcome(prog, result)
+}
+
+/// The exit status for how a run ended (a message on stderr unless the
+/// guest halted).
+pub fn outcome(prog: &str, result: Result<i32, crate::vmm::RunError>) -> i32 {
     match result {
         Ok(status) => status & 0xff,
         Err(crate::vmm::RunError::Signal(sig)) => {
@@ -258,9 +281,15 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
             return 1;
         }
     };
+    // What skiff is run with: `run RUN-ARGS` or `call PATH`.
+    let skiff_args: Vec<OsString> = match &b.pool {
+        Some(sock) => vec!["call".into(), sock.into()],
+        None => std::iter::once("run".into())
+            .chain(b.args.iter().cloned())
+            .collect(),
+    };
     if let Some(secs) = b.throughput {
-        let mut args = vec![OsString::from("run")];
-        args.extend(b.args.iter().cloned());
+        let args = skiff_args;
         let mut lines = Vec::new();
         let r =
             harness::throughput(&skiff, &args, b.callers, secs, b.expect_status).and_then(|mine| {
@@ -295,8 +324,10 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
         compare: b.compare,
         runs: b.runs.max(1),
         expect_status: b.expect_status,
+        skiff_args,
         run_args: b.args,
         stdin: b.stdin,
+        interval: std::time::Duration::from_millis(b.interval),
     };
     match harness::bench(&cfg) {
         Ok(r) if b.json => {

@@ -24,12 +24,8 @@ pub fn main(prog: &str, a: SnapshotArgs) -> i32 {
         report(prog, &"--restore cannot be used with snapshot");
         return 1;
     }
-    let cfg = match a.run.into_config() {
-        Ok(c) => c,
-        Err(e) => {
-            report(prog, &e);
-            return 1;
-        }
+    let Some(cfg) = a.run.config_or_report(prog) else {
+        return 1;
     };
     match super::save::snapshot(&cfg, &a.out, a.backdate.saturating_mul(1_000_000_000)) {
         Ok(s) => {

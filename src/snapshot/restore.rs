@@ -151,6 +151,50 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// first thing it does is answer the guest's pending REQ_READ from stdin.
 /// Every check happens before KVM is opened.
 pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
+    prepare(snap, cfg)?.resume(crate::devices::function::Function::from_env())
+}
+
+/// A restored guest with everything in place but its clock and its
+/// request: what a pool worker holds ready before a request arrives.
+#[derive(Debug)]
+pub struct Prepared {
+    vm: Vm,
+    tsc_hz: u64,
+    guest_tsc: u64,
+    saved_at_ns: u64,
+}
+
+impl Prepared {
+    /// The guest TSC due at wall time `now` (ns): the snapshot's, moved
+    /// on by the real time since.
+    fn tsc_at(&self, now: u64) -> u64 {
+        let elapsed = now.saturating_sub(self.saved_at_ns);
+        let ticks = u128::from(elapsed) * u128::from(self.tsc_hz) / 1_000_000_000;
+        self.guest_tsc.wrapping_add(ticks as u64)
+    }
+
+    /// Fails now, not at every request, when this KVM cannot give the
+    /// guest the right time (see `vcpu::set_tsc`).
+    pub fn check_clock(&self) -> Result<(), RestoreError> {
+        vcpu::set_tsc(self.vm.vcpu.fd(), self.tsc_hz, |now| self.tsc_at(now))?;
+        Ok(())
+    }
+
+    /// Sets the guest's TSC forward by the time since the snapshot and
+    /// hands it this request's metadata: the guest can run.
+    pub fn resume(self, function: crate::devices::function::Function) -> Result<Vm, RestoreError> {
+        vcpu::set_tsc(self.vm.vcpu.fd(), self.tsc_hz, |now| self.tsc_at(now))?;
+        let mut vm = self.vm;
+        vm.devices.function = function;
+        crate::devices::function::widen_pipes();
+        crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
+        Ok(vm)
+    }
+}
+
+/// Everything of [`restore`] that does not depend on the request or the
+/// time: checks, memory, VM, vCPU state.
+pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     let path = snap.display().to_string();
     let mut f = std::fs::File::open(snap).map_err(|err| RestoreError::Open {
         path: path.clone(),
@@ -188,7 +232,7 @@ pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
             err,
         })?;
     let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
-    let (mut devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
+    let (devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
     check_devices(&meta.devices, &entries)?;
 
     let mut mem = GuestMemory::new(h.mem_size)?;
@@ -209,14 +253,7 @@ pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
     // SAFETY: the region is our own live mapping of `mem_size` bytes, kept
     // in the Vm next to the VM fd, so it outlives the slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(RestoreError::MemoryRegion)?;
-    let vcpu = Vcpu::new(&kvm, &vm)?;
-    // The guest's TSC continues from the snapshot by the real time since.
-    let tsc = |now: u64| {
-        let elapsed = now.saturating_sub(h.saved_at_ns);
-        let ticks = u128::from(elapsed) * u128::from(h.tsc_hz) / 1_000_000_000;
-        h.guest_tsc.wrapping_add(ticks as u64)
-    };
-    let mut vcpu = vcpu;
+    let mut vcpu = Vcpu::new(&kvm, &vm)?;
     // The guest converts TSC ticks with the frequency it was booted with.
     let hz = vcpu.tsc_hz()?;
     if hz != h.tsc_hz {
@@ -225,22 +262,23 @@ pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
             here: hz / 1000,
         });
     }
-    let native = vcpu::restore(vcpu.fd(), &meta, h.tsc_hz, tsc)?;
+    let native = vcpu::restore(vcpu.fd(), &meta)?;
     vcpu.set_pvm_native(native);
-    devices.function = crate::devices::function::Function::from_env();
-    crate::devices::function::widen_pipes();
-    crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
-
-    Ok(Vm {
-        vcpu,
-        mem,
-        devices,
-        vm,
-        kvm,
-        resume: Some(Request::Extension {
-            nr: Hypercall::ReqRead,
-            arg: Gpa(meta.pending_req_read),
-        }),
+    Ok(Prepared {
+        vm: Vm {
+            vcpu,
+            mem,
+            devices,
+            vm,
+            kvm,
+            resume: Some(Request::Extension {
+                nr: Hypercall::ReqRead,
+                arg: Gpa(meta.pending_req_read),
+            }),
+        },
+        tsc_hz: h.tsc_hz,
+        guest_tsc: h.guest_tsc,
+        saved_at_ns: h.saved_at_ns,
     })
 }
 

@@ -123,15 +123,10 @@ pub fn capture(fd: &VcpuFd) -> Result<Captured, StateError> {
     })
 }
 
-/// Puts the saved state back. `tsc(now)`: the guest TSC due at wall time
-/// `now` (ns); written last, in the same KVM_SET_MSRS, then read back.
-/// Returns whether kvm_pvm's native mode was restored.
-pub fn restore(
-    fd: &VcpuFd,
-    m: &super::format::Meta,
-    tsc_hz: u64,
-    tsc: impl Fn(u64) -> u64,
-) -> Result<bool, StateError> {
+/// Puts the saved state back, all but the TSC ([`set_tsc`], which is due
+/// when the guest resumes). Returns whether kvm_pvm's native mode was
+/// restored.
+pub fn restore(fd: &VcpuFd, m: &super::format::Meta) -> Result<bool, StateError> {
     let e = |what| move |err| StateError::Ioctl(what, err);
     let sregs: kvm_sregs = from_raw(&m.sregs, "sregs")?;
     let regs: kvm_regs = from_raw(&m.regs, "regs")?;
@@ -143,7 +138,7 @@ pub fn restore(
     unsafe { fd.set_xsave(&xsave) }.map_err(e("KVM_SET_XSAVE"))?;
     fd.set_xcrs(&xcrs).map_err(e("KVM_SET_XCRS"))?;
     fd.set_regs(&regs).map_err(e("KVM_SET_REGS"))?;
-    let mut entries: Vec<kvm_msr_entry> = m
+    let entries: Vec<kvm_msr_entry> = m
         .msrs
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
@@ -152,13 +147,18 @@ pub fn restore(
             ..Default::default()
         })
         .collect();
-    entries.push(kvm_msr_entry {
-        index: MSR_IA32_TSC,
-        data: tsc(crate::devices::clock::now_ns()),
-        ..Default::default()
-    });
-    let msrs = Msrs::from_entries(&entries).map_err(|_| StateError::Size("MSR list"))?;
-    let set = fd.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
+    set_msrs(fd, &entries)?;
+    // kvm_pvm runs the guest natively again if it was registered.
+    Ok(m.msrs
+        .iter()
+        .any(|&(i, v)| i == MSR_PVM_REGISTER && v & 1 != 0))
+}
+
+fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError> {
+    let msrs = Msrs::from_entries(entries).map_err(|_| StateError::Size("MSR list"))?;
+    let set = fd
+        .set_msrs(&msrs)
+        .map_err(|err| StateError::Ioctl("KVM_SET_MSRS", err))?;
     if set != entries.len() {
         return Err(StateError::Msrs {
             set,
@@ -166,6 +166,20 @@ pub fn restore(
             failed: entries[set].index,
         });
     }
+    Ok(())
+}
+
+/// Sets the guest's TSC to `tsc(now)` (`now`: wall time in ns, the value
+/// due then), then reads it back.
+pub fn set_tsc(fd: &VcpuFd, tsc_hz: u64, tsc: impl Fn(u64) -> u64) -> Result<(), StateError> {
+    set_msrs(
+        fd,
+        &[kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            data: tsc(crate::devices::clock::now_ns()),
+            ..Default::default()
+        }],
+    )?;
     // Some KVMs cannot move the guest's TSC: kvm_pvm gives its guests the
     // host's own TSC and ignores the write. That is still right for a
     // snapshot from this host boot (both count real time), but not for one
@@ -179,8 +193,5 @@ pub fn restore(
             off_us: (i128::from(off) * 1_000_000 / i128::from(tsc_hz.max(1))) as i64,
         });
     }
-    // kvm_pvm runs the guest natively again if it was registered.
-    Ok(m.msrs
-        .iter()
-        .any(|&(i, v)| i == MSR_PVM_REGISTER && v & 1 != 0))
+    Ok(())
 }

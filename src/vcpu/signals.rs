@@ -23,16 +23,22 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// ignores SIGPIPE so a closed stdout is an error, not a silent death.
 pub fn install() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction with a valid handler and empty mask is
-        // a valid argument; the handler only does async-signal-safe stores.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+        watch(sig);
     }
     // SAFETY: setting a standard disposition has no memory-safety effect.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// Makes `sig` end a running guest as SIGINT/SIGTERM do (a pool worker:
+/// SIGIO when its caller hangs up).
+pub fn watch(sig: libc::c_int) {
+    // SAFETY: a zeroed sigaction with a valid handler and empty mask is a
+    // valid argument; the handler only does async-signal-safe stores.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as *const () as usize;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
 }
 
 pub(super) fn set_kvm_run(run: &mut kvm_run) {

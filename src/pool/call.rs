@@ -1,0 +1,88 @@
+//! `skiff call PATH`: one request to a pool. Sends this process's stdin,
+//! stdout and stderr and its Http_* variables to a ready worker, waits for
+//! the guest to end and exits with its status, as `skiff run` would.
+//! SIGINT/SIGTERM (e.g. the watchdog's timeout) end the call, and the
+//! worker, seeing the hang-up, stops the guest.
+
+use super::proto::{self, Reply, REPLY_LEN};
+use crate::bench::marks::{self, Mark};
+use crate::cli::report;
+use clap::Args;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// `skiff call PATH`
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// The pool's socket (`skiff pool --socket PATH`).
+    #[arg(value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+pub fn main(prog: &str, a: CallArgs) -> i32 {
+    match call(&a) {
+        Ok(status) => {
+            marks::report();
+            status
+        }
+        Err(e) => {
+            report(prog, &e);
+            e.status()
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("cannot reach the pool at {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("{0}")]
+    Proto(#[from] proto::ProtoError),
+    #[error("cannot send the request to the pool: {0}")]
+    Send(std::io::Error),
+    #[error("the pool's worker ended without an answer")]
+    NoAnswer,
+    #[error("exiting on signal {0}")]
+    Signal(i32),
+}
+
+impl CallError {
+    fn status(&self) -> i32 {
+        match self {
+            CallError::Signal(s) => 128 + s,
+            _ => 1,
+        }
+    }
+}
+
+fn call(a: &CallArgs) -> Result<i32, CallError> {
+    let conn = UnixStream::connect(&a.socket)
+        .map_err(|e| CallError::Connect(a.socket.display().to_string(), e))?;
+    let vars: Vec<_> = std::env::vars_os()
+        .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"Http_"))
+        .collect();
+    let msg = proto::encode_request(&vars)?;
+    let sent = conn
+        .send_with_fds(&[&msg[..]], &[0, 1, 2])
+        .map_err(|e| CallError::Send(std::io::Error::from_raw_os_error(e.errno())))?;
+    (&conn).write_all(&msg[sent..]).map_err(CallError::Send)?;
+    let mut buf = [0u8; REPLY_LEN];
+    let mut got = 0;
+    while got < REPLY_LEN {
+        match (&conn).read(&mut buf[got..]) {
+            Ok(0) => return Err(CallError::NoAnswer),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if let Some(sig) = crate::vcpu::signals::pending() {
+                    return Err(CallError::Signal(sig));
+                }
+            }
+            Err(_) => return Err(CallError::NoAnswer),
+        }
+    }
+    let reply = Reply::decode(&buf)?;
+    marks::set_from(Mark::Request, &reply.marks, reply.exits);
+    Ok(reply.status)
+}

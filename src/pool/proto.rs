@@ -1,0 +1,179 @@
+//! The pool's wire format on its unix stream socket: one request from
+//! `skiff call` (its stdin, stdout and stderr ride along as SCM_RIGHTS),
+//! one reply from the worker when the guest has ended. Both sides are
+//! this binary, so a magic with a version is all the negotiation there is.
+
+use crate::bench::marks::COUNT;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use thiserror::Error;
+
+/// `SKIFFRQ1`, then the byte length (u32 LE) of the variables that follow.
+pub const REQUEST_MAGIC: [u8; 8] = *b"SKIFFRQ1";
+pub const REQUEST_HEADER: usize = 12;
+/// The most request metadata a call may carry (the `Http_*` variables).
+pub const VARS_MAX: usize = 64 << 10;
+/// The fds a request carries: stdin, stdout, stderr.
+pub const FDS: usize = 3;
+
+/// `SKIFFST1`, status (i32 LE), 4 zero bytes, the worker's marks and exit
+/// count (u64 LE each).
+pub const REPLY_MAGIC: [u8; 8] = *b"SKIFFST1";
+pub const REPLY_LEN: usize = 16 + 8 * COUNT + 8;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error(
+        "the request's Http_* variables take {0} bytes, more than the pool accepts ({VARS_MAX})"
+    )]
+    TooLarge(usize),
+    #[error("not a skiff call request (bad magic)")]
+    Magic,
+    #[error("a request variable is not NAME=VALUE")]
+    Var,
+    #[error("not a skiff pool reply")]
+    Reply,
+}
+
+/// The request: header and `NAME=VALUE\0` for each variable.
+pub fn encode_request(vars: &[(OsString, OsString)]) -> Result<Vec<u8>, ProtoError> {
+    let mut body = Vec::new();
+    for (k, v) in vars {
+        body.extend_from_slice(k.as_bytes());
+        body.push(b'=');
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    if body.len() > VARS_MAX {
+        return Err(ProtoError::TooLarge(body.len()));
+    }
+    let mut out = Vec::with_capacity(REQUEST_HEADER + body.len());
+    out.extend_from_slice(&REQUEST_MAGIC);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The length of the variables that follow a request header.
+pub fn decode_request_header(h: &[u8; REQUEST_HEADER]) -> Result<usize, ProtoError> {
+    if h[..8] != REQUEST_MAGIC {
+        return Err(ProtoError::Magic);
+    }
+    let n = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    if n > VARS_MAX {
+        return Err(ProtoError::TooLarge(n));
+    }
+    Ok(n)
+}
+
+/// The request's variables (NAME may not be empty or hold `=` or NUL).
+pub fn decode_vars(b: &[u8]) -> Result<Vec<(OsString, OsString)>, ProtoError> {
+    let Some(body) = b.strip_suffix(&[0]) else {
+        return if b.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(ProtoError::Var)
+        };
+    };
+    body.split(|&c| c == 0)
+        .map(|kv| {
+            let eq = kv.iter().position(|&c| c == b'=').ok_or(ProtoError::Var)?;
+            if eq == 0 {
+                return Err(ProtoError::Var);
+            }
+            Ok((
+                OsString::from_vec(kv[..eq].to_vec()),
+                OsString::from_vec(kv[eq + 1..].to_vec()),
+            ))
+        })
+        .collect()
+}
+
+/// What the worker sends back once the guest has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub status: i32,
+    pub marks: [u64; COUNT],
+    pub exits: u64,
+}
+
+impl Reply {
+    pub fn encode(&self) -> [u8; REPLY_LEN] {
+        let mut out = [0u8; REPLY_LEN];
+        out[..8].copy_from_slice(&REPLY_MAGIC);
+        out[8..12].copy_from_slice(&self.status.to_le_bytes());
+        for (i, m) in self.marks.iter().chain([&self.exits]).enumerate() {
+            out[16 + 8 * i..24 + 8 * i].copy_from_slice(&m.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8; REPLY_LEN]) -> Result<Self, ProtoError> {
+        if b[..8] != REPLY_MAGIC || b[12..16] != [0; 4] {
+            return Err(ProtoError::Reply);
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[16 + 8 * i..24 + 8 * i]);
+            u64::from_le_bytes(w)
+        };
+        Ok(Reply {
+            status: i32::from_le_bytes([b[8], b[9], b[10], b[11]]),
+            marks: std::array::from_fn(word),
+            exits: word(COUNT),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(s: &str) -> OsString {
+        s.into()
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let vars = vec![
+            (os("Http_Method"), os("POST")),
+            (os("Http_Query"), os("a=b&c=")),
+            (os("Http_Empty"), os("")),
+        ];
+        let msg = encode_request(&vars).unwrap();
+        let n = decode_request_header(msg[..REQUEST_HEADER].try_into().unwrap()).unwrap();
+        assert_eq!(n, msg.len() - REQUEST_HEADER);
+        assert_eq!(decode_vars(&msg[REQUEST_HEADER..]).unwrap(), vars);
+        assert_eq!(decode_vars(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let big = vec![(os("Http_X"), os(&"y".repeat(VARS_MAX)))];
+        assert!(matches!(encode_request(&big), Err(ProtoError::TooLarge(_))));
+        let mut h = [0u8; REQUEST_HEADER];
+        assert_eq!(decode_request_header(&h), Err(ProtoError::Magic));
+        h[..8].copy_from_slice(&REQUEST_MAGIC);
+        h[8..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_request_header(&h),
+            Err(ProtoError::TooLarge(_))
+        ));
+        for bad in [&b"novalue\0"[..], b"=x\0", b"A=1"] {
+            assert_eq!(decode_vars(bad), Err(ProtoError::Var), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let r = Reply {
+            status: -3,
+            marks: std::array::from_fn(|i| i as u64 * 1_000_000_007),
+            exits: 42,
+        };
+        assert_eq!(Reply::decode(&r.encode()), Ok(r));
+        let mut b = r.encode();
+        b[0] = b'X';
+        assert_eq!(Reply::decode(&b), Err(ProtoError::Reply));
+    }
+}

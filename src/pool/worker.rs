@@ -1,0 +1,203 @@
+//! One pool worker: a process forked by the pool that restores the
+//! snapshot up to the guest's clock (VM, memory slot, vCPU state, devices),
+//! confines itself, and only then waits for a request. The request brings
+//! the caller's stdin/stdout/stderr and Http_* variables; the worker sets
+//! the TSC, runs the guest to its HALT, replies with the exit status and
+//! exits. One request per worker: no guest state survives into another.
+
+use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
+use crate::bench::marks::{self, Mark, COUNT};
+use crate::cli::report;
+use crate::config::RunConfig;
+use crate::devices::function::Function;
+use crate::seccomp::Policy;
+use crate::snapshot::restore;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+/// How long a caller may take to send its request once connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a worker tells the pool on its pipe.
+pub(super) const READY: u8 = b'R';
+pub(super) const TAKEN: u8 = b'A';
+
+#[derive(Debug, Error)]
+enum RequestError {
+    #[error("pool request: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("pool request: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("pool request: the caller sent {0} file descriptors, not stdin, stdout and stderr")]
+    Fds(usize),
+    #[error("pool request: the caller hung up before sending it")]
+    Short,
+}
+
+fn tell(pipe: RawFd, what: u8) {
+    // SAFETY: one byte from our stack to our own pipe.
+    unsafe { libc::write(pipe, (&what as *const u8).cast(), 1) };
+}
+
+/// The worker's life; returns its exit status.
+pub(super) fn serve(
+    prog: &str,
+    cfg: &RunConfig,
+    snap: &Path,
+    listener: &UnixListener,
+    pipe: RawFd,
+) -> i32 {
+    // SAFETY: prctl/signal only change this process's dispositions: an idle
+    // worker does not outlive its pool, and SIGCHLD is no longer ignored.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+    let prepared = match restore::prepare(snap, cfg).and_then(|p| p.check_clock().map(|()| p)) {
+        Ok(p) => p,
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
+    };
+    crate::vcpu::signals::watch(libc::SIGIO);
+    let mut buf = vec![0u8; REQUEST_HEADER + VARS_MAX];
+    let policy = match cfg.accel.plugins {
+        Some(_) => Policy::Accel,
+        None => Policy::Pool,
+    };
+    if crate::seccomp::confine(prog, policy).is_none() {
+        return 1;
+    }
+    tell(pipe, READY);
+    let conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if crate::vcpu::signals::pending().is_some() {
+                    return 0;
+                }
+            }
+            Err(e) => {
+                report(prog, &format_args!("pool: accept: {e}"));
+                return 1;
+            }
+        }
+    };
+    tell(pipe, TAKEN);
+    marks::set_from(Mark::Main, &[0; COUNT], 0);
+    marks::mark(Mark::Request);
+    let vars = match receive(&conn, &mut buf) {
+        Ok(v) => v,
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
+    };
+    // From here on stdio is the caller's.
+    if !watch_hangup(&conn) {
+        return 0;
+    }
+    // The VM lives until the reply is sent: tearing it down takes longer
+    // than the guest's whole run (it goes when the process exits).
+    let (status, _vm) = match prepared.resume(Function::from_vars(vars.into_iter())) {
+        Ok(mut vm) => (crate::cli::outcome(prog, vm.run()), Some(vm)),
+        Err(e) => {
+            report(prog, &e);
+            (1, None)
+        }
+    };
+    // The caller's readers see EOF once it exits, not when we do.
+    for fd in 0..3 {
+        // SAFETY: closing the caller's stdio, which nothing uses any more.
+        unsafe { libc::close(fd) };
+    }
+    let (m, exits) = marks::taken();
+    let reply = Reply {
+        status,
+        marks: m,
+        exits,
+    };
+    // A caller that has gone cannot be answered; nothing else to do.
+    let _ = (&conn).write_all(&reply.encode());
+    0
+}
+
+/// Reads the request and puts the caller's stdin, stdout and stderr on
+/// fds 0, 1 and 2; returns its variables.
+fn receive(conn: &UnixStream, buf: &mut [u8]) -> Result<Vec<(OsString, OsString)>, RequestError> {
+    conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut fds = [-1; FDS + 1];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec covers `buf`, which we hold mutably.
+    let (mut got, nfds) = unsafe { conn.recv_with_fds(&mut iov, &mut fds) }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+    let owned: Vec<OwnedFd> = fds[..nfds]
+        .iter()
+        // SAFETY: recvmsg just installed these fds in our table; we own them.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if got == 0 {
+        return Err(RequestError::Short);
+    }
+    if owned.len() != FDS {
+        return Err(RequestError::Fds(owned.len()));
+    }
+    fill(conn, buf, REQUEST_HEADER, &mut got)?;
+    let mut header = [0u8; REQUEST_HEADER];
+    header.copy_from_slice(&buf[..REQUEST_HEADER]);
+    let len = proto::decode_request_header(&header)?;
+    fill(conn, buf, REQUEST_HEADER + len, &mut got)?;
+    let vars = proto::decode_vars(&buf[REQUEST_HEADER..REQUEST_HEADER + len])?;
+    for (target, fd) in owned.iter().enumerate() {
+        // SAFETY: dup2 onto 0..2 replaces our (the pool's) stdio; `fd` is
+        // open. The originals are closed when `owned` drops.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    Ok(vars)
+}
+
+/// Reads from `conn` until `buf` holds `want` bytes (`got` so far).
+fn fill(
+    conn: &UnixStream,
+    buf: &mut [u8],
+    want: usize,
+    got: &mut usize,
+) -> Result<(), RequestError> {
+    while *got < want {
+        match (&*conn).read(&mut buf[*got..want])? {
+            0 => return Err(RequestError::Short),
+            n => *got += n,
+        }
+    }
+    Ok(())
+}
+
+/// Arranges SIGIO when the caller hangs up (it was killed, or gave up),
+/// which stops the guest as SIGTERM would. False if it already has.
+fn watch_hangup(conn: &UnixStream) -> bool {
+    let fd = conn.as_raw_fd();
+    let mut byte = 0u8;
+    // SAFETY: fcntl on our own socket; recv peeks one byte into `byte`.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETOWN, libc::getpid());
+        libc::fcntl(fd, libc::F_SETFL, libc::O_ASYNC);
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        ) != 0
+    }
+}
