@@ -14,17 +14,7 @@ use std::time::Duration;
 const MEM: &str = "--mem=64";
 
 fn snapshot(dir: &Path, name: &str, extra: &[&str], args: &[&str]) -> std::path::PathBuf {
-    let out = dir.join(format!("{name}.snap"));
-    let mut cmd = Command::new(skiff());
-    cmd.args(["snapshot", MEM, "--out"])
-        .arg(&out)
-        .args(extra)
-        .arg(guest(name))
-        .args(args)
-        .env_remove("Http_Method");
-    let o = run_with(cmd, b"", Duration::from_secs(60));
-    assert_eq!(o.status.code(), Some(0), "snapshot: {}", stderr(&o));
-    out
+    make_snapshot(dir, name, MEM, extra, args)
 }
 
 fn run(
@@ -47,13 +37,8 @@ fn restored_echo_answers_as_a_cold_run() {
     let dir = TempDir::new("snap-echo");
     let snap = snapshot(dir.path(), "echo", &[], &[]);
     for i in 0..100u64 {
-        let n = match i % 4 {
-            0 => (i * 37) as usize,
-            1 => 1024,
-            2 => (i * 4099) as usize,
-            _ => (i * 31_337) as usize % (3 << 20),
-        };
-        let body = random_bytes(n, i + 1);
+        let body = request_body(i);
+        let n = body.len();
         let warm = run(Some(&snap), "echo", &[], &body);
         let cold = run(None, "echo", &[], &body);
         assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));

@@ -76,6 +76,12 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
         );
         return 1;
     }
+    // Refuse a snapshot that cannot be restored here with its one-line
+    // reason, once, before any worker tries.
+    if let Err(e) = crate::snapshot::restore::prepare(&snap, &cfg).and_then(|p| p.check_clock()) {
+        report(prog, &e);
+        return 1;
+    }
     let listener = match listen(&a.socket) {
         Ok(l) => l,
         Err(e) => {
@@ -83,6 +89,11 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
             return 1;
         }
     };
+    // Workers wait in ppoll, then accept without blocking (worker.rs).
+    if let Err(e) = listener.set_nonblocking(true) {
+        report(prog, &format_args!("{}: {e}", a.socket.display()));
+        return 1;
+    }
     let status = supervise(prog, &cfg, &snap, &listener, a.workers, &a.socket);
     let _ = std::fs::remove_file(&a.socket);
     status
@@ -99,6 +110,18 @@ fn listen(path: &Path) -> std::io::Result<UnixListener> {
             UnixListener::bind(path)
         }
         r => r,
+    }
+}
+
+/// Blocks or unblocks SIGINT and SIGTERM for this thread.
+pub(super) fn set_stop_signals(how: libc::c_int) {
+    // SAFETY: a valid sigset built in place; changes only our mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }
 
@@ -146,6 +169,7 @@ fn supervise(
     // Busy workers are not waited for: the kernel reaps them.
     // SAFETY: setting a standard disposition.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    set_stop_signals(libc::SIG_BLOCK);
     let mut workers: Vec<Worker> = Vec::new();
     let mut announced = false;
     let status = 'serve: loop {
@@ -176,11 +200,24 @@ fn supervise(
                 revents: 0,
             })
             .collect();
-        // SAFETY: `polls` is a valid array of pollfd of the given length.
-        if unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) } < 0 {
-            if crate::vcpu::signals::pending().is_some() {
-                break 0;
-            }
+        if crate::vcpu::signals::pending().is_some() {
+            break 0;
+        }
+        // SIGINT/SIGTERM are blocked except inside ppoll, so one cannot
+        // slip in between the check above and the wait.
+        // SAFETY: `polls` is a valid array of pollfd of the given length;
+        // the empty set is a valid sigset_t.
+        let ready = unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::ppoll(
+                polls.as_mut_ptr(),
+                polls.len() as libc::nfds_t,
+                std::ptr::null(),
+                &none,
+            )
+        };
+        if ready < 0 {
             continue;
         }
         let mut gone = Vec::new();

@@ -76,20 +76,50 @@ pub(super) fn serve(
         return 1;
     }
     tell(pipe, READY);
+    // SIGINT/SIGTERM (the pool ending, or PDEATHSIG) are blocked except
+    // inside ppoll, so one that came during the restore is seen here and
+    // one that comes later interrupts the wait. The listening socket is
+    // non-blocking: the workers that woke for a connection but lost it
+    // to another wait again.
     let conn = loop {
-        match listener.accept() {
-            Ok((c, _)) => break c,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                if crate::vcpu::signals::pending().is_some() {
-                    return 0;
-                }
-            }
-            Err(e) => {
-                report(prog, &format_args!("pool: accept: {e}"));
-                return 1;
-            }
+        if crate::vcpu::signals::pending().is_some() {
+            return 0;
+        }
+        let mut p = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the empty set is a valid sigset_t.
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::ppoll(&mut p, 1, std::ptr::null(), &none);
+        }
+        // SAFETY: accept4 on our listening socket; no address wanted.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a fresh fd that we now own.
+            break unsafe { UnixStream::from_raw_fd(fd) };
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ) {
+            report(prog, &format_args!("pool: accept: {e}"));
+            return 1;
         }
     };
+    // From here SIGINT/SIGTERM stop the guest, as in `skiff run`.
+    super::set_stop_signals(libc::SIG_UNBLOCK);
     tell(pipe, TAKEN);
     marks::set_from(Mark::Main, &[0; COUNT], 0);
     marks::mark(Mark::Request);

@@ -218,3 +218,31 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     out.truncate(n);
     out
 }
+
+/// `skiff snapshot MEM EXTRA... --out DIR/NAME.snap NAME.hvt ARGS...`,
+/// which must succeed; returns the snapshot's path.
+pub fn make_snapshot(dir: &Path, name: &str, mem: &str, extra: &[&str], args: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{name}.snap"));
+    let mut cmd = Command::new(skiff());
+    cmd.args(["snapshot", mem, "--out"])
+        .arg(&out)
+        .args(extra)
+        .arg(guest(name))
+        .args(args)
+        .env_remove("Http_Method");
+    let o = run_with(cmd, b"", Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(0), "snapshot: {}", stderr(&o));
+    out
+}
+
+/// Request body number `i` of a series: empty, 1 KiB, and sizes up to
+/// 3 MiB, in random bytes.
+pub fn request_body(i: u64) -> Vec<u8> {
+    let n = match i % 4 {
+        0 => (i * 37) as usize,
+        1 => 1024,
+        2 => (i * 4099) as usize,
+        _ => (i * 31_337) as usize % (3 << 20),
+    };
+    random_bytes(n, i + 1)
+}

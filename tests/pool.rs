@@ -1,0 +1,315 @@
+//! The warm pool on real KVM: `skiff pool` keeps guests restored from a
+//! snapshot ready, `skiff call` serves a request with one. The answers are
+//! a cold run's, concurrent calls each get their own guest, a caller that
+//! goes away stops its guest, workers are confined before any request,
+//! and bad input is refused with one line.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MEM: &str = "--mem=64";
+
+/// A running `skiff pool`, ended with SIGTERM on drop.
+struct Pool {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Pool {
+    /// Starts a pool of `workers` for NAME from `snap` and waits until it
+    /// says its workers are ready.
+    fn start(dir: &Path, name: &str, snap: &Path, workers: usize) -> Pool {
+        let socket = dir.join(format!("{name}.sock"));
+        let mut child = Command::new(skiff())
+            .args(["pool", MEM, "--workers", &workers.to_string(), "--socket"])
+            .arg(&socket)
+            .arg("--restore")
+            .arg(snap)
+            .arg(guest(name))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pool");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("workers ready"), "pool said: {line:?}");
+        // Keep draining (a worker's messages go to the pool's stderr until
+        // it has a caller).
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Pool { child, socket }
+    }
+
+    fn call(&self, body: &[u8], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(skiff());
+        cmd.arg("call").arg(&self.socket).envs(env.iter().copied());
+        run_with(cmd, body, Duration::from_secs(60))
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The pids whose parent is `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so after ')'.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        if ppid == pid {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Waits up to 10 s for `cond`.
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn pooled_echo_and_meta_answer_as_cold_runs() {
+    let dir = TempDir::new("pool-answers");
+    let echo = Pool::start(
+        dir.path(),
+        "echo",
+        &make_snapshot(dir.path(), "echo", MEM, &[], &[]),
+        2,
+    );
+    for i in 0..100u64 {
+        let body = request_body(i);
+        let n = body.len();
+        let o = echo.call(&body, &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(o.stdout == body, "body {i} ({n} bytes)");
+    }
+    let meta = Pool::start(
+        dir.path(),
+        "meta",
+        &make_snapshot(dir.path(), "meta", MEM, &[], &[]),
+        2,
+    );
+    for i in 0..30u64 {
+        let path = format!("/fn/{i}");
+        let query = format!("n={}", i * i);
+        let env = [
+            ("Http_Method", ["GET", "POST", "PUT"][i as usize % 3]),
+            ("Http_Path", path.as_str()),
+            ("Http_Query", query.as_str()),
+        ];
+        let env = &env[..if i % 4 == 0 { 1 } else { 3 }];
+        let body = random_bytes((i * 613) as usize, i + 7);
+        let warm = meta.call(&body, env);
+        let mut cmd = Command::new(skiff());
+        cmd.args(["run", MEM])
+            .arg(guest("meta"))
+            .envs(env.iter().copied());
+        let cold = run_with(cmd, &body, Duration::from_secs(60));
+        assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));
+        assert_eq!(stdout(&warm), stdout(&cold), "request {i}");
+    }
+}
+
+#[test]
+fn concurrent_calls_each_get_their_own_guest() {
+    let dir = TempDir::new("pool-concurrent");
+    let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
+    let pool = std::sync::Arc::new(Pool::start(dir.path(), "echo", &snap, 2));
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let body = random_bytes(1000 + (t * 5 + i) as usize * 977, t * 100 + i);
+                    let o = pool.call(&body, &[]);
+                    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+                    assert!(o.stdout == body, "caller {t} request {i}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
+    let dir = TempDir::new("pool-hangup");
+    let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
+    let pool = Pool::start(dir.path(), "echo", &snap, 1);
+    let idle = children(pool.pid());
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", idle[0])).unwrap();
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t2"),
+        "an idle worker is not under its filter:\n{status}"
+    );
+
+    // A caller whose stdin never ends: its guest waits in REQ_READ.
+    let mut caller = Command::new(skiff())
+        .arg("call")
+        .arg(&pool.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The busy worker and, as none is left waiting, its replacement.
+    eventually("a replacement worker", || children(pool.pid()).len() == 2);
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    eventually("the busy worker's exit", || {
+        !children(pool.pid()).contains(&idle[0])
+    });
+    assert_eq!(children(pool.pid()).len(), 1);
+    let o = pool.call(b"still serving", &[]);
+    assert_eq!(o.stdout, b"still serving", "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_ends_the_pool_and_its_workers() {
+    let dir = TempDir::new("pool-term");
+    let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
+    let mut pool = Pool::start(dir.path(), "echo", &snap, 2);
+    let workers = children(pool.pid());
+    assert_eq!(workers.len(), 2);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pool.pid(), libc::SIGTERM) };
+    let status = pool.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(!pool.socket.exists(), "the socket is left behind");
+    for w in workers {
+        eventually("a worker's exit", || {
+            !Path::new(&format!("/proc/{w}")).exists()
+                || std::fs::read_to_string(format!("/proc/{w}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        });
+    }
+    let o = run_with(
+        {
+            let mut c = Command::new(skiff());
+            c.arg("call").arg(&pool.socket);
+            c
+        },
+        b"",
+        Duration::from_secs(10),
+    );
+    assert_refused(&o, "cannot reach the pool");
+}
+
+#[test]
+fn bad_pool_input_is_refused_with_one_line() {
+    let dir = TempDir::new("pool-bad");
+    let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
+    let sock = dir.path().join("s.sock");
+    let pool = |args: &[&str]| {
+        let mut c = Command::new(skiff());
+        c.arg("pool").args(args);
+        run_with(c, b"", Duration::from_secs(30))
+    };
+    let s = sock.to_str().unwrap();
+    let snap_s = snap.to_str().unwrap();
+    let echo = guest("echo");
+    let echo = echo.to_str().unwrap();
+    assert_refused(&pool(&["--socket", s, MEM, echo]), "pool needs --restore");
+    assert_refused(
+        &pool(&[
+            "--socket",
+            s,
+            "--workers",
+            "0",
+            MEM,
+            "--restore",
+            snap_s,
+            echo,
+        ]),
+        "--workers must be 1 to 64",
+    );
+    assert_refused(
+        &pool(&[
+            "--socket",
+            s,
+            "--net",
+            "n0=tap0",
+            MEM,
+            "--restore",
+            snap_s,
+            echo,
+        ]),
+        "use --workers 1 with --net",
+    );
+    // Another image, a corrupt snapshot: the restore's own message.
+    assert_refused(
+        &pool(&[
+            "--socket",
+            s,
+            MEM,
+            "--restore",
+            snap_s,
+            &guest("meta").to_string_lossy(),
+        ]),
+        "another image",
+    );
+    let mut bad = std::fs::read(&snap).unwrap();
+    bad[0] = b'X';
+    let bad_path = dir.path().join("bad.snap");
+    std::fs::write(&bad_path, bad).unwrap();
+    let o = pool(&[
+        "--socket",
+        s,
+        MEM,
+        "--restore",
+        bad_path.to_str().unwrap(),
+        echo,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(!sock.exists());
+
+    // A socket already served by a pool.
+    let live = Pool::start(dir.path(), "echo", &snap, 1);
+    assert_refused(
+        &pool(&[
+            "--socket",
+            live.socket.to_str().unwrap(),
+            MEM,
+            "--restore",
+            snap_s,
+            echo,
+        ]),
+        "a pool is already serving there",
+    );
+    // A caller with nothing to call.
+    let mut c = Command::new(skiff());
+    c.arg("call").arg(dir.path().join("nothing.sock"));
+    assert_refused(
+        &run_with(c, b"", Duration::from_secs(10)),
+        "cannot reach the pool",
+    );
+}
