@@ -344,3 +344,65 @@ fn jpeg_images_classify_like_the_reference() {
         .collect();
     assert!(want.contains(&top1), "{} not in {want:?}", first_line(&o));
 }
+
+/// `skiff run [flags] --restore SNAP classify.hvt ARGS` with `body`.
+fn restored(flags: &[&str], snap: &std::path::Path, args: &[&str], body: &[u8]) -> Output {
+    let mut cmd = Command::new(skiff());
+    cmd.arg("run")
+        .args(flags)
+        .arg("--restore")
+        .arg(snap)
+        .arg(guest("classify"))
+        .args(args);
+    run_with(cmd, body, Duration::from_secs(60))
+}
+
+#[test]
+fn classify_restores_from_a_snapshot_and_serves_from_a_pool() {
+    pocl_cache();
+    let dir = TempDir::new("classify-snap");
+    let model = format!("--accel-model=imagenet={}", model_path().display());
+    let cpu = ["--accel=cpu", model.as_str()];
+    let snap = make_snapshot(dir.path(), "classify", "--mem=512", &cpu, &[]);
+    let pool = common::pool::Pool::start(dir.path(), "classify", &snap, 1, &cpu);
+    for name in ["coffee.png", "chelsea.png", "rocket.jpg"] {
+        let body = image_bytes(name);
+        let cold = classify("cpu", &model_path().to_string_lossy(), &body);
+        assert_eq!(cold.status.code(), Some(0), "{}", stderr(&cold));
+        for plugin in ["--accel=cpu", "--accel=opencl"] {
+            let warm = restored(&[plugin, &model], &snap, &[], &body);
+            assert_eq!(warm.status.code(), Some(0), "{}", stderr(&warm));
+            assert_eq!(first_line(&warm), first_line(&cold), "{name} {plugin}");
+        }
+        let called = pool.call(&body, &[]);
+        assert_eq!(called.status.code(), Some(0), "{}", stderr(&called));
+        assert_eq!(stdout(&called), stdout(&cold), "{name} through the pool");
+    }
+
+    // The guest learnt at boot whether accelerators are there.
+    assert_refused(
+        &restored(&[], &snap, &[], b"x"),
+        "give the same --accel at restore",
+    );
+    let echo = make_snapshot(dir.path(), "echo", "--mem=512", &[], &[]);
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", "--accel=cpu", "--restore"])
+        .arg(&echo)
+        .arg(guest("echo"));
+    assert_refused(
+        &run_with(cmd, b"x", Duration::from_secs(60)),
+        "--accel cannot be added at restore",
+    );
+    // A session opened before the request lives in skiff: not saved.
+    let mut cmd = Command::new(skiff());
+    cmd.args(["snapshot", "--out"])
+        .arg(dir.path().join("early.snap"))
+        .args(cpu)
+        .arg(guest("classify"))
+        .arg("session-first");
+    assert_refused(
+        &run_with(cmd, b"", Duration::from_secs(60)),
+        "cannot be saved",
+    );
+    assert!(!dir.path().join("early.snap").exists());
+}

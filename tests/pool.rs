@@ -5,84 +5,13 @@
 //! and bad input is refused with one line.
 
 mod common;
+use common::pool::{children, Pool};
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MEM: &str = "--mem=64";
-
-/// A running `skiff pool`, ended with SIGTERM on drop.
-struct Pool {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Pool {
-    /// Starts a pool of `workers` for NAME from `snap` and waits until it
-    /// says its workers are ready.
-    fn start(dir: &Path, name: &str, snap: &Path, workers: usize) -> Pool {
-        let socket = dir.join(format!("{name}.sock"));
-        let mut child = Command::new(skiff())
-            .args(["pool", MEM, "--workers", &workers.to_string(), "--socket"])
-            .arg(&socket)
-            .arg("--restore")
-            .arg(snap)
-            .arg(guest(name))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pool");
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        err.read_line(&mut line).unwrap();
-        assert!(line.contains("workers ready"), "pool said: {line:?}");
-        // Keep draining (a worker's messages go to the pool's stderr until
-        // it has a caller).
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-        Pool { child, socket }
-    }
-
-    fn call(&self, body: &[u8], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(skiff());
-        cmd.arg("call").arg(&self.socket).envs(env.iter().copied());
-        run_with(cmd, body, Duration::from_secs(60))
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-/// The pids whose parent is `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so after ')'.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let ppid: i32 = after.split(' ').nth(1).unwrap().parse().unwrap();
-        if ppid == pid {
-            out.push(p);
-        }
-    }
-    out
-}
 
 /// Waits up to 10 s for `cond`.
 fn eventually(what: &str, cond: impl Fn() -> bool) {
@@ -101,6 +30,7 @@ fn pooled_echo_and_meta_answer_as_cold_runs() {
         "echo",
         &make_snapshot(dir.path(), "echo", MEM, &[], &[]),
         2,
+        &[MEM],
     );
     for i in 0..100u64 {
         let body = request_body(i);
@@ -114,6 +44,7 @@ fn pooled_echo_and_meta_answer_as_cold_runs() {
         "meta",
         &make_snapshot(dir.path(), "meta", MEM, &[], &[]),
         2,
+        &[MEM],
     );
     for i in 0..30u64 {
         let path = format!("/fn/{i}");
@@ -140,7 +71,7 @@ fn pooled_echo_and_meta_answer_as_cold_runs() {
 fn concurrent_calls_each_get_their_own_guest() {
     let dir = TempDir::new("pool-concurrent");
     let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
-    let pool = std::sync::Arc::new(Pool::start(dir.path(), "echo", &snap, 2));
+    let pool = std::sync::Arc::new(Pool::start(dir.path(), "echo", &snap, 2, &[MEM]));
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let pool = pool.clone();
@@ -163,7 +94,7 @@ fn concurrent_calls_each_get_their_own_guest() {
 fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
     let dir = TempDir::new("pool-hangup");
     let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
-    let pool = Pool::start(dir.path(), "echo", &snap, 1);
+    let pool = Pool::start(dir.path(), "echo", &snap, 1, &[MEM]);
     let idle = children(pool.pid());
     assert_eq!(idle.len(), 1, "{idle:?}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", idle[0])).unwrap();
@@ -196,7 +127,7 @@ fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
 fn sigterm_ends_the_pool_and_its_workers() {
     let dir = TempDir::new("pool-term");
     let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
-    let mut pool = Pool::start(dir.path(), "echo", &snap, 2);
+    let mut pool = Pool::start(dir.path(), "echo", &snap, 2, &[MEM]);
     let workers = children(pool.pid());
     assert_eq!(workers.len(), 2);
     // SAFETY: signalling our own child.
@@ -293,7 +224,7 @@ fn bad_pool_input_is_refused_with_one_line() {
     assert!(!sock.exists());
 
     // A socket already served by a pool.
-    let live = Pool::start(dir.path(), "echo", &snap, 1);
+    let live = Pool::start(dir.path(), "echo", &snap, 1, &[MEM]);
     assert_refused(
         &pool(&[
             "--socket",

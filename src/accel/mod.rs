@@ -163,6 +163,12 @@ impl Accel {
         Ok(Some(a))
     }
 
+    /// Whether the guest has a session or a resource open (state that
+    /// lives here, outside guest memory: a snapshot cannot carry it).
+    pub fn in_use(&self) -> bool {
+        !self.sessions.is_empty() || !self.resources.is_empty()
+    }
+
     /// A runtime over these plugins, in priority order (tests, benches).
     pub fn with_plugins(plugins: Vec<Box<dyn Plugin>>) -> Self {
         Self {

@@ -76,10 +76,7 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
         );
         return 1;
     }
-    // Refuse a snapshot that cannot be restored here with its one-line
-    // reason, once, before any worker tries.
-    if let Err(e) = crate::snapshot::restore::prepare(&snap, &cfg).and_then(|p| p.check_clock()) {
-        report(prog, &e);
+    if !restores_here(prog, &cfg, &snap) {
         return 1;
     }
     let listener = match listen(&a.socket) {
@@ -97,6 +94,38 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
     let status = supervise(prog, &cfg, &snap, &listener, a.workers, &a.socket);
     let _ = std::fs::remove_file(&a.socket);
     status
+}
+
+/// Refuses a snapshot that cannot be restored here with its one-line
+/// reason, once, before any worker tries. The trial runs in a child: a
+/// restore with accelerators starts plugin threads, and the pool must stay
+/// single-threaded to fork its workers.
+fn restores_here(prog: &str, cfg: &RunConfig, snap: &Path) -> bool {
+    // SAFETY: single-threaded here; the child only restores and exits.
+    match unsafe { libc::fork() } {
+        -1 => {
+            report(
+                prog,
+                &format_args!("pool: fork: {}", std::io::Error::last_os_error()),
+            );
+            false
+        }
+        0 => {
+            let r = crate::snapshot::restore::prepare(snap, cfg).and_then(|p| p.check_clock());
+            if let Err(e) = &r {
+                report(prog, e);
+            }
+            // SAFETY: ends the child at once, skipping the parent's atexit
+            // work; the kernel tears the trial VM down.
+            unsafe { libc::_exit(i32::from(r.is_err())) }
+        }
+        pid => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child with a valid out-pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        }
+    }
 }
 
 /// Binds PATH, replacing a stale socket nobody serves any more.

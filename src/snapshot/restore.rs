@@ -41,8 +41,14 @@ pub enum RestoreError {
     MemSize { snap: u64, given: u64 },
     #[error("the guest arguments differ from the snapshot's ('{0}'); give none or the same")]
     Cmdline(String),
-    #[error("snapshots of guests using --accel are not supported")]
-    Accel,
+    #[error("the snapshot's guest was booted with accelerators: give the same --accel at restore")]
+    AccelMissing,
+    #[error(
+        "the snapshot's guest was booted without accelerators: --accel cannot be added at restore"
+    )]
+    AccelAdded,
+    #[error("{0}")]
+    AccelRuntime(#[from] crate::accel::AccelError),
     #[error("{0}")]
     Attach(#[from] crate::devices::attach::AttachError),
     #[error("device {0} differs from the one the snapshot's guest was booted with (type, size, block size, MAC or MTU)")]
@@ -221,9 +227,6 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
             String::from_utf8_lossy(&meta.cmdline).into_owned(),
         ));
     }
-    if cfg.accel.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
-        return Err(RestoreError::Accel);
-    }
     // The manifest (for the device bindings); the hash matched, so this
     // is the image the snapshot was booted from.
     let img =
@@ -232,8 +235,19 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
             err,
         })?;
     let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
-    let (devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
+    let (mut devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
     check_devices(&meta.devices, &entries)?;
+    // The guest learnt at boot whether accelerators are there; it had no
+    // session open at the snapshot (save.rs), so a fresh runtime is its.
+    let accel = crate::accel::Accel::build(&cfg.accel)?;
+    match (
+        h.host_features & guest_abi::skiff::SKIFF_FEATURE_ACCEL != 0,
+        &accel,
+    ) {
+        (true, None) => return Err(RestoreError::AccelMissing),
+        (false, Some(_)) => return Err(RestoreError::AccelAdded),
+        _ => devices.accel = accel,
+    }
 
     let mut mem = GuestMemory::new(h.mem_size)?;
     map_runs(&mem, &f, &h, &meta).map_err(RestoreError::Map)?;

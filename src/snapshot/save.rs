@@ -22,8 +22,8 @@ pub enum SaveError {
     Run(#[from] RunError),
     #[error("the guest halted (status {0}) before asking for its request: nothing to snapshot")]
     Halted(i32),
-    #[error("snapshots of guests using --accel are not supported")]
-    Accel,
+    #[error("the guest opened accelerator sessions before asking for its request; they live in skiff, not in guest memory, and cannot be saved")]
+    AccelInUse,
     #[error("cannot read the vCPU state: {0}")]
     State(#[from] StateError),
     #[error("cannot read guest memory: {0}")]
@@ -46,9 +46,6 @@ pub struct Saved {
 /// during boot and the saved timestamp are both moved back by it, as if
 /// the whole boot had happened then.
 pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, SaveError> {
-    if cfg.accel.plugins.as_ref().is_some_and(|p| !p.is_empty()) {
-        return Err(SaveError::Accel);
-    }
     let mut vm = crate::builder::build(cfg)?;
     let image =
         crate::image::read_file(&cfg.kernel).map_err(|err| crate::builder::BuildError::Image {
@@ -88,6 +85,9 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
             Err(Stop::Device(e)) => return Err(RunError::Device(e).into()),
         }
     };
+    if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
+        return Err(SaveError::AccelInUse);
+    }
     // Complete the OUT (KVM finishes a port write on the next KVM_RUN; with
     // immediate_exit it returns before any guest instruction runs), so the
     // state is consistent: the guest is just past its REQ_READ, whose

@@ -4,7 +4,9 @@
 //!
 //! Response: `INDEX LABEL` of the top-1 class, then the top-5, one
 //! `INDEX PROBABILITY LABEL` line each. Arguments: the model's name
-//! (default `imagenet`); `repeat=N` classifies N times and then prints
+//! (default `imagenet`); `session-first` opens the accelerator session
+//! before reading the request (which a snapshot must refuse: the session
+//! lives in the tender); `repeat=N` classifies N times and then prints
 //! `classify: N-1 timed calls, min NS ns, mean NS ns` (benches; the first
 //! call is a warm-up). Exits 1 with a
 //! one-line message on failure.
@@ -37,14 +39,18 @@ fn main(ctx: &Ctx) -> i32 {
         guest_abi::println!("classify: the tender serves no function I/O or accelerators");
         return 1;
     }
-    let (mut model, mut repeat) = ("imagenet", 1u64);
+    let (mut model, mut repeat, mut early) = ("imagenet", 1u64, None);
     for word in ctx.cmdline().split_ascii_whitespace() {
         match word.strip_prefix("repeat=").map(str::parse) {
             Some(Ok(n)) if n > 0 => repeat = n,
             Some(_) => {
-                guest_abi::println!("classify: usage: classify [MODEL] [repeat=N]");
+                guest_abi::println!("classify: usage: classify [MODEL] [session-first] [repeat=N]");
                 return 1;
             }
+            None if word == "session-first" => match Session::new(0) {
+                Ok(s) => early = Some(s),
+                Err(e) => return fail("session init", e),
+            },
             None => model = word,
         }
     }
@@ -58,7 +64,7 @@ fn main(ctx: &Ctx) -> i32 {
         Ok(n) => n,
         Err(e) => return fail("reading the body", e),
     };
-    let sess = match Session::new(0) {
+    let sess = match early.map_or_else(|| Session::new(0), Ok) {
         Ok(s) => s,
         Err(e) => return fail("session init", e),
     };
