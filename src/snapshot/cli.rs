@@ -10,9 +10,10 @@ pub struct SnapshotArgs {
     /// Where to write the snapshot.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
-    /// Testing aid: make the snapshot SECS seconds old, consistently (the
-    /// guest's WALLTIME during its boot and the saved timestamp both move
-    /// back by SECS), to test restoring old snapshots without waiting.
+    /// Testing aid: make the snapshot look SECS seconds old (the guest's
+    /// WALLTIME during its boot and the saved timestamp both move back by
+    /// SECS; its TSC cannot), to test restoring old snapshots without
+    /// waiting.
     #[arg(long, value_name = "SECS", default_value_t = 0, hide = true)]
     pub backdate: u64,
     #[command(flatten)]

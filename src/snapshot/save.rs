@@ -42,9 +42,9 @@ pub struct Saved {
 
 /// Boots `cfg`'s guest to its first REQ_READ and writes the snapshot to
 /// `out`. `backdate_ns`: a testing aid (`--backdate`) that makes the
-/// snapshot look that much older, consistently: the guest's WALLTIME
-/// during boot and the saved timestamp are both moved back by it, as if
-/// the whole boot had happened then.
+/// snapshot look that much older: the guest's WALLTIME during boot and
+/// the saved timestamp are both moved back by it (not the TSC, which the
+/// restore must then move forward by as much more).
 pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, SaveError> {
     let mut vm = crate::builder::build(cfg)?;
     let image =
