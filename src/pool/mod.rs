@@ -168,13 +168,15 @@ fn spawn(
     }
     // SAFETY: pipe2 returned two fresh fds that we now own.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: getpid has no preconditions.
+    let pool = unsafe { libc::getpid() };
     // SAFETY: the pool is single-threaded (no plugin is loaded in it), so
     // the child may go on running Rust code.
     match unsafe { libc::fork() } {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
             drop(r);
-            let status = worker::serve(prog, cfg, snap, listener, w.as_raw_fd());
+            let status = worker::serve(prog, cfg, snap, listener, w.as_raw_fd(), pool);
             std::process::exit(status)
         }
         pid => Ok(Worker {

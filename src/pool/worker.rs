@@ -52,12 +52,17 @@ pub(super) fn serve(
     snap: &Path,
     listener: &UnixListener,
     pipe: RawFd,
+    pool: libc::pid_t,
 ) -> i32 {
     // SAFETY: prctl/signal only change this process's dispositions: an idle
     // worker does not outlive its pool, and SIGCHLD is no longer ignored.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != pool {
+        return 0; // the pool died before PDEATHSIG was set
     }
     let prepared = match restore::prepare(snap, cfg).and_then(|p| p.check_clock().map(|()| p)) {
         Ok(p) => p,
