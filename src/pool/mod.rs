@@ -10,9 +10,9 @@
 //! - `worker.rs`: one worker's life (restore, confine, accept, run, reply)
 //! - `call.rs`: `skiff call`
 //!
-//! Each worker serves one request and exits (the pool forks a replacement
-//! as soon as a worker takes a request), so no guest ever sees another
-//! request's state.
+//! Each worker serves one request and exits, so no guest ever sees another
+//! request's state. The pool forks a replacement when a worker finishes,
+//! or at once when no other worker is left waiting (see `supervise`).
 
 pub mod call;
 pub mod proto;
