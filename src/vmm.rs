@@ -3,9 +3,10 @@
 
 use crate::bench::marks::{self, Mark};
 use crate::devices::{Devices, Stop};
+use crate::hypercall::GuestFault;
 use crate::hypercall::{self, Control};
 use crate::memory::GuestMemory;
-use crate::vcpu::{signals, GuestFault, Vcpu, VcpuError};
+use crate::vcpu::{signals, Vcpu, VcpuError};
 use kvm_ioctls::{Kvm, VmFd};
 use thiserror::Error;
 

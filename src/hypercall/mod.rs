@@ -19,8 +19,12 @@
 //! | 18 | REQ_META    | `devices/function.rs`         |
 //! | 19 | ACCEL_OP    | `accel/` (skiff extension)    |
 
+mod fault;
+
+pub use fault::GuestFault;
+
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::{Exit, GuestFault};
+use crate::vcpu::Exit;
 use guest_abi::hvt::{
     HcBlock, HcHalt, HcNet, HcPoll, HcPuts, Hypercall, HYPERCALL_MAX, HYPERCALL_PIO_BASE,
 };

@@ -125,7 +125,7 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     write_file(out, &header, &meta, &vm.mem)
 }
 
-fn guest_fault(vm: &crate::vmm::Vm, fault: crate::vcpu::GuestFault) -> SaveError {
+fn guest_fault(vm: &crate::vmm::Vm, fault: crate::hypercall::GuestFault) -> SaveError {
     RunError::Guest {
         fault,
         rip: vm.vcpu.rip(),
