@@ -65,8 +65,8 @@ pub enum Hooked<P> {
     /// The hook handled it itself, with this result.
     Handled(Result<Control, Stop>),
     /// End the run here, before the hypercall is handled: the caller owns
-    /// it from then on (a snapshot answers it at restore, through
-    /// `Vm::resume`). Running on without answering it leaves the guest's
+    /// it from then on (a snapshot saves it; the restored `Vm` answers it
+    /// first). Running on without answering it leaves the guest's
     /// OUT fields as they were.
     Pause(P),
 }
