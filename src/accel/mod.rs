@@ -18,8 +18,8 @@ pub mod exec;
 pub mod ops;
 pub mod plugins;
 
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use args::Args;
 use config::AccelConfig;
 use exec::{LibError, Libraries};

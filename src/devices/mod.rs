@@ -9,9 +9,9 @@ pub mod function;
 pub mod net;
 pub mod poll;
 
+use crate::hypercall::GuestFault;
 use crate::hypercall::{Control, Request};
 use crate::memory::GuestMemory;
-use crate::vcpu::GuestFault;
 use guest_abi::hvt::Hypercall;
 use thiserror::Error;
 
