@@ -46,8 +46,8 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     };
 
     // 1. The image: untrusted, fully checked before anything else happens.
-    let bytes = image::read_file(&cfg.kernel).map_err(img_err)?;
     let mem_size = cfg.mem.bytes();
+    let bytes = image::read_file_for(&cfg.kernel, mem_size).map_err(img_err)?;
     let img = Image::parse(&bytes, mem_size).map_err(img_err)?;
     // Every manifest device bound: backing files and TAPs opened, the
     // guest's manifest copy filled in.

@@ -49,10 +49,13 @@ fn missing_and_unreadable_files() {
 fn truncated_elves() {
     let b = hello();
     let tmp = TempDir::new("trunc");
-    assert_refused(&run_bytes(&tmp, &b[..40]), "truncated ELF: the ELF header");
+    assert_refused(
+        &run_bytes(&tmp, &b[..40]),
+        "truncated ELF: the file ends inside the ELF header",
+    );
     assert_refused(
         &run_bytes(&tmp, &b[..70]),
-        "truncated ELF: the program headers",
+        "truncated ELF: the file ends inside the program headers",
     );
     // Everything the headers promise, cut short: segment contents missing.
     let last = phdrs(&b, PT_LOAD)

@@ -140,7 +140,8 @@ fn open_in_root(root: &Path, rel: &Path) -> std::io::Result<std::fs::File> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: open_how is plain integers; all-zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    // O_NONBLOCK: a FIFO is refused (not a regular file), not waited on.
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT;
     // SAFETY: `dir` is an open directory, `c` a NUL-terminated path and
     // `how` a valid open_how of the size passed.
@@ -201,7 +202,7 @@ pub fn hook(state: &State) -> Result<(), HookError> {
         err,
     };
     let f = open_in_root(&rootfs, &rel).map_err(|e| img_err(ImageError::Open(e)))?;
-    let bytes = image::read_open(f).map_err(img_err)?;
+    let bytes = image::read_open_for(f, mem).map_err(img_err)?;
     Image::parse(&bytes, mem).map_err(img_err)?;
 
     if let Some(tap) = ann(ANN_NET) {
