@@ -10,6 +10,7 @@ pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod diag;
 pub mod hypercall;
 pub mod image;
 pub mod memory;

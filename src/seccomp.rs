@@ -52,6 +52,18 @@ pub enum Installed {
     OuterFilter,
 }
 
+impl Installed {
+    /// What the user should be told about this, if anything.
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Installed::Filter(_) => None,
+            Installed::OuterFilter => Some(
+                "already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own",
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum SeccompError {
     #[error("cannot install the seccomp filter: {0}")]
@@ -115,23 +127,4 @@ pub fn install(policy: Policy) -> Result<Installed, SeccompError> {
     MODE.store(2, Ordering::Relaxed);
     OWN.store(true, Ordering::Relaxed);
     Ok(Installed::Filter(policy))
-}
-
-/// [`install`] for the binary: the outer-filter note or the error goes to
-/// stderr as one line; `None` means the run must end with exit status 1.
-pub fn confine(prog: &str, policy: Policy) -> Option<Installed> {
-    match install(policy) {
-        Ok(i @ Installed::Filter(_)) => Some(i),
-        Ok(Installed::OuterFilter) => {
-            crate::cli::report(
-                prog,
-                &"already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own",
-            );
-            Some(Installed::OuterFilter)
-        }
-        Err(e) => {
-            crate::cli::report(prog, &e);
-            None
-        }
-    }
 }

@@ -150,7 +150,7 @@ impl Accel {
                 Ok(p) => plugins.push(p),
                 Err(why) => {
                     let msg = format!("plugin {} unavailable: {why}; skipped", k.name());
-                    crate::cli::report("skiff: accel", &msg);
+                    crate::diag::line("skiff: accel", &msg);
                 }
             }
         }
@@ -325,7 +325,7 @@ impl Accel {
         };
         r.map_err(|e| {
             if let PluginError::Backend { .. } | PluginError::BadImage(_) = e {
-                crate::cli::report("skiff: accel", &e);
+                crate::diag::line("skiff: accel", &e);
             }
             e.errno()
         })?;

@@ -7,10 +7,12 @@
 //! callers instead.
 
 use super::marks::{self, Mark, NAMES};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::ffi::OsString;
+use std::io::{Read, Seek};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -20,18 +22,34 @@ use thiserror::Error;
 pub enum BenchError {
     #[error("cannot start {0}: {1}")]
     Spawn(String, std::io::Error),
-    #[error(
-        "{program} exited with status {status} (expected {expected}); run it by hand to see why"
-    )]
+    #[error("cannot open --stdin {0}: {1}")]
+    Stdin(String, std::io::Error),
+    #[error("{program} exited with status {status} (expected {expected}): {}", last_line.as_deref().unwrap_or("it printed nothing on stderr"))]
     Status {
         program: String,
         status: i32,
         expected: i32,
+        /// The run's last line on stderr: usually why it failed.
+        last_line: Option<String>,
     },
+    #[error("cannot wait for {0}: {1}")]
+    Wait(String, std::io::Error),
+    #[error("exiting on signal {0}")]
+    Signal(i32),
     #[error("skiff reported no phase marks (is {0} a skiff binary?)")]
     NoMarks(String),
     #[error("cannot create a pipe: {0}")]
     Pipe(std::io::Error),
+}
+
+impl BenchError {
+    /// 128+N for signal N, else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            BenchError::Signal(s) => 128 + s,
+            _ => 1,
+        }
+    }
 }
 
 /// One process run, times in nanoseconds from just before spawn.
@@ -74,7 +92,9 @@ pub struct Report {
     pub image_args: Vec<String>,
     pub runs: usize,
     /// Cumulative time from exec to each phase: main, kvm_ready,
-    /// first_instruction, first_hypercall, halt, exit.
+    /// first_instruction, first_hypercall, halt, exit (in JSON: an object
+    /// keyed by phase, in this order).
+    #[serde(serialize_with = "keyed")]
     pub phases: Vec<(String, Stat)>,
     pub exits_per_run: u64,
     pub max_rss_kib: u64,
@@ -85,6 +105,11 @@ pub struct Report {
     /// From having the request (`main`, or a pool worker's accept) to the
     /// guest's first instruction: a restore's own latency.
     pub request_to_first_instruction: Stat,
+}
+
+/// Pairs as a JSON object, in their order.
+fn keyed<S: Serializer>(v: &[(String, Stat)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, st)| (k, st)))
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +139,9 @@ pub struct BenchConfig {
     pub skiff_args: Vec<OsString>,
     /// The run arguments (also what --compare's program is given).
     pub run_args: Vec<OsString>,
+    /// What the report names as the thing timed (the run arguments, or
+    /// `call PATH` for a pool).
+    pub label: Vec<OsString>,
     /// A file every run reads as its stdin (a request body); else /dev/null.
     pub stdin: Option<PathBuf>,
     /// A pause before each timed run (requests arriving apart, as a pool
@@ -129,6 +157,9 @@ fn run_once(
     stdin: Option<&PathBuf>,
 ) -> Result<Sample, BenchError> {
     let name = program.display().to_string();
+    if let Some(sig) = crate::vcpu::signals::pending() {
+        return Err(BenchError::Signal(sig));
+    }
     let mut fds = [-1; 2];
     if want_marks {
         // SAFETY: `fds` is a valid array of two ints for pipe2.
@@ -137,16 +168,16 @@ fn run_once(
         }
     }
     let input = match stdin {
-        Some(p) => Stdio::from(
-            std::fs::File::open(p).map_err(|e| BenchError::Spawn(p.display().to_string(), e))?,
-        ),
+        Some(p) => Stdio::from(open_stdin(p)?),
         None => Stdio::null(),
     };
+    // The run's stderr, kept in memory: its last line says why it failed.
+    let mut errfile = memfd().map_err(BenchError::Pipe)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(input)
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(errfile.try_clone().map_err(BenchError::Pipe)?);
     if want_marks {
         let w = fds[1];
         cmd.env("SKIFF_BENCH_FD", w.to_string());
@@ -163,12 +194,15 @@ fn run_once(
     let child = cmd
         .spawn()
         .map_err(|e| BenchError::Spawn(name.clone(), e))?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid out-pointers.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    let waited = wait(child.id() as libc::pid_t, &name);
     let total = marks::now_ns() - t0;
+    if want_marks {
+        // SAFETY: closing our copy of the write end, which we own.
+        unsafe { libc::close(fds[1]) };
+    }
+    // SAFETY: the read end is ours, and closed once, by the OwnedFd.
+    let marks_fd = want_marks.then(|| unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let (status, ru) = waited?;
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
     } else {
@@ -179,6 +213,7 @@ fn run_once(
             program: name,
             status: code,
             expected: expect,
+            last_line: last_line(&mut errfile),
         });
     }
     let mut sample = Sample {
@@ -186,16 +221,11 @@ fn run_once(
         max_rss_kib: ru.ru_maxrss as u64,
         ..Default::default()
     };
-    if want_marks {
-        // SAFETY: closing our copy of the write end, then reading the line
-        // the child wrote into a buffer we own.
-        let line = unsafe {
-            libc::close(fds[1]);
-            let mut buf = [0u8; 512];
-            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
-            libc::close(fds[0]);
-            String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned()
-        };
+    if let Some(fd) = marks_fd {
+        let mut buf = [0u8; 512];
+        // SAFETY: reading the line the child wrote into a buffer we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let line = String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned();
         let (m, exits) = marks::parse(&line).ok_or(BenchError::NoMarks(name))?;
         sample.phases = Some(m.map(|t| t.saturating_sub(t0)));
         sample.exits = exits;
@@ -203,8 +233,108 @@ fn run_once(
     Ok(sample)
 }
 
+/// Opens the request body file each run reads.
+fn open_stdin(p: &Path) -> Result<std::fs::File, BenchError> {
+    std::fs::File::open(p).map_err(|e| BenchError::Stdin(p.display().to_string(), e))
+}
+
+/// An anonymous in-memory file.
+fn memfd() -> std::io::Result<std::fs::File> {
+    // SAFETY: a constant NUL-terminated name; checked below.
+    let fd = unsafe { libc::memfd_create(c"skiff-bench-stderr".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// The last non-empty line of what a run wrote on stderr (its last 4 KiB).
+fn last_line(f: &mut std::fs::File) -> Option<String> {
+    let len = f.seek(std::io::SeekFrom::End(0)).ok()?;
+    f.seek(std::io::SeekFrom::Start(len.saturating_sub(4096)))
+        .ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+}
+
+/// Waits for child `pid`, returning its wait status and rusage. A stop
+/// signal (SIGINT, SIGTERM, ...) ends the wait: the child is killed and
+/// reaped, and the harness stops with [`BenchError::Signal`]. The wait is
+/// a poll on a pidfd with a short timeout, so a signal caught by another
+/// thread (`--throughput`) is seen too, while an exit is seen at once.
+fn wait(pid: libc::pid_t, name: &str) -> Result<(i32, libc::rusage), BenchError> {
+    // SAFETY: pidfd_open on our own, not yet reaped, child.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: a fresh fd that nothing else owns (if pidfd_open worked).
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
+    loop {
+        if let Some(sig) = crate::vcpu::signals::pending() {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(BenchError::Signal(sig));
+        }
+        if let Some(fd) = &pidfd {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 100) } <= 0 {
+                continue; // a timeout or EINTR: look at the signals again
+            }
+        }
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 fills it.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child, with valid out-pointers.
+        match unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } {
+            r if r == pid => return Ok((status, ru)),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(BenchError::Wait(name.to_string(), e));
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `d`, ending early (with the signal) on a stop signal.
+fn pause(d: Duration) -> Result<(), BenchError> {
+    let end = Instant::now() + d;
+    loop {
+        if let Some(sig) = crate::vcpu::signals::pending() {
+            return Err(BenchError::Signal(sig));
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        let step = left.min(Duration::from_millis(50));
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: step.as_nanos() as libc::c_long,
+        };
+        // SAFETY: a valid timespec; EINTR just ends this slice early.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+    }
+}
+
 /// Runs the benchmark and returns its report.
 pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
+    if let Some(p) = &cfg.stdin {
+        open_stdin(p)?;
+    }
     let mut mine = Vec::with_capacity(cfg.runs);
     let mut theirs = Vec::with_capacity(cfg.runs);
     let skiff_args = &cfg.skiff_args;
@@ -227,7 +357,7 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
         )?;
     }
     for _ in 0..cfg.runs {
-        std::thread::sleep(cfg.interval);
+        pause(cfg.interval)?;
         mine.push(run_once(
             &cfg.skiff,
             skiff_args,
@@ -282,7 +412,7 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
     });
     Ok(Report {
         image_args: cfg
-            .run_args
+            .label
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),

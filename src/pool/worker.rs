@@ -7,9 +7,9 @@
 
 use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
 use crate::bench::marks::{self, Mark, COUNT};
-use crate::cli::report;
 use crate::config::RunConfig;
 use crate::devices::function::Function;
+use crate::diag::line as report;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
 use std::ffi::OsString;
@@ -77,8 +77,12 @@ pub(super) fn serve(
         Some(_) => Policy::Accel,
         None => Policy::Pool,
     };
-    if crate::seccomp::confine(prog, policy).is_none() {
-        return 1;
+    match crate::seccomp::install(policy) {
+        Ok(i) => i.note().into_iter().for_each(|n| report(prog, &n)),
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
     }
     tell(pipe, READY);
     // SIGINT/SIGTERM (the pool ending, or PDEATHSIG) are blocked except
@@ -142,7 +146,13 @@ pub(super) fn serve(
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
     let (status, _vm) = match prepared.resume(Function::from_vars(vars.into_iter())) {
-        Ok(mut vm) => (crate::cli::outcome(prog, vm.run()), Some(vm)),
+        Ok(mut vm) => {
+            let result = vm.run();
+            if let Err(e) = &result {
+                report(prog, e);
+            }
+            (crate::vmm::exit_status(&result), Some(vm))
+        }
         Err(e) => {
             report(prog, &e);
             (1, None)
