@@ -262,5 +262,4 @@ impl Function {
 }
 
 #[cfg(test)]
-#[path = "function_tests.rs"]
 mod tests;
