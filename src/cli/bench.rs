@@ -13,33 +13,33 @@ use std::path::PathBuf;
 pub struct BenchArgs {
     /// How many timed runs (after one untimed warm-up); at least 1.
     #[arg(long, default_value_t = 30, value_parser = at_least_one::<usize>)]
-    runs: usize,
+    pub(super) runs: usize,
     /// A second tender run with the same arguments in alternating runs
     /// (e.g. solo5-hvt); the report gives the ratio pair by pair.
     #[arg(long, value_name = "PROGRAM")]
-    compare: Option<PathBuf>,
+    pub(super) compare: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// The exit status every run must have.
     #[arg(long, default_value_t = 0)]
-    expect_status: i32,
+    pub(super) expect_status: i32,
     /// Instead: sustained runs per second for SECS seconds (at least 1).
     #[arg(long, value_name = "SECS", value_parser = at_least_one::<u64>)]
-    throughput: Option<u64>,
+    pub(super) throughput: Option<u64>,
     /// A file each run reads as stdin (the request body).
     #[arg(long, value_name = "FILE")]
-    stdin: Option<PathBuf>,
+    pub(super) stdin: Option<PathBuf>,
     /// Concurrent callers for --throughput (at least 1).
     #[arg(long, default_value_t = 2, value_parser = at_least_one::<usize>)]
-    callers: usize,
+    pub(super) callers: usize,
     /// Pause MS milliseconds before each timed run.
     #[arg(long, value_name = "MS", default_value_t = 0)]
-    interval: u64,
+    pub(super) interval: u64,
     /// Time `skiff call PATH` (a request to a running `skiff pool`)
     /// instead of `skiff run RUN-ARGS`.
     #[arg(long, value_name = "PATH")]
-    pool: Option<PathBuf>,
+    pub(super) pool: Option<PathBuf>,
     /// `skiff run`'s arguments: [flags] KERNEL [ARGS...]
     #[arg(
         value_name = "RUN-ARGS",
@@ -47,7 +47,7 @@ pub struct BenchArgs {
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    args: Vec<OsString>,
+    pub(super) args: Vec<OsString>,
 }
 
 /// A count that must be at least 1 (0 runs would report nothing).
@@ -64,7 +64,7 @@ fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<
 struct Throughput {
     program: String,
     runs_per_s: f64,
-    callers: usize,
+    pub(super) callers: usize,
     secs: u64,
 }
 
