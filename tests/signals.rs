@@ -263,6 +263,7 @@ fn children(pid: i32) -> Vec<i32> {
 struct OnPty {
     child: Guard,
     master: OwnedFd,
+    seen: std::cell::RefCell<String>,
 }
 
 fn on_pty(args: &[&str]) -> OnPty {
@@ -298,7 +299,11 @@ fn on_pty(args: &[&str]) -> OnPty {
     };
     let child = Guard(Some(cmd.spawn().unwrap()));
     drop(slave);
-    OnPty { child, master }
+    OnPty {
+        child,
+        master,
+        seen: Default::default(),
+    }
 }
 
 impl OnPty {
@@ -312,14 +317,30 @@ impl OnPty {
         Instant::now()
     }
 
-    /// What the process wrote to the terminal (after it exited).
+    /// What the process wrote to the terminal so far: reads until none
+    /// has come for 200 ms (a pty hands output over asynchronously, so it
+    /// may arrive after the writer has exited).
     fn output(&self) -> String {
-        let mut f = std::fs::File::from(self.master.try_clone().unwrap());
-        let mut buf = vec![0u8; 65536];
-        // SAFETY: setting O_NONBLOCK on our own fd.
-        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        let n = f.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).replace("\r\n", "\n")
+        let mut seen = self.seen.borrow_mut();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut p, 1, 200) } <= 0 {
+                break;
+            }
+            // SAFETY: reading into our own buffer from our own fd.
+            let n = unsafe { libc::read(p.fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break; // EIO: the last writer has gone
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n as usize]).replace("\r\n", "\n"));
+        }
+        seen.clone()
     }
 }
 
@@ -369,4 +390,38 @@ fn run_at_a_terminal_ends_on_ctrl_c() {
     let (code, took) = p.child.wait_from(t);
     assert_eq!(code, Some(130), "{}", p.output());
     assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn call_ends_on_sigterm_while_its_guest_waits_for_the_request() {
+    let dir = TempDir::new("signals-call");
+    let snap = make_snapshot(dir.path(), "echo", "--mem=64", &[], &[]);
+    let pool = common::pool::Pool::start(dir.path(), "echo", &snap, 1, &["--mem=64"]);
+    // stdin stays open and empty: the guest waits in its REQ_READ.
+    let mut g = Guard(Some(
+        Command::new(skiff())
+            .arg("call")
+            .arg(&pool.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = kill(g.pid(), libc::SIGTERM);
+    let (code, took) = g.wait_from(t);
+    assert_eq!(code, Some(128 + libc::SIGTERM));
+    assert!(took < Duration::from_secs(1), "took {took:?} to stop");
+    // The caller's line, then (on the caller's stderr, which it shares)
+    // the worker's, once it has seen the hang-up.
+    let err = g.stderr();
+    assert!(
+        err.starts_with("skiff: exiting on signal 15\n"),
+        "stderr: {err:?}"
+    );
+    assert!(
+        err.contains("skiff: pool: the caller hung up; its guest was stopped"),
+        "stderr: {err:?}"
+    );
 }
