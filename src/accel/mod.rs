@@ -136,7 +136,12 @@ impl Accel {
                 path: path.clone(),
                 err,
             };
-            let meta = std::fs::File::open(path)
+            use std::os::unix::fs::OpenOptionsExt;
+            // Non-blocking: a FIFO is refused below, not waited on.
+            let meta = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
                 .and_then(|f| f.metadata())
                 .map_err(err)?;
             if !meta.is_file() {

@@ -234,8 +234,22 @@ fn run_once(
 }
 
 /// Opens the request body file each run reads.
+/// Non-blocking (no effect on a regular file), so a FIFO is refused at
+/// once: every run must read the same body from its start.
 fn open_stdin(p: &Path) -> Result<std::fs::File, BenchError> {
-    std::fs::File::open(p).map_err(|e| BenchError::Stdin(p.display().to_string(), e))
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |e| BenchError::Stdin(p.display().to_string(), e);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p)
+        .map_err(err)?;
+    match f.metadata().map_err(err)?.is_file() {
+        true => Ok(f),
+        false => Err(err(std::io::Error::other(
+            "not a regular file (every run reads it from its start)",
+        ))),
+    }
 }
 
 /// An anonymous in-memory file.

@@ -2,7 +2,6 @@
 
 use super::report;
 use crate::bench::harness::{self, BenchError};
-use clap::builder::RangedU64ValueParser;
 use clap::Args;
 use serde::Serialize;
 use std::ffi::OsString;
@@ -13,34 +12,34 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// How many timed runs (after one untimed warm-up); at least 1.
-    #[arg(long, default_value_t = 30, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
-    runs: usize,
+    #[arg(long, default_value_t = 30, value_parser = at_least_one::<usize>)]
+    pub(super) runs: usize,
     /// A second tender run with the same arguments in alternating runs
     /// (e.g. solo5-hvt); the report gives the ratio pair by pair.
     #[arg(long, value_name = "PROGRAM")]
-    compare: Option<PathBuf>,
+    pub(super) compare: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// The exit status every run must have.
     #[arg(long, default_value_t = 0)]
-    expect_status: i32,
+    pub(super) expect_status: i32,
     /// Instead: sustained runs per second for SECS seconds (at least 1).
-    #[arg(long, value_name = "SECS", value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
-    throughput: Option<u64>,
+    #[arg(long, value_name = "SECS", value_parser = at_least_one::<u64>)]
+    pub(super) throughput: Option<u64>,
     /// A file each run reads as stdin (the request body).
     #[arg(long, value_name = "FILE")]
-    stdin: Option<PathBuf>,
+    pub(super) stdin: Option<PathBuf>,
     /// Concurrent callers for --throughput (at least 1).
-    #[arg(long, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
-    callers: usize,
+    #[arg(long, default_value_t = 2, value_parser = at_least_one::<usize>)]
+    pub(super) callers: usize,
     /// Pause MS milliseconds before each timed run.
     #[arg(long, value_name = "MS", default_value_t = 0)]
-    interval: u64,
+    pub(super) interval: u64,
     /// Time `skiff call PATH` (a request to a running `skiff pool`)
     /// instead of `skiff run RUN-ARGS`.
     #[arg(long, value_name = "PATH")]
-    pool: Option<PathBuf>,
+    pub(super) pool: Option<PathBuf>,
     /// `skiff run`'s arguments: [flags] KERNEL [ARGS...]
     #[arg(
         value_name = "RUN-ARGS",
@@ -48,7 +47,16 @@ pub struct BenchArgs {
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    args: Vec<OsString>,
+    pub(super) args: Vec<OsString>,
+}
+
+/// A count that must be at least 1 (0 runs would report nothing).
+fn at_least_one<T: std::str::FromStr + PartialEq + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n != T::from(0) => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err("expected a whole number".into()),
+    }
 }
 
 /// `--throughput`'s result for one program (also its JSON).
@@ -56,7 +64,7 @@ pub struct BenchArgs {
 struct Throughput {
     program: String,
     runs_per_s: f64,
-    callers: usize,
+    pub(super) callers: usize,
     secs: u64,
 }
 

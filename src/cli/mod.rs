@@ -110,11 +110,7 @@ pub fn main() -> i32 {
             Err(status) => status,
         };
     }
-    let argv = match solo5::kernel_rule(&skiff_command(), argv) {
-        Ok(a) => a,
-        Err(e) => return clap_exit(e),
-    };
-    match Skiff::try_parse_from(argv).map(|s| s.cmd) {
+    match parse(argv) {
         Ok(Command::Run(r)) => run::main(&prog, r),
         Ok(Command::Bench(b)) => bench::main(&prog, b),
         Ok(Command::Snapshot(s)) => snapshot::main(&prog, s),
@@ -123,6 +119,12 @@ pub fn main() -> i32 {
         Ok(Command::Hook) => hook::main(&prog),
         Err(e) => clap_exit(transposed_subcommand(e)),
     }
+}
+
+/// skiff's argv (not solo5-hvt's), by the argv rule and clap.
+fn parse(argv: Vec<OsString>) -> Result<Command, clap::Error> {
+    let argv = solo5::kernel_rule(&skiff_command(), argv)?;
+    Skiff::try_parse_from(argv).map(|s| s.cmd)
 }
 
 /// clap's similarity test misses transposed letters (`skiff rnu`): the
@@ -166,3 +168,6 @@ pub fn value_flags() -> Vec<(String, Vec<String>)> {
         .map(|s| (s.get_name().to_string(), solo5::value_flags(s)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

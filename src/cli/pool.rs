@@ -27,6 +27,9 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
             &"pool needs --restore FILE (a snapshot made by skiff snapshot)",
         );
     };
+    if let Err(e) = super::run::regular_file(&snapshot) {
+        return refuse(prog, &e);
+    }
     let cfg = match a.run.config_or_report(prog) {
         Ok(c) => c,
         Err(status) => return status,

@@ -73,9 +73,29 @@ impl RunArgs {
 
 pub fn main(prog: &str, run: RunArgs) -> i32 {
     let restore = run.restore.clone();
+    if let Some(Err(e)) = restore.as_deref().map(regular_file) {
+        return refuse(prog, &e);
+    }
     match run.config_or_report(prog) {
         Ok(cfg) => run_guest(prog, &cfg, restore.as_deref()),
         Err(status) => status,
+    }
+}
+
+/// Refuses a `--restore` FILE that is not a regular file before anything
+/// opens it for reading: a FIFO with no writer would block that open, and
+/// std retries it through the signals meant to stop skiff.
+pub fn regular_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let meta = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .and_then(|f| f.metadata());
+    match meta {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(format!("--restore {}: not a regular file", path.display())),
+        Err(e) => Err(format!("--restore {}: {e}", path.display())),
     }
 }
 

@@ -172,28 +172,68 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Binds PATH, replacing a stale socket nobody serves any more.
+/// Binds PATH, replacing a stale socket nobody serves any more. The
+/// socket is bound by its absolute path, so that another pool can tell
+/// from /proc/net/unix that it is live without connecting to it (a
+/// connection would be taken by one of this pool's workers as a request).
 fn listen(path: &Path) -> std::io::Result<UnixListener> {
-    match UnixListener::bind(path) {
+    let abs = absolute(path);
+    // sun_path holds 107 bytes and a NUL: a long absolute path falls back
+    // to the path as given.
+    let bound = match abs.as_os_str().len() < 108 {
+        true => abs.as_path(),
+        false => path,
+    };
+    match UnixListener::bind(bound) {
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if UnixStream::connect(path).is_ok() {
+            let live = match listening(&abs) {
+                Some(live) => live,
+                None => UnixStream::connect(path).is_ok(), // no /proc
+            };
+            if live {
                 return Err(std::io::Error::other("a pool is already serving there"));
             }
             std::fs::remove_file(path)?;
-            UnixListener::bind(path)
+            UnixListener::bind(bound)
         }
         r => r,
     }
 }
 
-/// Blocks or unblocks SIGINT and SIGTERM for this thread.
+/// `path` made absolute (its directory resolved), else as given.
+fn absolute(path: &Path) -> std::path::PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Whether a listening unix socket is bound to `abs` in this network
+/// namespace (/proc/net/unix: flags 00010000 is __SO_ACCEPTCON); `None`
+/// when /proc cannot be read.
+fn listening(abs: &Path) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let want = abs.to_str()?;
+    Some(table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && f[7..].join(" ") == want
+    }))
+}
+
+/// Blocks or unblocks the stop signals (SIGINT, SIGTERM, ...) for this
+/// thread.
 pub(super) fn set_stop_signals(how: libc::c_int) {
     // SAFETY: a valid sigset built in place; changes only our mask.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for sig in crate::vcpu::signals::STOP {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(how, &set, std::ptr::null_mut());
     }
 }

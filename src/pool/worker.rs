@@ -12,6 +12,7 @@ use crate::devices::function::Function;
 use crate::diag::line as report;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
+use crate::vmm::RunError;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -148,8 +149,14 @@ pub(super) fn serve(
     let (status, _vm) = match prepared.resume(Function::from_vars(vars.into_iter())) {
         Ok(mut vm) => {
             let result = vm.run();
-            if let Err(e) = &result {
-                report(prog, e);
+            match &result {
+                Ok(_) => {}
+                // SIGIO: the caller hung up (watch_hangup), not a signal
+                // anyone sent.
+                Err(RunError::Signal(libc::SIGIO)) => {
+                    report(prog, &"pool: the caller hung up; its guest was stopped")
+                }
+                Err(e) => report(prog, e),
             }
             (crate::vmm::exit_status(&result), Some(vm))
         }

@@ -1,4 +1,5 @@
-//! SIGINT/SIGTERM end a running guest promptly: the handler records the
+//! SIGINT/SIGTERM (and SIGHUP, SIGQUIT: a closed terminal, Ctrl-\\) end a
+//! running guest promptly: the handler records the
 //! signal and sets `immediate_exit` so `KVM_RUN` returns at once, even if
 //! the signal lands just before the guest is entered. Works as PID 1 too,
 //! where default dispositions would ignore SIGTERM.
@@ -19,10 +20,13 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
+/// The signals that stop whatever skiff is doing (exit status 128+N).
+pub const STOP: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
 /// Installs the handlers (no SA_RESTART: blocking calls return EINTR) and
 /// ignores SIGPIPE so a closed stdout is an error, not a silent death.
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in STOP {
         watch(sig);
     }
     // SAFETY: setting a standard disposition has no memory-safety effect.
