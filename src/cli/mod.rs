@@ -1,6 +1,7 @@
 //! Command-line entry: argv[0] picks the mode (`skiff ...` or the drop-in
 //! `solo5-hvt ...`), clap parses, errors become one line and exit 1.
 
+mod agent;
 mod solo5;
 
 use crate::config::{self, MemSize, RunConfig};
@@ -98,6 +99,9 @@ enum Command {
     /// Serve one request with a pool's ready guest: skiff call PATH
     /// (stdin, stdout, stderr and Http_* variables go to the guest)
     Call(crate::pool::call::CallArgs),
+    /// Serve this machine's accelerators to remote functions (vAccel's
+    /// agent protocol): skiff agent --address ADDR [--accel=PLUGINS]
+    Agent(agent::AgentArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -207,6 +211,7 @@ pub fn main() -> i32 {
         Ok(Command::Run(r)) => r,
         Ok(Command::Bench(b)) => return bench(&prog, b),
         Ok(Command::Hook) => return crate::oci::main(&prog),
+        Ok(Command::Agent(a)) => return agent::main(&prog, a),
         Ok(Command::Snapshot(s)) => return crate::snapshot::cli::main(&prog, s),
         Ok(Command::Pool(p)) => return crate::pool::main(&prog, p),
         Ok(Command::Call(c)) => return crate::pool::call::main(&prog, c),

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// skiff's options that take their value as the next argument.
-const VALUE_FLAGS: [&str; 7] = [
+const VALUE_FLAGS: [&str; 9] = [
     "--mem",
     "--restore",
     "--out",
@@ -14,6 +14,8 @@ const VALUE_FLAGS: [&str; 7] = [
     "--accel",
     "--accel-lib",
     "--accel-model",
+    "--accel-remote",
+    "--accel-remote-timeout",
 ];
 
 /// Splits `--FLAG:NAME=VALUE` into `--FLAG`, `NAME=VALUE` among the options,
@@ -40,8 +42,11 @@ pub fn rewrite_device_flags(argv: Vec<OsString>, skip: usize) -> Vec<OsString> {
             out.push(a);
             continue;
         }
+        // `--FLAG=VALUE` is clap's own, even when VALUE has a colon
+        // (`--accel-remote=tcp://HOST:PORT`).
+        let eq = b.iter().position(|&c| c == b'=').unwrap_or(b.len());
         match (b.starts_with(b"--"), b.iter().position(|&c| c == b':')) {
-            (true, Some(colon)) => {
+            (true, Some(colon)) if colon < eq => {
                 out.push(OsString::from_vec(b[..colon].to_vec()));
                 out.push(OsString::from_vec(b[colon + 1..].to_vec()));
             }

@@ -9,7 +9,8 @@ pub mod opencl;
 
 use super::classify::{graph::Network, image::ImageError, model::Model};
 use super::exec::Libraries;
-use super::ops::{Exec, MinMax, Sgemm};
+use super::ops::{Exec, MinMax, Op, Sgemm};
+use super::Resource;
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
 use thiserror::Error;
 
@@ -19,16 +20,24 @@ pub enum PluginKind {
     Cpu,
     OpenCl,
     Cuda,
+    /// An agent over vAccel's RPC protocol (src/accel/remote/).
+    Remote,
 }
 
 impl PluginKind {
-    pub const ALL: [PluginKind; 3] = [PluginKind::Cpu, PluginKind::OpenCl, PluginKind::Cuda];
+    pub const ALL: [PluginKind; 4] = [
+        PluginKind::Cpu,
+        PluginKind::OpenCl,
+        PluginKind::Cuda,
+        PluginKind::Remote,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             PluginKind::Cpu => "cpu",
             PluginKind::OpenCl => "opencl",
             PluginKind::Cuda => "cuda",
+            PluginKind::Remote => "remote",
         }
     }
 
@@ -43,6 +52,9 @@ impl PluginKind {
             PluginKind::Cpu => Box::new(cpu::Cpu),
             PluginKind::OpenCl => Box::new(opencl::OpenCl::new()?),
             PluginKind::Cuda => Box::new(cuda::Cuda::new()?),
+            PluginKind::Remote => Box::new(super::remote::Remote::connect(
+                &super::remote::RemoteConfig::default(),
+            )?),
         })
     }
 }
@@ -72,6 +84,10 @@ pub enum PluginError {
         what: &'static str,
         detail: String,
     },
+    /// The remote plugin's errno: the agent's vAccel error, EIO for a lost
+    /// agent, EPROTO for a malformed reply.
+    #[error("remote: errno {0}")]
+    Remote(i32),
 }
 
 impl PluginError {
@@ -81,6 +97,7 @@ impl PluginError {
             PluginError::Invalid | PluginError::BadImage(_) => EINVAL,
             PluginError::NotFound => ENOENT,
             PluginError::Backend { .. } => EPROTO,
+            PluginError::Remote(e) => *e,
         }
     }
 }
@@ -110,6 +127,24 @@ pub trait Plugin: std::fmt::Debug {
     fn exec(&mut self, _: &mut Exec<'_>, _: &Libraries) -> Result<(), PluginError> {
         Err(PluginError::Unsupported)
     }
+    /// Whether the plugin serves whole requests itself ([`Self::forward`]:
+    /// the remote plugin, whose models and sessions live on an agent).
+    fn forwards(&self) -> bool {
+        false
+    }
+    /// Serves `op` for guest session `session` with its `resources` (all
+    /// of the run's; the plugin picks the session's).
+    fn forward(
+        &mut self,
+        _session: u32,
+        _hint: u32,
+        _resources: &[Resource],
+        _op: &mut Op<'_>,
+    ) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    /// The guest released `session`.
+    fn release(&mut self, _session: u32) {}
     /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once.
     fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {
         Err(PluginError::Unsupported)
