@@ -77,7 +77,7 @@ fn signal_fd() -> std::io::Result<OwnedFd> {
 /// plugins, once clients can connect.
 pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<(), AgentError> {
     let sig = signal_fd().map_err(AgentError::Signals)?;
-    let listener = cfg.address.listen().map_err(|err| AgentError::Listen {
+    let listener = listen(&cfg.address).map_err(|err| AgentError::Listen {
         addr: cfg.address.clone(),
         err,
     })?;
@@ -127,6 +127,23 @@ pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<(),
         s.shutdown();
     }
     Ok(())
+}
+
+/// Listens on `a`; a unix socket file left by an agent that died (nobody
+/// accepts on it) is replaced, so a restarted agent serves again.
+fn listen(a: &Address) -> std::io::Result<Listener> {
+    match (a.listen(), a) {
+        (Err(e), Address::Unix(p)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let stale = std::os::unix::net::UnixStream::connect(p)
+                .is_err_and(|c| c.kind() == std::io::ErrorKind::ConnectionRefused);
+            if !stale {
+                return Err(e);
+            }
+            std::fs::remove_file(p)?;
+            a.listen()
+        }
+        (r, _) => r,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -163,103 +163,9 @@ impl Remote {
     }
 
     fn genop(&mut self, sid: i64, op: &mut Op<'_>) -> Result<(), CallError> {
-        let mut req = proto::GenopRequest {
-            session_id: sid,
-            ..Default::default()
-        };
-        req.read_args.push(arg_of(arg::UINT8, 0, &[op.number()]));
-        let r = &mut req.read_args;
-        let i64a = |v: usize| arg_of(arg::INT64, 0, &(v as i64).to_le_bytes());
-        match op {
-            Op::Noop => {}
-            Op::Sgemm(Sgemm {
-                m,
-                n,
-                k,
-                alpha,
-                a,
-                lda,
-                b,
-                ldb,
-                beta,
-                c,
-                ldc,
-            }) => {
-                r.extend([i64a(*m), i64a(*n), i64a(*k)]);
-                r.push(arg_of(arg::FLOAT32, 0, &alpha.to_le_bytes()));
-                r.push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(a)));
-                r.push(i64a(*lda));
-                r.push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(b)));
-                r.push(i64a(*ldb));
-                r.push(arg_of(arg::FLOAT32, 0, &beta.to_le_bytes()));
-                r.push(i64a(*ldc));
-                req.write_args
-                    .push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(c)));
-            }
-            Op::MinMax(MinMax {
-                data,
-                low,
-                high,
-                out,
-                min,
-                max,
-            }) => {
-                let i32a = |v: i32| arg_of(arg::INT32, 0, &v.to_le_bytes());
-                r.push(arg_of(arg::FLOAT64_ARRAY, 0, as_bytes(data)));
-                r.extend([i32a(data.len() as i32), i32a(*low), i32a(*high)]);
-                let w = &mut req.write_args;
-                w.push(arg_of(arg::FLOAT64_ARRAY, 0, as_bytes(out)));
-                w.push(arg_of(arg::FLOAT64, 0, &min[..]));
-                w.push(arg_of(arg::FLOAT64, 0, &max[..]));
-            }
-            Op::Exec(e) => exec_args(e, &mut req),
-            Op::Classify(c) => {
-                r.push(arg_of(arg::BUFFER, 0, c.image));
-                let w = &mut req.write_args;
-                w.push(arg_of(arg::UCHAR_ARRAY, 0, c.imgname));
-                w.push(arg_of(arg::UCHAR_ARRAY, 0, c.text));
-            }
-        }
+        let req = genop_request(sid, op);
         let resp: proto::GenopResponse = self.client.call("Genop", &req)?;
-        let mut outs: Vec<&mut [u8]> = Vec::new();
-        match op {
-            Op::Noop => {}
-            Op::Sgemm(s) => outs.push(as_bytes_mut(s.c)),
-            Op::MinMax(m) => {
-                outs.push(as_bytes_mut(m.out));
-                outs.push(&mut m.min[..]);
-                outs.push(&mut m.max[..]);
-            }
-            Op::Exec(e) => outs.extend(e.outputs().iter_mut().map(|o| &mut *o.bytes)),
-            Op::Classify(c) => {
-                outs.push(c.imgname);
-                outs.push(c.text);
-            }
-        }
-        if resp.write_args.len() != outs.len() {
-            return Err(CallError::Malformed(format!(
-                "{} write arguments for {}",
-                resp.write_args.len(),
-                outs.len()
-            )));
-        }
-        // Check every size before writing any guest buffer.
-        if let Some((got, want)) = resp
-            .write_args
-            .iter()
-            .zip(&outs)
-            .find(|(a, o)| a.buf.len() != o.len())
-        {
-            return Err(CallError::Malformed(format!(
-                "a write argument of {} bytes for {}",
-                got.buf.len(),
-                want.len()
-            )));
-        }
-        for (a, o) in resp.write_args.iter().zip(outs) {
-            o.copy_from_slice(&a.buf);
-        }
-        Ok(())
+        write_back(&resp, op)
     }
 
     fn failed(&mut self, e: CallError) -> PluginError {
@@ -271,6 +177,113 @@ impl Remote {
         }
         PluginError::Remote(e.errno())
     }
+}
+
+/// The Genop request for a decoded op: `read[0]` the op number, then the
+/// op's arguments in vAccel's genop order (the guest's checked buffers).
+pub fn genop_request(sid: i64, op: &mut Op<'_>) -> proto::GenopRequest {
+    let mut req = proto::GenopRequest {
+        session_id: sid,
+        ..Default::default()
+    };
+    req.read_args.push(arg_of(arg::UINT8, 0, &[op.number()]));
+    let r = &mut req.read_args;
+    let i64a = |v: usize| arg_of(arg::INT64, 0, &(v as i64).to_le_bytes());
+    match op {
+        Op::Noop => {}
+        Op::Sgemm(Sgemm {
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            lda,
+            b,
+            ldb,
+            beta,
+            c,
+            ldc,
+        }) => {
+            r.extend([i64a(*m), i64a(*n), i64a(*k)]);
+            r.push(arg_of(arg::FLOAT32, 0, &alpha.to_le_bytes()));
+            r.push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(a)));
+            r.push(i64a(*lda));
+            r.push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(b)));
+            r.push(i64a(*ldb));
+            r.push(arg_of(arg::FLOAT32, 0, &beta.to_le_bytes()));
+            r.push(i64a(*ldc));
+            req.write_args
+                .push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(c)));
+        }
+        Op::MinMax(MinMax {
+            data,
+            low,
+            high,
+            out,
+            min,
+            max,
+        }) => {
+            let i32a = |v: i32| arg_of(arg::INT32, 0, &v.to_le_bytes());
+            r.push(arg_of(arg::FLOAT64_ARRAY, 0, as_bytes(data)));
+            r.extend([i32a(data.len() as i32), i32a(*low), i32a(*high)]);
+            let w = &mut req.write_args;
+            w.push(arg_of(arg::FLOAT64_ARRAY, 0, as_bytes(out)));
+            w.push(arg_of(arg::FLOAT64, 0, &min[..]));
+            w.push(arg_of(arg::FLOAT64, 0, &max[..]));
+        }
+        Op::Exec(e) => exec_args(e, &mut req),
+        Op::Classify(c) => {
+            r.push(arg_of(arg::BUFFER, 0, c.image));
+            let w = &mut req.write_args;
+            w.push(arg_of(arg::UCHAR_ARRAY, 0, c.imgname));
+            w.push(arg_of(arg::UCHAR_ARRAY, 0, c.text));
+        }
+    }
+    req
+}
+
+/// Copies a Genop reply's write arguments into the op's outputs, after
+/// checking that every one has exactly its output's size.
+pub fn write_back(resp: &proto::GenopResponse, op: &mut Op<'_>) -> Result<(), CallError> {
+    let mut outs: Vec<&mut [u8]> = Vec::new();
+    match op {
+        Op::Noop => {}
+        Op::Sgemm(s) => outs.push(as_bytes_mut(s.c)),
+        Op::MinMax(m) => {
+            outs.push(as_bytes_mut(m.out));
+            outs.push(&mut m.min[..]);
+            outs.push(&mut m.max[..]);
+        }
+        Op::Exec(e) => outs.extend(e.outputs().iter_mut().map(|o| &mut *o.bytes)),
+        Op::Classify(c) => {
+            outs.push(c.imgname);
+            outs.push(c.text);
+        }
+    }
+    if resp.write_args.len() != outs.len() {
+        return Err(CallError::Malformed(format!(
+            "{} write arguments for {}",
+            resp.write_args.len(),
+            outs.len()
+        )));
+    }
+    // Check every size before writing any guest buffer.
+    if let Some((got, want)) = resp
+        .write_args
+        .iter()
+        .zip(&outs)
+        .find(|(a, o)| a.buf.len() != o.len())
+    {
+        return Err(CallError::Malformed(format!(
+            "a write argument of {} bytes for {}",
+            got.buf.len(),
+            want.len()
+        )));
+    }
+    for (a, o) in resp.write_args.iter().zip(outs) {
+        o.copy_from_slice(&a.buf);
+    }
+    Ok(())
 }
 
 fn exec_args(e: &mut Exec<'_>, req: &mut proto::GenopRequest) {
@@ -354,3 +367,6 @@ impl Plugin for Remote {
         let _ = self.client.call::<proto::Empty>("DestroySession", &req);
     }
 }
+
+#[cfg(test)]
+mod tests;
