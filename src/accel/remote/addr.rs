@@ -41,7 +41,7 @@ impl std::str::FromStr for Address {
                 Ok(Address::Tcp(rest.into()))
             }
             "unix" if rest.len() > 1 && rest.starts_with('@') => {
-                Ok(Address::Abstract(rest[1..].as_bytes().to_vec()))
+                Ok(Address::Abstract(rest.as_bytes()[1..].to_vec()))
             }
             "unix" if !rest.is_empty() && !rest.starts_with('@') => Ok(Address::Unix(rest.into())),
             "vsock" => {

@@ -121,7 +121,7 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
     expect.extend([0x10, 0x10, 0x18, 0x12]);
     assert_eq!(body, expect);
     write_back(&resp, &mut op).unwrap();
-    drop(op);
+    let _ = op;
     assert_eq!(c, want);
 }
 
@@ -152,7 +152,7 @@ fn a_reply_of_the_wrong_size_writes_nothing() {
     };
     let e = write_back(&resp, &mut op).unwrap_err();
     assert_eq!(e.errno(), libc::EPROTO);
-    drop(op);
+    let _ = op;
     assert_eq!(c, [7.0; 4]);
 }
 
