@@ -297,22 +297,44 @@ fn classify_over_tcp_and_unix_matches_local() {
         let body = std::fs::read(dir.join("images").join(name)).unwrap();
         let classify = |flags: &[&str]| {
             let mut cmd = Command::new(skiff());
-            cmd.arg("run").args(flags).arg(&flag).arg(guest("classify"));
+            cmd.arg("run").args(flags).arg(guest("classify"));
             ok(&run_with(cmd, &body, Duration::from_secs(120)))
         };
-        let local = classify(&["--accel=cpu"]);
+        let local = classify(&["--accel=cpu", &flag]);
         let want = golden["images"][name]["top5"][0][0].as_u64().unwrap();
         assert!(local.starts_with(&format!("{want} ")), "{name}: {local}");
-        for a in &agents {
+        // The client names the model by its path, or by the agent's NAME
+        // (a file only the agent has).
+        let by_name = "--accel-model=imagenet=imagenet";
+        for (a, model) in agents.iter().zip([flag.as_str(), by_name]) {
             // Top-1 and the top-5 probabilities, to the printed digit: the
             // agent runs the same network on the same bytes.
-            assert_eq!(
-                classify(&["--accel=remote", &remote_flag(a)]),
-                local,
-                "{name} {}",
-                a.addr
-            );
+            let remote = classify(&["--accel=remote", &remote_flag(a), model]);
+            assert_eq!(remote, local, "{name} {} {model}", a.addr);
         }
+        // vAccel's ImageClassification method: the top-5 text as tags.
+        let mut c = agents[0].connect();
+        let sid = c.session();
+        let reg = RegisterResourceRequest {
+            session_id: sid,
+            resource_type: ResourceType::MODEL.into(),
+            paths: vec!["imagenet".into()],
+            ..Default::default()
+        };
+        let (st, _) = c.call("RegisterResource", &reg);
+        assert_eq!(st.code, 0, "{}", st.message);
+        let req = ImageClassificationRequest {
+            session_id: sid,
+            image: body.clone(),
+            ..Default::default()
+        };
+        let (st, p) = c.call("ImageClassification", &req);
+        assert_eq!(st.code, 0, "{}", st.message);
+        let tags = ImageClassificationResponse::parse_from_bytes(&p)
+            .unwrap()
+            .tags;
+        let top5: String = local.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        assert_eq!(String::from_utf8(tags).unwrap(), top5, "{name}");
     }
 }
 
@@ -650,7 +672,7 @@ fn hostile_clients_never_stop_the_agent_serving_others() {
     c.send_raw(&[0x40, 0, 0, 0, 0, 0, 0, 1, 1, 0]);
     let (hd, body) = c.read().expect("a refusal");
     let st = Response::parse_from_bytes(&body).unwrap().status.unwrap();
-    assert_eq!((hd.kind, st.code), (2, 8));
+    assert_eq!((hd.kind, hd.stream, st.code), (2, 1, 8));
     assert_eq!(
         st.message,
         "frame of 1073741824 bytes is over this agent's limit of 16777216"
@@ -756,4 +778,24 @@ fn bad_agent_flags_are_one_line_and_exit_1() {
     assert_refused(&o, "--accel-remote needs the remote plugin in --accel");
     let o = run(&["--accel=remote", "--accel-remote=bogus"], "sgemm", &[]);
     assert_refused(&o, "--accel-remote: address 'bogus'");
+}
+
+#[test]
+fn the_agent_listens_on_vsock_where_the_kernel_has_it() {
+    // SAFETY: plain socket(2), closed at once.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+    if fd < 0 {
+        eprintln!("note: no vsock on this host; the vsock listener was not exercised");
+        return;
+    }
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    // Any CID (this host may have no vsock transport to connect through:
+    // only binding and a clean stop are checked here).
+    let port = 40000 + std::process::id() % 20000;
+    let addr = format!("vsock://4294967295:{port}");
+    let agent = Agent::start(&addr, &[]);
+    assert_eq!(agent.addr, addr);
+    let (st, err) = agent.stop(libc::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{err}");
 }

@@ -73,13 +73,13 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
     loop {
         let (hd, body) = match frame::read_frame(&mut s, cfg.max_frame, None, Some(BODY_TIME)) {
             Ok(x) => x,
-            Err(FrameError::TooBig { len, max }) => {
+            Err(FrameError::TooBig { len, max, stream }) => {
                 // Say why before hanging up: the body is never read.
                 let st = status(
                     CODE_RESOURCE_EXHAUSTED,
                     format!("frame of {len} bytes is over this agent's limit of {max}"),
                 );
-                let _ = respond(&mut s, 0, error_response(st));
+                let _ = respond(&mut s, stream, error_response(st));
                 break;
             }
             Err(_) => break,

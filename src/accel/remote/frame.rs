@@ -34,7 +34,7 @@ pub enum FrameError {
     #[error("connection closed")]
     Closed,
     #[error("frame of {len} bytes is over the limit of {max}")]
-    TooBig { len: u32, max: u32 },
+    TooBig { len: u32, max: u32, stream: u32 },
     #[error("unknown frame type {0}")]
     BadType(u8),
     #[error("timed out")]
@@ -66,7 +66,11 @@ impl Header {
             return Err(FrameError::BadType(hd.kind));
         }
         if hd.len > max {
-            return Err(FrameError::TooBig { len: hd.len, max });
+            return Err(FrameError::TooBig {
+                len: hd.len,
+                max,
+                stream: hd.stream,
+            });
         }
         Ok(hd)
     }
