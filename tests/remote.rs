@@ -748,16 +748,34 @@ fn a_connections_sessions_die_with_it() {
 
 #[test]
 fn bad_agent_flags_are_one_line_and_exit_1() {
+    // Values clap itself refuses are usage errors: clap's whole message
+    // (the flag, the problem, the --help tip) and exit 2 (docs/cli.md).
     for (args, needle) in [
         (
             &["agent", "-a", "udp://x:1"][..],
             "expected tcp://HOST:PORT",
         ),
+        (&["agent", "--max-frame-mib=2048"], "--max-frame-mib"),
+    ] {
+        let o = run_with(
+            {
+                let mut c = Command::new(skiff());
+                c.args(args).env_remove("VACCEL_PLUGINS");
+                c
+            },
+            b"",
+            Duration::from_secs(20),
+        );
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+        assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+        assert!(err.contains("try '--help'"), "{err}");
+    }
+    for (args, needle) in [
         (
-            &["agent", "--accel=gpu"],
+            &["agent", "--accel=gpu"][..],
             "unknown accelerator plugin 'gpu'",
         ),
-        (&["agent", "--max-frame-mib=2048"], "--max-frame-mib"),
         (
             &["agent", "--accel-lib=l=/nonexistent.so"],
             "--accel-lib l=/nonexistent.so",
