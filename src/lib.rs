@@ -5,6 +5,7 @@
 //! [`hypercall::decode`] -> [`devices::Devices::handle`]) -> exit status.
 
 pub mod accel;
+pub mod agent;
 pub mod bench;
 pub mod builder;
 pub mod cli;

@@ -30,6 +30,9 @@ pub enum Policy {
     /// `seccomp/pool.json` plus run's rules: a pool worker, which also
     /// takes its request from a socket (src/pool/).
     Pool,
+    /// `seccomp/agent.json` plus accel's rules: `skiff agent` (src/agent/),
+    /// which serves plugins to network clients and never execs.
+    Agent,
 }
 
 impl Policy {
@@ -39,6 +42,7 @@ impl Policy {
             Policy::Run => &bpf::RUN,
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
+            Policy::Agent => &bpf::AGENT,
         }
     }
 }

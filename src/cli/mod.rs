@@ -8,6 +8,7 @@
 //! N is 128+N; a run is its guest's HALT status. As `solo5-hvt`, usage
 //! errors are solo5-hvt's own lines and status 1 (see `solo5.rs`).
 
+mod agent;
 mod bench;
 mod call;
 mod hook;
@@ -55,6 +56,9 @@ enum Command {
     /// Serve one request with a pool's ready guest: skiff call PATH
     /// (stdin, stdout, stderr and Http_* variables go to the guest)
     Call(call::CallArgs),
+    /// Serve this machine's accelerators to remote functions (vAccel's
+    /// agent protocol): skiff agent --address ADDR [--accel=PLUGINS]
+    Agent(agent::AgentArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -118,6 +122,7 @@ pub fn main() -> i32 {
         Ok(Command::Pool(p)) => pool::main(&prog, p),
         Ok(Command::Call(c)) => call::main(&prog, c),
         Ok(Command::Hook) => hook::main(&prog),
+        Ok(Command::Agent(a)) => agent::main(&prog, a),
         Err(e) => clap_exit(transposed_subcommand(e)),
     }
 }

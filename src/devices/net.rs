@@ -7,8 +7,8 @@
 
 use super::poll::Waiter;
 use super::{write_back, DeviceError, Stop};
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use guest_abi::hvt::{ret, HcNet, HcPoll};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use thiserror::Error;

@@ -6,7 +6,7 @@ mod exit;
 mod pvm;
 pub mod signals;
 
-pub use exit::{Exit, GuestFault};
+pub use exit::Exit;
 
 use crate::memory::{BootState, BOOT_GDT_SELECTORS};
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};

@@ -92,18 +92,24 @@ fn main(ctx: &Ctx) -> i32 {
         "in" => {
             let v: u32;
             // SAFETY: an IN exits to the tender; no memory is touched.
-            unsafe { asm!("in eax, dx", in("dx") Hypercall::Puts.port(), out("eax") v, options(nostack)) };
+            unsafe {
+                asm!("in eax, dx", in("dx") Hypercall::Puts.port(), out("eax") v, options(nostack))
+            };
             println!("in: read {v:#x}");
         }
         "out8" => {
             let arg = HcHalt::default();
             // SAFETY: as `out32`, with an 8-bit operand.
-            unsafe { asm!("out dx, al", in("dx") Hypercall::Halt.port(), in("al") &arg as *const _ as usize as u8, options(nostack)) };
+            unsafe {
+                asm!("out dx, al", in("dx") Hypercall::Halt.port(), in("al") &arg as *const _ as usize as u8, options(nostack))
+            };
         }
         "out16" => {
             let arg = HcHalt::default();
             // SAFETY: as `out32`, with a 16-bit operand.
-            unsafe { asm!("out dx, ax", in("dx") Hypercall::Halt.port(), in("ax") &arg as *const _ as usize as u16, options(nostack)) };
+            unsafe {
+                asm!("out dx, ax", in("dx") Hypercall::Halt.port(), in("ax") &arg as *const _ as usize as u16, options(nostack))
+            };
         }
         // Loads and stores past the end of guest memory (MMIO exits).
         "mmio-read" | "mmio-write" => {
@@ -151,7 +157,10 @@ fn main(ctx: &Ctx) -> i32 {
         }
         // A flood of cheap hypercalls: PUTS of nothing, WALLTIME.
         "flood" => {
-            let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+            let n: u64 = args
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
             let mut t = HcWalltime::default();
             for _ in 0..n {
                 rt::puts(&[]);

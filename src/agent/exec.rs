@@ -1,0 +1,132 @@
+//! The executor: one thread owns the plugins (they are not `Send`, and a
+//! GPU or the single-threaded CPU sgemm runs one op at a time anyway) and
+//! runs every connection's ops through skiff's own decoders, selection
+//! rule and plugins ([`Accel::run_op`]). Connections do their socket I/O
+//! and protobuf work in parallel and queue here.
+
+use crate::accel::args::{Args, In, Out};
+use crate::accel::config::AccelConfig;
+use crate::accel::{ops, Accel, Errno};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+/// A client's argument, copied into 8-byte-aligned storage (f32/f64
+/// arrays are used in place, as guest memory is).
+#[derive(Debug)]
+pub struct Buf {
+    pub ty: u32,
+    pub custom: u32,
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Buf {
+    /// A copy of `bytes`; ENOMEM if it cannot be allocated.
+    pub fn new(ty: u32, custom: u32, bytes: &[u8]) -> Result<Self, Errno> {
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(bytes.len().div_ceil(8))
+            .map_err(|_| libc::ENOMEM)?;
+        words.resize(bytes.len().div_ceil(8), 0);
+        let mut b = Buf {
+            ty,
+            custom,
+            words,
+            len: bytes.len(),
+        };
+        b.bytes_mut().copy_from_slice(bytes);
+        Ok(b)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+/// One genop for the executor.
+#[derive(Debug)]
+pub struct Job {
+    pub hint: u32,
+    /// The session's model file (an operator's `--accel-model` path).
+    pub model: Option<PathBuf>,
+    pub read: Vec<Buf>,
+    pub write: Vec<Buf>,
+    pub reply: mpsc::Sender<Done>,
+}
+
+/// A finished job: the result and the write buffers, filled.
+#[derive(Debug)]
+pub struct Done {
+    pub result: Result<(), Errno>,
+    pub write: Vec<Buf>,
+}
+
+/// The queue into the executor.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Executor {
+    /// Starts the executor thread and its plugins; the build's error as
+    /// one line (the operator's: a missing model or library).
+    pub fn start(cfg: AccelConfig) -> Result<(Self, String), String> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("skiff-agent-exec".into())
+            .spawn(move || {
+                let mut accel = match Accel::build(&cfg) {
+                    Ok(Some(a)) => a,
+                    Ok(None) => return drop(ready_tx.send(Err("no plugins".to_string()))),
+                    Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+                };
+                let names: Vec<String> = accel.plugins().iter().map(|p| p.describe()).collect();
+                let _ = ready_tx.send(Ok(names.join(", ")));
+                for mut job in rx {
+                    let result = run(&mut accel, &mut job);
+                    let _ = job.reply.send(Done {
+                        result,
+                        write: job.write,
+                    });
+                }
+            })
+            .map_err(|e| format!("cannot start the executor thread: {e}"))?;
+        let plugins = ready_rx
+            .recv()
+            .map_err(|_| "the executor thread died".to_string())??;
+        Ok((Executor { tx }, plugins))
+    }
+
+    /// Runs `job` and waits for it.
+    pub fn submit(&self, job: Job) -> Option<()> {
+        self.tx.send(job).ok()
+    }
+}
+
+fn run(accel: &mut Accel, job: &mut Job) -> Result<(), Errno> {
+    let read: Vec<In<'_>> = job
+        .read
+        .iter()
+        .map(|b| In {
+            ty: b.ty,
+            custom: b.custom,
+            bytes: b.bytes(),
+        })
+        .collect();
+    let write = job.write.iter_mut().map(|b| Out {
+        ty: b.ty,
+        custom: b.custom,
+        bytes: b.bytes_mut(),
+    });
+    let mut args = Args::from_host(&read, write)?;
+    let mut op = ops::decode(&mut args)?;
+    accel.run_op(job.hint, job.model.as_deref(), &mut op)?;
+    Ok(())
+}
