@@ -93,8 +93,9 @@ fn clap_exit(e: clap::Error) -> i32 {
     }
 }
 
-/// skiff's own clap command, built (subcommands know their full names).
-fn skiff_command() -> clap::Command {
+/// skiff's own clap command, built (subcommands know their full names,
+/// for usage lines).
+pub(super) fn skiff_command() -> clap::Command {
     let mut cmd = Skiff::command();
     cmd.build();
     cmd
@@ -127,9 +128,14 @@ pub fn main() -> i32 {
 }
 
 /// skiff's argv (not solo5-hvt's), by the argv rule and clap.
+/// One clap command serves both the argv rule and the parse: building it
+/// is part of every start-up.
 fn parse(argv: Vec<OsString>) -> Result<Command, clap::Error> {
-    let argv = solo5::kernel_rule(&skiff_command(), argv)?;
-    Skiff::try_parse_from(argv).map(|s| s.cmd)
+    use clap::FromArgMatches;
+    let mut top = Skiff::command();
+    let argv = solo5::kernel_rule(&top, argv)?;
+    let m = top.try_get_matches_from_mut(argv)?;
+    Skiff::from_arg_matches(&m).map(|s| s.cmd)
 }
 
 /// clap's similarity test misses transposed letters (`skiff rnu`): the

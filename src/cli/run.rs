@@ -85,17 +85,23 @@ pub fn main(prog: &str, run: RunArgs) -> i32 {
 /// Refuses a `--restore` FILE that is not a regular file before anything
 /// opens it for reading: a FIFO with no writer would block that open, and
 /// std retries it through the signals meant to stop skiff.
+/// fstat, not `metadata()`: std uses statx, which urunc's seccomp filter
+/// does not allow.
 pub fn regular_file(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let meta = std::fs::OpenOptions::new()
+    let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .and_then(|f| f.metadata());
-    match meta {
-        Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(format!("--restore {}: not a regular file", path.display())),
-        Err(e) => Err(format!("--restore {}: {e}", path.display())),
+        .open(path);
+    let f = opened.map_err(|e| format!("--restore {}: {e}", path.display()))?;
+    // SAFETY: an all-zero `stat` is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is open; `st` is a valid, writable stat buffer.
+    let ok = unsafe { libc::fstat(f.as_raw_fd(), &mut st) } == 0;
+    match ok && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        true => Ok(()),
+        false => Err(format!("--restore {}: not a regular file", path.display())),
     }
 }
 

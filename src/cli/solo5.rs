@@ -12,7 +12,7 @@
 use super::run::RunArgs;
 use super::REFUSED;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Args, CommandFactory, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -91,7 +91,10 @@ fn split(args: impl IntoIterator<Item = OsString>, value_flags: &[String]) -> Sp
 
 /// `-mem=64` (one dash, a long option's name): clap would see `-m` and
 /// say only that; this says what was meant.
-fn one_dash_long(cmd: &clap::Command, options: &[OsString]) -> Option<clap::Error> {
+fn one_dash_long(sub: &str, options: &[OsString]) -> Option<clap::Error> {
+    // An error path: the command is built here, with full usage names.
+    let top = super::skiff_command();
+    let cmd = top.find_subcommand(sub)?;
     options.iter().find_map(|o| {
         let b = o.as_bytes();
         if b.len() < 3 || b.starts_with(b"--") || !b.starts_with(b"-") {
@@ -127,7 +130,7 @@ pub fn kernel_rule(top: &clap::Command, argv: Vec<OsString>) -> Result<Vec<OsStr
     let mut argv = argv.into_iter();
     let head: Vec<OsString> = argv.by_ref().take(2).collect();
     let s = split(argv, &value_flags(sub));
-    if let Some(e) = one_dash_long(sub, &s.options) {
+    if let Some(e) = one_dash_long(sub.get_name(), &s.options) {
         return Err(e);
     }
     Ok(rebuild(head, s))
@@ -164,7 +167,9 @@ pub fn parse(prog: &str, argv: Vec<OsString>) -> Result<RunArgs, i32> {
     }) {
         return Err(invalid_option(prog, &bad.to_string_lossy()));
     }
-    match Solo5Hvt::try_parse_from(rebuild(head, s)) {
+    let mut cmd = cmd;
+    let parsed = cmd.try_get_matches_from_mut(rebuild(head, s));
+    match parsed.and_then(|m| Solo5Hvt::from_arg_matches(&m)) {
         Ok(s) => Ok(s.run),
         Err(e) => Err(match e.kind() {
             ErrorKind::DisplayVersion => {
