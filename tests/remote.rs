@@ -817,3 +817,16 @@ fn the_agent_listens_on_vsock_where_the_kernel_has_it() {
     let (st, err) = agent.stop(libc::SIGTERM);
     assert_eq!(st.code(), Some(0), "{err}");
 }
+
+#[test]
+fn the_agent_serves_under_its_seccomp_filter() {
+    let agent = Agent::tcp(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let mode = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+    assert_eq!(mode.split_whitespace().nth(1), Some("2"), "{mode}");
+    // Its threads (executor, connections) serve under it.
+    let mut c = agent.connect();
+    c.session();
+    let (st, err) = agent.stop(libc::SIGTERM);
+    assert_eq!(st.code(), Some(0), "{err}");
+}
