@@ -59,7 +59,7 @@ pub enum BuildError {
 
 /// Builds a guest from `cfg`, ready to [`Vm::run`].
 pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
-    let bytes = read_image(&cfg.kernel)?;
+    let bytes = read_image(&cfg.kernel, cfg.mem.bytes())?;
     build_image(cfg, &bytes)
 }
 
@@ -111,8 +111,8 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
 }
 
 /// Step 1a: the image file's bytes.
-pub(crate) fn read_image(path: &Path) -> Result<Vec<u8>, BuildError> {
-    image::read_file(path).map_err(|err| image_error(path, err))
+pub(crate) fn read_image(path: &Path, mem_size: u64) -> Result<Vec<u8>, BuildError> {
+    image::read_file_for(path, mem_size).map_err(|err| image_error(path, err))
 }
 
 /// Step 1b: the image checked for a guest of `mem_size` bytes.

@@ -34,6 +34,26 @@ pub enum RunError {
     Device(#[from] crate::devices::DeviceError),
 }
 
+impl RunError {
+    /// The process exit status for a run that ended this way: 128+N for
+    /// signal N (as a shell reports a death by signal), else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            RunError::Signal(sig) => 128 + sig,
+            _ => 1,
+        }
+    }
+}
+
+/// The process exit status for a run's result: the guest's HALT status
+/// (low 8 bits, as the kernel keeps them) or [`RunError::exit_status`].
+pub fn exit_status(result: &Result<i32, RunError>) -> i32 {
+    match result {
+        Ok(status) => status & 0xff,
+        Err(e) => e.exit_status(),
+    }
+}
+
 impl From<Stop> for RunError {
     fn from(stop: Stop) -> Self {
         match stop {

@@ -197,7 +197,7 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     let (h, meta) = read_meta(&mut f, &path)?;
 
     // 1. The image: the one the snapshot was booted from.
-    let image = builder::read_image(&cfg.kernel)?;
+    let image = builder::read_image(&cfg.kernel, cfg.mem.bytes())?;
     if <[u8; 32]>::from(Sha256::digest(&image)) != h.image_sha256 {
         return Err(RestoreError::OtherImage(cfg.kernel.display().to_string()));
     }

@@ -46,7 +46,7 @@ pub struct Saved {
 /// the saved timestamp are both moved back by it (not the TSC, which the
 /// restore must then move forward by as much more).
 pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, SaveError> {
-    let image = crate::builder::read_image(&cfg.kernel)?;
+    let image = crate::builder::read_image(&cfg.kernel, cfg.mem.bytes())?;
     let mut vm = crate::builder::build_image(cfg, &image)?;
     let arg = match vm.run_with(&mut UntilRequest { backdate_ns })? {
         Ended::Paused(arg) => arg,
