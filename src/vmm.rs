@@ -12,8 +12,8 @@ use thiserror::Error;
 /// Why a run ended other than by the guest's HALT.
 #[derive(Debug, Error)]
 pub enum RunError {
-    #[error("guest fault: {fault} (rip=0x{rip:x})")]
-    Guest { fault: GuestFault, rip: u64 },
+    #[error("guest fault: {fault}{}", rip.map(|r| format!(" (rip=0x{r:x})")).unwrap_or_default())]
+    Guest { fault: GuestFault, rip: Option<u64> },
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("cannot write the guest's output to stdout: {0}")]
@@ -82,7 +82,7 @@ impl Vm {
             }
             Err(Stop::Fault(fault)) => Err(RunError::Guest {
                 fault,
-                rip: self.vcpu.rip(),
+                rip: self.vcpu.fault_rip(),
             }),
             Err(Stop::Stdout(e)) => Err(RunError::Stdout(e)),
             Err(Stop::Function(e)) => Err(RunError::Function(e)),

@@ -128,7 +128,7 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
 fn guest_fault(vm: &crate::vmm::Vm, fault: crate::vcpu::GuestFault) -> SaveError {
     RunError::Guest {
         fault,
-        rip: vm.vcpu.rip(),
+        rip: vm.vcpu.fault_rip(),
     }
     .into()
 }

@@ -198,8 +198,14 @@ impl Vcpu {
         self.run()
     }
 
-    /// The guest's instruction pointer, for fault messages.
-    pub fn rip(&self) -> u64 {
-        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    /// The guest's instruction pointer, for fault messages; `None` when
+    /// it is unknown: AMD SVM's KVM resets the vCPU on a triple fault, so
+    /// its registers then hold the reset vector (CS base 0xffff0000, RIP
+    /// 0xfff0), where no skiff guest ever runs.
+    pub fn fault_rip(&self) -> Option<u64> {
+        let rip = self.fd.get_regs().ok()?.rip;
+        let cs = self.fd.get_sregs().ok()?.cs;
+        let reset = rip == 0xfff0 && cs.base == 0xffff_0000;
+        (!reset).then_some(rip)
     }
 }
