@@ -106,6 +106,12 @@ fn read_msrs(fd: &VcpuFd) -> Result<Vec<(u32, u64)>, StateError> {
 
 /// The guest's TSC now, with CLOCK_REALTIME read around it (midpoint).
 pub fn read_tsc(fd: &VcpuFd) -> Result<(u64, u64), StateError> {
+    read_tsc_within(fd).map(|(tsc, at, _)| (tsc, at))
+}
+
+/// [`read_tsc`], and how long the read took (ns): the midpoint is only
+/// that exact, e.g. when the host preempts skiff mid-read.
+fn read_tsc_within(fd: &VcpuFd) -> Result<(u64, u64, u64), StateError> {
     let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
         index: MSR_IA32_TSC,
         ..Default::default()
@@ -115,7 +121,7 @@ pub fn read_tsc(fd: &VcpuFd) -> Result<(u64, u64), StateError> {
     fd.get_msrs(&mut msrs)
         .map_err(|e| StateError::Ioctl("KVM_GET_MSRS", e))?;
     let t1 = crate::devices::clock::now_ns();
-    Ok((msrs.as_slice()[0].data, t0 + (t1 - t0) / 2))
+    Ok((msrs.as_slice()[0].data, t0 + (t1 - t0) / 2, t1 - t0))
 }
 
 /// Captures the state of a vCPU stopped between instructions.
@@ -186,14 +192,25 @@ fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError> {
 /// TSC offset attribute (Linux 5.16+) sets the offset as given; older KVMs
 /// get the MSR, and a second write when the first one was taken as a sync.
 pub fn set_tsc(fd: &VcpuFd, tsc_hz: u64, tsc: impl Fn(u64) -> u64) -> Result<(), StateError> {
+    let limit = tsc_hz / 1000; // 1 ms
     let by_offset = has_tsc_offset(fd);
+    let mut off;
     if by_offset {
-        set_tsc_offset(fd, &tsc)?;
+        // The offset applies after KVM's scaling of the host TSC, which
+        // may not be exactly 1 (a nested KVM's own, refined TSC rate): the
+        // first offset can be off by milliseconds. Moving it by the error
+        // just measured moves the guest's TSC by exactly that.
+        let first = tsc_offset_now(&tsc)?;
+        set_tsc_offset(fd, first)?;
+        off = tsc_error(fd, &tsc)?;
+        if off.unsigned_abs() > limit / 10 {
+            set_tsc_offset(fd, first.wrapping_sub(off as u64))?;
+            off = tsc_error(fd, &tsc)?;
+        }
     } else {
         set_tsc_msr(fd, tsc(crate::devices::clock::now_ns()))?;
+        off = tsc_error(fd, &tsc)?;
     }
-    let mut off = tsc_error(fd, &tsc)?;
-    let limit = tsc_hz / 1000; // 1 ms
     if off.unsigned_abs() > limit && !by_offset {
         // Taken as a sync: a write far (10 s) from the expected value is
         // not, and then neither is the real one, far from that.
@@ -230,10 +247,31 @@ fn set_tsc_msr(fd: &VcpuFd, value: u64) -> Result<(), StateError> {
     )
 }
 
-/// How far the guest's TSC is from the value due, in ticks.
+/// How far the guest's TSC is from the value due, in ticks: the read
+/// that took least time of a few (a preempted read says nothing).
 fn tsc_error(fd: &VcpuFd, tsc: &impl Fn(u64) -> u64) -> Result<i64, StateError> {
-    let (got, at) = read_tsc(fd)?;
-    Ok(got.wrapping_sub(tsc(at)) as i64)
+    least_disturbed(|| {
+        let (got, at, took) = read_tsc_within(fd)?;
+        Ok((got.wrapping_sub(tsc(at)) as i64, took))
+    })
+}
+
+/// The value of the quickest of up to 5 timed reads (`read` returns the
+/// value and the ns it took); under 20 us is quick enough.
+fn least_disturbed<T: Copy + Default>(
+    mut read: impl FnMut() -> Result<(T, u64), StateError>,
+) -> Result<T, StateError> {
+    let mut best = (T::default(), u64::MAX);
+    for _ in 0..5 {
+        let (v, took) = read()?;
+        if took < best.1 {
+            best = (v, took);
+        }
+        if took < 20_000 {
+            break;
+        }
+    }
+    Ok(best.0)
 }
 
 fn tsc_offset_attr(addr: u64) -> kvm_device_attr {
@@ -265,15 +303,20 @@ fn has_tsc_offset(fd: &VcpuFd) -> bool {
     vcpu_attr(fd, 0xe3, &tsc_offset_attr(0)).is_ok()
 }
 
-/// Sets the offset KVM adds to the host's TSC (unscaled: the snapshot's
-/// TSC frequency is this vCPU's, checked before) so the guest reads
-/// `tsc(now)`.
-fn set_tsc_offset(fd: &VcpuFd, tsc: &impl Fn(u64) -> u64) -> Result<(), StateError> {
-    let t0 = crate::devices::clock::now_ns();
-    // SAFETY: RDTSC only reads the time-stamp counter.
-    let host = unsafe { core::arch::x86_64::_rdtsc() };
-    let t1 = crate::devices::clock::now_ns();
-    let offset: u64 = tsc(t0 + (t1 - t0) / 2).wrapping_sub(host);
+/// The offset KVM would add to the host's TSC, unscaled, for the guest
+/// to read `tsc(now)` (refined by [`set_tsc`]).
+fn tsc_offset_now(tsc: &impl Fn(u64) -> u64) -> Result<u64, StateError> {
+    least_disturbed(|| {
+        let t0 = crate::devices::clock::now_ns();
+        // SAFETY: RDTSC only reads the time-stamp counter.
+        let host = unsafe { core::arch::x86_64::_rdtsc() };
+        let t1 = crate::devices::clock::now_ns();
+        Ok((tsc(t0 + (t1 - t0) / 2).wrapping_sub(host), t1 - t0))
+    })
+}
+
+/// Sets the offset KVM adds to the (scaled) host TSC for the guest's.
+fn set_tsc_offset(fd: &VcpuFd, offset: u64) -> Result<(), StateError> {
     // KVM reads the u64 at `addr` during the call.
     vcpu_attr(fd, 0xe1, &tsc_offset_attr(&offset as *const u64 as u64))
         .map_err(StateError::TscOffset)

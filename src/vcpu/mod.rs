@@ -200,12 +200,11 @@ impl Vcpu {
 
     /// The guest's instruction pointer, for fault messages; `None` when
     /// it is unknown: AMD SVM's KVM resets the vCPU on a triple fault, so
-    /// its registers then hold the reset vector (CS base 0xffff0000, RIP
-    /// 0xfff0), where no skiff guest ever runs.
+    /// its registers then hold the reset state (RIP 0xfff0, RFLAGS 0x2),
+    /// where no skiff guest runs (its images load above 1 MiB).
     pub fn fault_rip(&self) -> Option<u64> {
-        let rip = self.fd.get_regs().ok()?.rip;
-        let cs = self.fd.get_sregs().ok()?.cs;
-        let reset = rip == 0xfff0 && cs.base == 0xffff_0000;
-        (!reset).then_some(rip)
+        let r = self.fd.get_regs().ok()?;
+        let reset = r.rip == 0xfff0 && r.rflags == 0x2;
+        (!reset).then_some(r.rip)
     }
 }
