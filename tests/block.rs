@@ -179,17 +179,19 @@ fn sixty_three_devices() {
 fn acknowledged_writes_survive_sigkill() {
     let dir = TempDir::new("durable");
     let img = image(&dir, "d.img", 512 * 64, b"");
-    let mut child = Command::new(skiff())
-        .args([
-            "run",
-            &format!("--block:storage={img}"),
-            guest("blk").to_str().unwrap(),
-        ])
-        .args(["durable", "64"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::new(
+        Command::new(skiff())
+            .args([
+                "run",
+                &format!("--block:storage={img}"),
+                guest("blk").to_str().unwrap(),
+            ])
+            .args(["durable", "64"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Read until the guest has been told 20 writes are done, then kill
     // skiff at once, mid-run.
     let mut out = child.stdout.take().unwrap();

@@ -84,6 +84,17 @@ fn clock_answer(o: &std::process::Output) -> (i128, i128) {
     (field("derived"), field("fresh"))
 }
 
+/// How far the guest's derived time may be from a fresh WALLTIME: 1 ms,
+/// or SKIFF_TEST_CLOCK_SLACK_MS (the standard-KVM lane: under emulation
+/// the guest can be preempted between its two reads).
+fn clock_slack_ns() -> i128 {
+    let ms: i128 = std::env::var("SKIFF_TEST_CLOCK_SLACK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    ms * 1_000_000
+}
+
 fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -105,7 +116,7 @@ fn a_restored_guest_keeps_the_wall_time() {
         "1.5 s old snapshot: derived - fresh = {} us",
         (derived - fresh) / 1000
     );
-    assert!((derived - fresh).abs() < 1_000_000, "{}", stdout(&o));
+    assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
     assert!(before <= fresh && fresh <= after);
 
     // An hour-old snapshot (--backdate: the guest's boot WALLTIME and the
@@ -127,7 +138,7 @@ fn a_restored_guest_keeps_the_wall_time() {
             "hour-old snapshot: derived - fresh = {} us",
             (derived - fresh) / 1000
         );
-        assert!((derived - fresh).abs() < 1_000_000, "{}", stdout(&o));
+        assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
     }
 }
 
@@ -146,7 +157,7 @@ fn a_snapshot_restored_at_once_keeps_the_wall_time() {
             "fresh snapshot: derived - fresh = {} us",
             (derived - fresh) / 1000
         );
-        assert!((derived - fresh).abs() < 200_000_000, "{}", stdout(&o));
+        assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
     }
 }
 
@@ -294,15 +305,17 @@ fn fifty_concurrent_restores_share_the_snapshots_pages() {
     let data_kib = std::fs::metadata(&snap).unwrap().len() / 1024;
     let mut kids = Vec::new();
     for _ in 0..50 {
-        let mut c = Command::new(skiff())
-            .args(["run", MEM, "--restore"])
-            .arg(&snap)
-            .arg(guest("echo"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut c = ChildGuard::new(
+            Command::new(skiff())
+                .args(["run", MEM, "--restore"])
+                .arg(&snap)
+                .arg(guest("echo"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         // Each answers one piece, then waits on stdin for the next: its
         // guest has run and touched its working set.
         c.stdin.as_mut().unwrap().write_all(b"ping\n").unwrap();
