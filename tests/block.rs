@@ -199,7 +199,7 @@ fn acknowledged_writes_survive_sigkill() {
     let start = Instant::now();
     let mut buf = [0u8; 256];
     while !seen.contains("acked 19\n") {
-        assert!(start.elapsed() < Duration::from_secs(30), "{seen}");
+        assert!(start.elapsed() < scaled(Duration::from_secs(30)), "{seen}");
         let n = out.read(&mut buf).unwrap();
         assert!(n > 0, "guest ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));

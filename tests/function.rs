@@ -171,7 +171,7 @@ fn assert_sigterm_ends(mut child: ChildGuard, what: &str) {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > scaled(Duration::from_secs(10)) {
             let _ = child.kill();
             panic!("skiff hung after SIGTERM: {what}");
         }

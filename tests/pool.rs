@@ -17,7 +17,10 @@ const MEM: &str = "--mem=64";
 fn eventually(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        assert!(
+            start.elapsed() < scaled(Duration::from_secs(10)),
+            "never: {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

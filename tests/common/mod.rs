@@ -26,6 +26,17 @@ pub fn solo5_hvt(dir: &Path) -> PathBuf {
     link
 }
 
+/// `d` times SKIFF_TEST_TIME_SCALE (default 1): the standard-KVM lane
+/// runs everything under emulation, tens of times slower, and stretches
+/// the time limits of tests that bound how long skiff takes.
+pub fn scaled(d: Duration) -> Duration {
+    let k: u32 = std::env::var("SKIFF_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    d * k.max(1)
+}
+
 /// Runs `cmd` with `stdin` as its input, killing it after `limit`;
 /// stdout and stderr are drained while it runs (a full pipe would stall it).
 pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
@@ -49,6 +60,7 @@ pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
+    let limit = scaled(limit);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -91,7 +103,7 @@ pub fn signal_running(args: &[&str], sig: i32) -> Output {
     let t = Instant::now();
     let o = child.wait_with_output().unwrap();
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < scaled(Duration::from_secs(2)),
         "took {:?}",
         t.elapsed()
     );
@@ -117,7 +129,7 @@ pub fn wait_catching(pid: u32, sig: i32) {
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < scaled(Duration::from_secs(10)),
             "process {pid} never caught signal {sig}"
         );
         std::thread::sleep(Duration::from_millis(5));
