@@ -206,7 +206,7 @@ impl Vm {
         match err {
             RunError::Guest { fault, rip: None } => RunError::Guest {
                 fault,
-                rip: Some(self.vcpu.rip()),
+                rip: self.vcpu.fault_rip(),
             },
             other => other,
         }

@@ -19,12 +19,14 @@ fn seccomp_mode(pid: u32) -> Option<String> {
 
 #[test]
 fn a_running_skiff_is_under_its_filter() {
-    let mut child = Command::new(skiff())
-        .args(["run", guest("spin").to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::new(
+        Command::new(skiff())
+            .args(["run", guest("spin").to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.id();
     // The filter goes on after the build, just before the guest starts.
     let t = Instant::now();

@@ -216,8 +216,13 @@ impl Vcpu {
         self.run()
     }
 
-    /// The guest's instruction pointer, for fault messages.
-    pub fn rip(&self) -> u64 {
-        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    /// The guest's instruction pointer, for fault messages; `None` when
+    /// it is unknown: AMD SVM's KVM resets the vCPU on a triple fault, so
+    /// its registers then hold the reset state (RIP 0xfff0, RFLAGS 0x2),
+    /// where no skiff guest runs (its images load above 1 MiB).
+    pub fn fault_rip(&self) -> Option<u64> {
+        let r = self.fd.get_regs().ok()?;
+        let reset = r.rip == 0xfff0 && r.rflags == 0x2;
+        (!reset).then_some(r.rip)
     }
 }
