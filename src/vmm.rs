@@ -226,6 +226,12 @@ impl Vm {
         self.devices.console = crate::devices::console::Console::to_fd(fd);
     }
 
+    /// On kvm_pvm: runs the rest of the guest under kvm_pvm's emulator
+    /// instead of natively; false where it was not native (benches).
+    pub fn leave_pvm_native(&mut self) -> bool {
+        self.vcpu.leave_pvm_native()
+    }
+
     /// Guest memory (for tests and snapshots).
     pub fn memory(&self) -> &GuestMemory {
         &self.mem

@@ -190,10 +190,21 @@ impl Vcpu {
     /// emulation. A guest on the tender's tables stays native.
     fn leave_native_on_own_tables(&mut self) -> Result<(), VcpuError> {
         let sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
-        if sregs.cr3 & !0xfff != BOOT_CR3 && pvm::unregister(&self.fd) {
-            self.pvm_native = false;
+        if sregs.cr3 & !0xfff != BOOT_CR3 {
+            self.leave_pvm_native();
         }
         Ok(())
+    }
+
+    /// Leaves kvm_pvm's native mode for good: the guest goes on under
+    /// kvm_pvm's emulator. Returns whether it was native (benches compare
+    /// the two; see docs/kvm-pvm.md).
+    pub fn leave_pvm_native(&mut self) -> bool {
+        if self.pvm_native && pvm::unregister(&self.fd) {
+            self.pvm_native = false;
+            return true;
+        }
+        false
     }
 
     /// A triple fault in kvm_pvm's native mode: the guest's exception could
