@@ -10,13 +10,19 @@ type Source = (&'static str, &'static str);
 
 /// (file, filter name inside it, Rust constant emitted, the policy whose
 /// rules it extends)
-const POLICIES: [(&str, &str, &str, Option<Source>); 3] = [
+const POLICIES: [(&str, &str, &str, Option<Source>); 4] = [
     ("seccomp/run.json", "run", "RUN", None),
     ("seccomp/accel.json", "accel", "ACCEL", None),
     (
         "seccomp/pool.json",
         "pool",
         "POOL",
+        Some(("seccomp/run.json", "run")),
+    ),
+    (
+        "seccomp/debug.json",
+        "debug",
+        "DEBUG",
         Some(("seccomp/run.json", "run")),
     ),
 ];

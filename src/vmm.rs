@@ -63,6 +63,7 @@ impl Vm {
                 }
                 let exit = self.vcpu.run()?;
                 marks::count_exit();
+                crate::debug::trace::exit(&exit);
                 hypercall::decode(&exit, &self.mem)
             }
         };
@@ -70,7 +71,10 @@ impl Vm {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);
-                self.devices.handle(req, &self.mem)
+                let traced = crate::debug::trace::hypercall(&req);
+                let result = self.devices.handle(req, &self.mem);
+                crate::debug::trace::answered(traced, &result);
+                result
             }
             Err(fault) => Err(Stop::Fault(fault)),
         };

@@ -1,6 +1,7 @@
 //! Command-line entry: argv[0] picks the mode (`skiff ...` or the drop-in
 //! `solo5-hvt ...`), clap parses, errors become one line and exit 1.
 
+mod debug;
 mod solo5;
 
 use crate::config::{self, MemSize, RunConfig};
@@ -17,6 +18,8 @@ pub struct RunArgs {
     pub mem: MemSize,
     #[command(flatten)]
     pub accel: crate::accel::config::AccelArgs,
+    #[command(flatten)]
+    pub debug: crate::debug::DebugArgs,
     /// Resume the function from this snapshot (`skiff snapshot`) instead of
     /// booting it; KERNEL and the flags must be the snapshot's.
     #[arg(long, value_name = "FILE")]
@@ -213,9 +216,13 @@ pub fn main() -> i32 {
         Err(e) => return clap_exit(&prog, e),
     };
     let restore = run.restore.clone();
+    let debug = run.debug.clone();
     let Some(cfg) = run.config_or_report(&prog) else {
         return 1;
     };
+    if debug.gdb.is_some() || debug.dumpcore.is_some() || debug.trace || debug::log_env() {
+        return debug::run(&prog, &cfg, restore.as_deref(), &debug);
+    }
     run_guest(&prog, &cfg, restore.as_deref())
 }
 
@@ -227,17 +234,23 @@ pub fn run_guest(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>)
     status
 }
 
-fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>) -> i32 {
+/// Builds the guest (or restores it from a snapshot); a failure is
+/// reported on stderr.
+fn build_vm(
+    prog: &str,
+    cfg: &RunConfig,
+    restore: Option<&std::path::Path>,
+) -> Option<crate::vmm::Vm> {
     let built = match restore {
         Some(snap) => crate::snapshot::restore::restore(snap, cfg).map_err(|e| e.to_string()),
         None => crate::builder::build(cfg).map_err(|e| e.to_string()),
     };
-    let mut vm = match built {
-        Ok(vm) => vm,
-        Err(e) => {
-            report(prog, &e);
-            return 1;
-        }
+    built.map_err(|e| report(prog, &e)).ok()
+}
+
+fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&std::path::Path>) -> i32 {
+    let Some(mut vm) = build_vm(prog, cfg, restore) else {
+        return 1;
     };
     // Accelerator plugins (pocl's threads) need the looser policy.
     let policy = match cfg.accel.plugins {
