@@ -40,7 +40,12 @@ pub fn rewrite_device_flags(argv: Vec<OsString>, skip: usize) -> Vec<OsString> {
             out.push(a);
             continue;
         }
-        match (b.starts_with(b"--"), b.iter().position(|&c| c == b':')) {
+        // Only a colon in the flag's name splits (`--gdb=HOST:PORT` stays).
+        let name_end = b.iter().position(|&c| c == b'=').unwrap_or(b.len());
+        match (
+            b.starts_with(b"--"),
+            b[..name_end].iter().position(|&c| c == b':'),
+        ) {
             (true, Some(colon)) => {
                 out.push(OsString::from_vec(b[..colon].to_vec()));
                 out.push(OsString::from_vec(b[colon + 1..].to_vec()));
@@ -57,6 +62,12 @@ mod tests {
 
     fn v(s: &[&str]) -> Vec<OsString> {
         s.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_colon_in_a_value_stays() {
+        let got = rewrite_device_flags(v(&["skiff", "run", "--gdb=127.0.0.1:0", "k.hvt"]), 2);
+        assert_eq!(got, v(&["skiff", "run", "--gdb=127.0.0.1:0", "k.hvt"]));
     }
 
     #[test]
