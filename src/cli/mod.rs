@@ -119,6 +119,9 @@ struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the runs as an SVG picture in FILE (phases, distribution).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// The exit status every run must have.
     #[arg(long, default_value_t = 0)]
     expect_status: i32,
@@ -342,7 +345,14 @@ fn bench(prog: &str, b: BenchArgs) -> i32 {
         stdin: b.stdin,
         interval: std::time::Duration::from_millis(b.interval),
     };
-    match harness::bench(&cfg) {
+    let result = harness::bench(&cfg);
+    if let (Ok(r), Some(path)) = (&result, &b.plot) {
+        if let Err(e) = crate::bench::plot::write(r, path) {
+            report(prog, &e);
+            return 1;
+        }
+    }
+    match result {
         Ok(r) if b.json => {
             let _ = writeln!(
                 std::io::stdout(),
