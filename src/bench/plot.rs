@@ -176,6 +176,7 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
             }
         })
         .x_desc("µs")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|x| e(&x))?;
     let mut seen: Vec<String> = Vec::new();
@@ -221,16 +222,23 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .fold((f64::MAX, 0.0f64), |(lo, hi), t| (lo.min(t), hi.max(t)));
-    let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo * 0.95, hi * 1.05) };
+    // A log axis: start-up times have long tails on a busy host.
+    let (lo, hi) = if lo > hi || lo <= 0.0 {
+        (1.0, 10.0)
+    } else {
+        (lo * 0.9, hi * 1.1)
+    };
     let mut cdf = ChartBuilder::on(&right)
         .caption("exec to exit, every run", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(50)
-        .build_cartesian_2d(lo..hi, 0.0..100.0)
+        .build_cartesian_2d((lo..hi).log_scale(), 0.0..100.0)
         .map_err(|x| e(&x))?;
     cdf.configure_mesh()
-        .x_desc("µs")
+        .x_desc("µs (log scale)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .y_desc("% of runs done")
         .draw()
         .map_err(|x| e(&x))?;

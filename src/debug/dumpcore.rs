@@ -278,7 +278,12 @@ fn prpsinfo(name: &str) -> [u8; PRPSINFO_SIZE] {
 pub fn notes(c: &Core) -> Vec<u8> {
     let mut n = Vec::new();
     note(&mut n, "CORE", NT_PRSTATUS, &prstatus(c));
-    note(&mut n, "CORE", NT_PRPSINFO, &prpsinfo(&c.name));
+    // gdb compares the command (at most 15 bytes, as Linux truncates it)
+    // with the executable's file name and warns when they differ; a longer
+    // name is left out rather than truncated into a false warning.
+    if c.name.len() <= 15 {
+        note(&mut n, "CORE", NT_PRPSINFO, &prpsinfo(&c.name));
+    }
     if let Some(id) = &c.build_id {
         note(&mut n, "GNU", NT_GNU_BUILD_ID, id);
     }
