@@ -142,9 +142,7 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
             .unwrap_or_default(),
         r.runs
     );
-    let root = root
-        .titled(&title, ("sans-serif", 22))
-        .map_err(|x| e(&x))?;
+    let root = root.titled(&title, ("sans-serif", 22)).map_err(|x| e(&x))?;
     let (left, right) = root.split_horizontally(640);
 
     // Left: stacked phase bars, one row per tender.
@@ -252,7 +250,9 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
         cdf.draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|x| e(&x))?
             .label(format!("{name} (median {:.0} µs)", median(v.clone())))
-            .legend(move |(lx, ly)| PathElement::new([(lx, ly), (lx + 16, ly)], color.stroke_width(2)));
+            .legend(move |(lx, ly)| {
+                PathElement::new([(lx, ly), (lx + 16, ly)], color.stroke_width(2))
+            });
     }
     cdf.configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
@@ -312,7 +312,10 @@ mod tests {
         assert_eq!(lens, [100.0, 0.0, 200.0, 300.0, 100.0, 200.0, 100.0]);
         assert_eq!(b[0].segments.last().unwrap().0, "exit");
         assert_eq!(b[1].tender, "solo5-hvt");
-        assert_eq!(b[1].segments, vec![("exec to exit (no marks)".into(), 2500.0)]);
+        assert_eq!(
+            b[1].segments,
+            vec![("exec to exit (no marks)".into(), 2500.0)]
+        );
         let d = distributions(&report());
         assert_eq!(d[0].1, [1000.0, 1000.0, 1200.0]);
         assert_eq!(d[1].1, [2000.0, 2500.0, 3000.0]);
@@ -320,12 +323,19 @@ mod tests {
 
     #[test]
     fn the_svg_names_both_tenders_and_every_phase() {
-        let path = std::env::temp_dir().join(format!("skiff-debug-plot-{}.svg", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("skiff-debug-plot-{}.svg", std::process::id()));
         write(&report(), &path).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         assert!(svg.starts_with("<svg"), "{}", &svg[..80.min(svg.len())]);
-        for word in ["skiff", "solo5-hvt", "kvm_ready", "first_hypercall", "exec to exit"] {
+        for word in [
+            "skiff",
+            "solo5-hvt",
+            "kvm_ready",
+            "first_hypercall",
+            "exec to exit",
+        ] {
             assert!(svg.contains(word), "no {word} in the SVG");
         }
         let bad = write(&report(), Path::new("/proc/nonexistent/x.svg")).unwrap_err();

@@ -109,7 +109,7 @@ pub fn serve(vm: &mut Vm, stream: TcpStream, pvm: bool) -> Result<Outcome, GdbEr
         Err(e) => {
             return Err(if e.is_target_error() {
                 e.into_target_error()
-                    .map_or_else(|| GdbError::Protocol("target error".into()), |t| t)
+                    .unwrap_or_else(|| GdbError::Protocol("target error".into()))
             } else if e.is_connection_error() {
                 match e.into_connection_error() {
                     Some((io, _)) => GdbError::Connection(io),
