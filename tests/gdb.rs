@@ -253,8 +253,9 @@ fn a_busy_gdb_address_is_one_line() {
     let addr = l.local_addr().unwrap().to_string();
     let o = common::run_guest(&[&format!("--gdb={addr}")], "hello", &[]);
     common::assert_refused(&o, &format!("cannot listen for gdb on {addr}"));
+    // A malformed address is a usage error (clap's, exit 2).
     let o = common::run_guest(&["--gdb=nowhere"], "hello", &[]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         common::stderr(&o).contains("not an address"),
         "{}",

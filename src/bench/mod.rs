@@ -4,3 +4,4 @@
 pub mod harness;
 pub mod marks;
 pub mod plot;
+mod process;

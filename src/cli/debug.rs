@@ -2,7 +2,8 @@
 //! same build and run as a plain run, with the debugger in between and a
 //! core file after a fault.
 
-use super::{outcome, report};
+use super::report;
+use super::run::{build_vm, confine, outcome};
 use crate::config::RunConfig;
 use crate::debug::dumpcore::{self, Core};
 use crate::debug::gdb::{self, Outcome};
@@ -37,8 +38,9 @@ fn build_and_debug(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &Debu
         Some(_) => std::fs::read(&cfg.kernel).unwrap_or_default(),
         None => Vec::new(),
     };
-    let Some(mut vm) = super::build_vm(prog, cfg, restore) else {
-        return 1;
+    let mut vm = match build_vm(prog, cfg, restore) {
+        Ok(vm) => vm,
+        Err(status) => return status,
     };
     let stream = match &listener {
         Some(l) => {
@@ -55,8 +57,8 @@ fn build_and_debug(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &Debu
         None => None,
     };
     drop(listener);
-    let Some(confined) = crate::seccomp::confine(prog, crate::seccomp::Policy::Debug) else {
-        return 1;
+    let Some(confined) = confine(prog, crate::seccomp::Policy::Debug) else {
+        return super::REFUSED;
     };
     let result = match stream {
         None => vm.run(),

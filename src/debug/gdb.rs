@@ -7,7 +7,7 @@
 //! signal on the socket, which kicks the vCPU out of KVM_RUN.
 
 use super::regs;
-use crate::vcpu::GuestFault;
+use crate::hypercall::GuestFault;
 use crate::vmm::{RunError, Vm};
 use gdbstub::common::Signal;
 use gdbstub::conn::ConnectionExt;

@@ -35,6 +35,13 @@ pub struct DebugArgs {
     pub trace: bool,
 }
 
+impl DebugArgs {
+    /// Whether any debugging flag was given.
+    pub fn any(&self) -> bool {
+        self.gdb.is_some() || self.dumpcore.is_some() || self.trace
+    }
+}
+
 /// `--gdb`'s address: HOST:PORT, or a port alone on 127.0.0.1.
 pub fn parse_gdb_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {

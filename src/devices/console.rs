@@ -2,8 +2,8 @@
 //! unbuffered (Solo5 guests print their own "Solo5:" lines this way).
 
 use super::Stop;
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use guest_abi::hvt::HcPuts;
 use std::os::fd::RawFd;
 

@@ -7,11 +7,12 @@
 
 use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
 use crate::bench::marks::{self, Mark, COUNT};
-use crate::cli::report;
 use crate::config::RunConfig;
 use crate::devices::function::Function;
+use crate::diag::line as report;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
+use crate::vmm::RunError;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -77,8 +78,12 @@ pub(super) fn serve(
         Some(_) => Policy::Accel,
         None => Policy::Pool,
     };
-    if crate::seccomp::confine(prog, policy).is_none() {
-        return 1;
+    match crate::seccomp::install(policy) {
+        Ok(i) => i.note().into_iter().for_each(|n| report(prog, &n)),
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
     }
     tell(pipe, READY);
     // SIGINT/SIGTERM (the pool ending, or PDEATHSIG) are blocked except
@@ -142,7 +147,19 @@ pub(super) fn serve(
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
     let (status, _vm) = match prepared.resume(Function::from_vars(vars.into_iter())) {
-        Ok(mut vm) => (crate::cli::outcome(prog, vm.run()), Some(vm)),
+        Ok(mut vm) => {
+            let result = vm.run();
+            match &result {
+                Ok(_) => {}
+                // SIGIO: the caller hung up (watch_hangup), not a signal
+                // anyone sent.
+                Err(RunError::Signal(libc::SIGIO)) => {
+                    report(prog, &"pool: the caller hung up; its guest was stopped")
+                }
+                Err(e) => report(prog, e),
+            }
+            (crate::vmm::exit_status(&result), Some(vm))
+        }
         Err(e) => {
             report(prog, &e);
             (1, None)
