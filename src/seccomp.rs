@@ -37,6 +37,9 @@ pub enum Policy {
     /// `seccomp/pool.json` plus run's rules: a pool worker, which also
     /// takes its request from a socket (src/pool/).
     Pool,
+    /// `seccomp/debug.json` plus run's rules: a run with `--gdb`,
+    /// `--dumpcore` or `--trace` (src/debug/).
+    Debug,
     /// `seccomp/agent.json` plus accel's rules: `skiff agent` (src/agent/),
     /// which serves plugins to network clients and never execs.
     Agent,
@@ -49,6 +52,7 @@ impl Policy {
             Policy::Run => &bpf::RUN,
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
+            Policy::Debug => &bpf::DEBUG,
             Policy::Agent => &bpf::AGENT,
         }
     }

@@ -175,6 +175,7 @@ impl Vm {
                 }
                 let exit = self.vcpu.run()?;
                 marks::count_exit();
+                crate::debug::trace::exit(&exit);
                 hypercall::decode(&exit, &self.mem)
             }
         };
@@ -182,11 +183,14 @@ impl Vm {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);
-                match hook.on_request(&req, &self.mem) {
+                let traced = crate::debug::trace::hypercall(&req);
+                let result = match hook.on_request(&req, &self.mem) {
                     Hooked::Handle => self.devices.handle(req, &self.mem),
                     Hooked::Handled(result) => result,
                     Hooked::Pause(p) => return Ok(Some(Ended::Paused(p))),
-                }
+                };
+                crate::debug::trace::answered(traced, &result);
+                result
             }
             Err(fault) => Err(Stop::Fault(fault)),
         };
