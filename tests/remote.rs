@@ -196,6 +196,60 @@ fn an_agent_killed_mid_call_is_eio_and_a_clean_exit() {
 }
 
 #[test]
+fn an_agent_killed_inside_a_plugin_call_is_eio_and_the_guest_goes_on() {
+    let tmp = TempDir::new("remote-slow");
+    let (_, model) = exec_fixture(tmp.path());
+    let lib = tmp.path().join("libslow.so");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/remote_agent/slowlib.c");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mark = tmp.path().join("in-call");
+    let model_flag = format!("--accel-model=model={}", model.display());
+    let lib_flag = format!("--accel-lib=testlib={}", lib.display());
+    let addr = format!("unix://{}", tmp.path().join("agent.sock").display());
+    let env = [("SKIFF_SLOW_MARK", mark.as_os_str())];
+    let agent = Agent::start_env(&addr, &[&lib_flag, &model_flag], &env);
+    let flags = [
+        "--mem=128",
+        "--accel=remote",
+        &remote_flag(&agent),
+        &model_flag,
+    ]
+    .map(String::from);
+    let guest = std::thread::spawn(move || {
+        let f: Vec<&str> = flags.iter().map(String::as_str).collect();
+        run(&f, "accelbad", &[])
+    });
+    // The guest's EXEC is inside the library on the agent: kill it there.
+    let t = Instant::now();
+    while !mark.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the EXEC call never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    agent.signal(libc::SIGKILL);
+    let o = guest.join().unwrap();
+    let out = ok(&o);
+    // That call and every later forwarded one are EIO; the guest's local
+    // session bookkeeping still works, and skiff exits normally.
+    assert!(
+        out.contains("\nexec_sum=5 value=0\nexec_fails=5\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nrelease=0\n"), "{out}");
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("agent connection lost"), "{err}");
+}
+
+#[test]
 fn a_stopped_agent_is_eio_after_the_timeout() {
     let agent = Agent::tcp(&[]);
     agent.signal(libc::SIGSTOP);

@@ -21,9 +21,15 @@ pub struct Agent {
 impl Agent {
     /// `skiff agent -a ADDR FLAGS`; waits until it listens.
     pub fn start(addr: &str, flags: &[&str]) -> Agent {
+        Agent::start_env(addr, flags, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_env(addr: &str, flags: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Agent {
         let mut child = Command::new(skiff())
             .args(["agent", "-a", addr])
             .args(flags)
+            .envs(env.iter().copied())
             .env_remove("VACCEL_PLUGINS")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
