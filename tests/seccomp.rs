@@ -182,6 +182,23 @@ fn the_accelerator_policy_allows_ordinary_calls_and_kills_privileged_ones() {
 }
 
 #[test]
+fn the_agent_policy_kills_exec_and_keeps_the_accelerator_denylist() {
+    // `skiff agent` (src/agent/): accel.json's rules plus no execve.
+    for (name, nr) in [("execve", libc::SYS_execve), ("ptrace", libc::SYS_ptrace)] {
+        let status = in_child(|| {
+            if seccomp::install(Policy::Agent).is_err() {
+                return 100;
+            }
+            // SAFETY: never runs: both are on the agent's denylist (null
+            // arguments: execve would fail with EFAULT if it did run).
+            unsafe { libc::syscall(nr, 0, 0, 0, 0) };
+            0
+        });
+        assert!(killed_by_sigsys(status), "{name}: status {status:#x}");
+    }
+}
+
+#[test]
 fn under_an_outer_filter_like_urunc_skiff_keeps_it_and_says_so() {
     // hello: console and command line; time: WALLTIME and POLL's sleep.
     for (g, arg, out) in [
