@@ -176,16 +176,6 @@ impl Vcpu {
         &mut self.fd
     }
 
-    /// Leaves kvm_pvm's native mode for good (a debugger's single steps
-    /// and breakpoints need the emulated vCPU); whether it was native.
-    pub(crate) fn leave_pvm_native(&mut self) -> bool {
-        let was = self.pvm_native;
-        if was && pvm::unregister(&self.fd) {
-            self.pvm_native = false;
-        }
-        was
-    }
-
     /// Whether kvm_pvm runs the guest natively (after a boot or restore);
     /// arms the watchdog that notices own page tables there.
     pub(crate) fn set_pvm_native(&mut self, on: bool) {
@@ -207,8 +197,9 @@ impl Vcpu {
     }
 
     /// Leaves kvm_pvm's native mode for good: the guest goes on under
-    /// kvm_pvm's emulator. Returns whether it was native (benches compare
-    /// the two; see docs/kvm-pvm.md).
+    /// kvm_pvm's emulator (a debugger's single steps and breakpoints need
+    /// it; benches compare the two, see docs/kvm-pvm.md). Returns whether
+    /// it was native.
     pub fn leave_pvm_native(&mut self) -> bool {
         if self.pvm_native && pvm::unregister(&self.fd) {
             self.pvm_native = false;
