@@ -77,6 +77,7 @@ fn signal_fd() -> std::io::Result<OwnedFd> {
 /// plugins, once clients can connect.
 pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<(), AgentError> {
     let sig = signal_fd().map_err(AgentError::Signals)?;
+    crate::accel::remote::keep_buffers();
     let listener = listen(&cfg.address).map_err(|err| AgentError::Listen {
         addr: cfg.address.clone(),
         err,
