@@ -121,10 +121,11 @@ extern "C" fn on_probe_sigsys(
 /// filter that traps prctl cannot kill skiff here (see the module doc).
 /// rt_sigaction, prctl's own trap and rt_sigreturn are all it needs.
 fn probe_mode() -> Option<u8> {
+    // SAFETY: an all-zero sigaction is valid (sigaction overwrites it).
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: a zeroed sigaction with an SA_SIGINFO handler that only
     // stores to an atomic and to the trapped context's rax; the previous
     // action is saved and put back below.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_probe_sigsys as *const () as usize;
