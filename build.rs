@@ -10,7 +10,7 @@ type Source = (&'static str, &'static str);
 
 /// (file, filter name inside it, Rust constant emitted, the policy whose
 /// rules it extends)
-const POLICIES: [(&str, &str, &str, Option<Source>); 4] = [
+const POLICIES: [(&str, &str, &str, Option<Source>); 5] = [
     ("seccomp/run.json", "run", "RUN", None),
     ("seccomp/accel.json", "accel", "ACCEL", None),
     (
@@ -24,6 +24,12 @@ const POLICIES: [(&str, &str, &str, Option<Source>); 4] = [
         "agent",
         "AGENT",
         Some(("seccomp/accel.json", "accel")),
+    ),
+    (
+        "seccomp/debug.json",
+        "debug",
+        "DEBUG",
+        Some(("seccomp/run.json", "run")),
     ),
 ];
 

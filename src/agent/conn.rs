@@ -334,12 +334,12 @@ impl<'a> Conn<'a> {
         let out = GenopResponse {
             write_args: done
                 .write
-                .iter()
+                .into_iter()
                 .map(|b| Arg {
-                    buf: b.bytes().to_vec(),
                     size: b.bytes().len() as u32,
                     arg_type: b.ty,
                     custom_type_id: b.custom,
+                    buf: b.into_vec(),
                     ..Default::default()
                 })
                 .collect(),
@@ -367,7 +367,7 @@ impl<'a> Conn<'a> {
                 return Err(ffi(libc::EINVAL));
             }
             let b = std::mem::take(&mut a.buf);
-            out.push(Buf::new(a.arg_type, a.custom_type_id, &b).map_err(ffi)?);
+            out.push(Buf::new(a.arg_type, a.custom_type_id, b).map_err(ffi)?);
         }
         Ok(out)
     }
@@ -389,7 +389,7 @@ impl<'a> Conn<'a> {
         {
             let mut v = name.as_bytes().to_vec();
             v.push(0);
-            *lib = Buf::new(lib.ty, lib.custom, &v).map_err(ffi)?;
+            *lib = Buf::new(lib.ty, lib.custom, v).map_err(ffi)?;
         }
         Ok(())
     }
@@ -419,13 +419,12 @@ impl<'a> Conn<'a> {
     fn classify(&mut self, r: ImageClassificationRequest) -> Result<Vec<u8>, Failure> {
         let (hint, model) = self.session_state(r.session_id)?;
         let read = vec![
-            Buf::new(arg::UINT8, 0, &[op::IMAGE_CLASSIFY]).map_err(ffi)?,
-            Buf::new(arg::BUFFER, 0, &r.image).map_err(ffi)?,
+            Buf::new(arg::UINT8, 0, vec![op::IMAGE_CLASSIFY]).map_err(ffi)?,
+            Buf::new(arg::BUFFER, 0, r.image).map_err(ffi)?,
         ];
-        drop(r);
         let write = vec![
-            Buf::new(arg::UCHAR_ARRAY, 0, &[0; 256]).map_err(ffi)?,
-            Buf::new(arg::UCHAR_ARRAY, 0, &[0; 4096]).map_err(ffi)?,
+            Buf::new(arg::UCHAR_ARRAY, 0, vec![0; 256]).map_err(ffi)?,
+            Buf::new(arg::UCHAR_ARRAY, 0, vec![0; 4096]).map_err(ffi)?,
         ];
         let done = self.run(hint, model, read, write)?;
         let text = done.write[1].bytes();

@@ -10,42 +10,69 @@ use crate::accel::{ops, Accel, Errno};
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-/// A client's argument, copied into 8-byte-aligned storage (f32/f64
-/// arrays are used in place, as guest memory is).
+/// A client's argument, 8-byte aligned (f32/f64 arrays are used in
+/// place, as guest memory is): the decoded bytes themselves when the
+/// allocator aligned them (large buffers always are), else a copy.
 #[derive(Debug)]
 pub struct Buf {
     pub ty: u32,
     pub custom: u32,
-    words: Vec<u64>,
-    len: usize,
+    data: Data,
+}
+
+#[derive(Debug)]
+enum Data {
+    Bytes(Vec<u8>),
+    Words(Vec<u64>, usize),
 }
 
 impl Buf {
-    /// A copy of `bytes`; ENOMEM if it cannot be allocated.
-    pub fn new(ty: u32, custom: u32, bytes: &[u8]) -> Result<Self, Errno> {
+    /// `bytes`, aligned; ENOMEM if a copy cannot be allocated.
+    pub fn new(ty: u32, custom: u32, bytes: Vec<u8>) -> Result<Self, Errno> {
+        if (bytes.as_ptr() as usize).is_multiple_of(8) {
+            return Ok(Buf {
+                ty,
+                custom,
+                data: Data::Bytes(bytes),
+            });
+        }
         let mut words = Vec::new();
-        words
-            .try_reserve_exact(bytes.len().div_ceil(8))
-            .map_err(|_| libc::ENOMEM)?;
-        words.resize(bytes.len().div_ceil(8), 0);
+        let n = bytes.len().div_ceil(8);
+        words.try_reserve_exact(n).map_err(|_| libc::ENOMEM)?;
+        words.resize(n, 0);
         let mut b = Buf {
             ty,
             custom,
-            words,
-            len: bytes.len(),
+            data: Data::Words(words, bytes.len()),
         };
-        b.bytes_mut().copy_from_slice(bytes);
+        b.bytes_mut().copy_from_slice(&bytes);
         Ok(b)
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `words` holds at least `len` initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
+        match &self.data {
+            Data::Bytes(b) => b,
+            // SAFETY: `w` holds at least `len` initialised bytes.
+            Data::Words(w, len) => unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), *len) },
+        }
     }
 
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above, borrowed mutably.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast(), self.len) }
+        match &mut self.data {
+            Data::Bytes(b) => b,
+            // SAFETY: as above, borrowed mutably.
+            Data::Words(w, len) => unsafe {
+                std::slice::from_raw_parts_mut(w.as_mut_ptr().cast(), *len)
+            },
+        }
+    }
+
+    /// The bytes, without a copy where they were not copied in.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.data {
+            Data::Bytes(b) => b,
+            Data::Words(..) => self.bytes().to_vec(),
+        }
     }
 }
 

@@ -33,7 +33,8 @@ struct Solo5Hvt {
 pub fn value_flags(cmd: &clap::Command) -> Vec<String> {
     let mut out = Vec::new();
     for a in cmd.get_arguments() {
-        if a.is_positional() || !a.get_action().takes_values() {
+        // `--gdb[=ADDR]`: an optional value only ever comes after `=`.
+        if a.is_positional() || !a.get_action().takes_values() || a.is_require_equals_set() {
             continue;
         }
         if let Some(longs) = a.get_long_and_visible_aliases() {
@@ -63,9 +64,11 @@ fn takes_value(cmd: &clap::Command, flag: &[u8]) -> bool {
         [b'-', c] if *c != b'-' => Some(char::from(*c)),
         _ => None,
     };
+    // `--gdb[=ADDR]`: an optional value only ever comes after `=`.
     cmd.get_arguments().any(|a| {
         !a.is_positional()
             && a.get_action().takes_values()
+            && !a.is_require_equals_set()
             && (long.is_some_and(|l| {
                 a.get_long().is_some_and(|x| x.as_bytes() == l)
                     || a.get_visible_aliases()

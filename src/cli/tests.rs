@@ -28,8 +28,11 @@ fn sample(id: &str) -> &'static str {
         "compare" => "/bin/true",
         "stdin" => "body",
         "pool" => "p.sock",
-        "remote" => "tcp://127.0.0.1:65500",
-        "remote_timeout" => "5",
+        "remote" => "127.0.0.1:9",
+        "remote_timeout" => "2",
+        "gdb" => "127.0.0.1:0",
+        "dumpcore" => "/tmp",
+        "plot" => "p.svg",
         other => panic!("no sample value for --{other}: add one"),
     }
 }
@@ -41,6 +44,10 @@ fn forms(a: &clap::Arg) -> Vec<Vec<String>> {
         return vec![vec![format!("--{long}")]];
     }
     let v = sample(a.get_id().as_str());
+    // `--gdb[=ADDR]`: the value, if any, only after `=`.
+    if a.is_require_equals_set() {
+        return vec![vec![format!("--{long}")], vec![format!("--{long}={v}")]];
+    }
     let mut f = vec![
         vec![format!("--{long}"), v.to_string()],
         vec![format!("--{long}={v}")],

@@ -8,7 +8,7 @@ pub mod signals;
 
 pub use exit::Exit;
 
-use crate::memory::{BootState, BOOT_GDT_SELECTORS};
+use crate::memory::{BootState, BOOT_CR3, BOOT_GDT_SELECTORS};
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
@@ -122,7 +122,7 @@ impl Vcpu {
             ..Default::default()
         };
         self.fd.set_regs(&regs).map_err(VcpuError::Regs)?;
-        self.pvm_native = pvm::register(&self.fd);
+        self.set_pvm_native(pvm::register(&self.fd));
         Ok(())
     }
 
@@ -157,6 +157,9 @@ impl Vcpu {
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
+                if signals::take_kick() && self.pvm_native {
+                    self.leave_native_on_own_tables()?;
+                }
                 Ok(Exit::Interrupted)
             }
             Err(e) if e.errno() == libc::EFAULT => Ok(Exit::TranslationFault),
@@ -173,9 +176,36 @@ impl Vcpu {
         &mut self.fd
     }
 
-    /// After a restore: whether kvm_pvm runs the guest natively again.
+    /// Whether kvm_pvm runs the guest natively (after a boot or restore);
+    /// arms the watchdog that notices own page tables there.
     pub(crate) fn set_pvm_native(&mut self, on: bool) {
         self.pvm_native = on;
+        if on {
+            pvm::arm_watchdog();
+        }
+    }
+
+    /// The watchdog kicked a native guest: if it runs on page tables of its
+    /// own (which may livelock natively, see [`pvm`]), it goes on under
+    /// emulation. A guest on the tender's tables stays native.
+    fn leave_native_on_own_tables(&mut self) -> Result<(), VcpuError> {
+        let sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
+        if sregs.cr3 & !0xfff != BOOT_CR3 {
+            self.leave_pvm_native();
+        }
+        Ok(())
+    }
+
+    /// Leaves kvm_pvm's native mode for good: the guest goes on under
+    /// kvm_pvm's emulator (a debugger's single steps and breakpoints need
+    /// it; benches compare the two, see docs/kvm-pvm.md). Returns whether
+    /// it was native.
+    pub fn leave_pvm_native(&mut self) -> bool {
+        if self.pvm_native && pvm::unregister(&self.fd) {
+            self.pvm_native = false;
+            return true;
+        }
+        false
     }
 
     /// A triple fault in kvm_pvm's native mode: the guest's exception could
@@ -198,8 +228,13 @@ impl Vcpu {
         self.run()
     }
 
-    /// The guest's instruction pointer, for fault messages.
-    pub fn rip(&self) -> u64 {
-        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    /// The guest's instruction pointer, for fault messages; `None` when
+    /// it is unknown: AMD SVM's KVM resets the vCPU on a triple fault, so
+    /// its registers then hold the reset state (RIP 0xfff0, RFLAGS 0x2),
+    /// where no skiff guest runs (its images load above 1 MiB).
+    pub fn fault_rip(&self) -> Option<u64> {
+        let r = self.fd.get_regs().ok()?;
+        let reset = r.rip == 0xfff0 && r.rflags == 0x2;
+        (!reset).then_some(r.rip)
     }
 }

@@ -183,6 +183,18 @@ impl Listener {
     }
 }
 
+fn tcp_within(a: &str, t: Duration) -> io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolves to no address");
+    for sa in a.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&sa, t) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 type SockCall =
     unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int;
 
@@ -222,9 +234,18 @@ const VM_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_vm>() as libc
 
 impl Address {
     pub fn connect(&self) -> io::Result<Stream> {
+        self.connect_within(None)
+    }
+
+    /// Connects, a tcp connect bounded by `limit` per address the name
+    /// resolves to (an unreachable host would otherwise take minutes).
+    pub fn connect_within(&self, limit: Option<Duration>) -> io::Result<Stream> {
         Ok(match self {
             Address::Tcp(a) => {
-                let s = TcpStream::connect(a.as_str())?;
+                let s = match limit {
+                    Some(t) => tcp_within(a, t)?,
+                    None => TcpStream::connect(a.as_str())?,
+                };
                 let _ = s.set_nodelay(true);
                 Stream::Tcp(s)
             }

@@ -43,10 +43,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects within `timeout` per call (connect itself uses the
-    /// system's limits: loopback and unix sockets fail at once).
+    /// Connects (a tcp connect within `timeout`); every call is bounded by
+    /// `timeout` too.
     pub fn connect(addr: &Address, timeout: Duration) -> std::io::Result<Self> {
-        let s = addr.connect()?;
+        let s = addr.connect_within(Some(timeout))?;
         s.set_timeouts(Some(timeout))?;
         Ok(Client {
             stream: Some(s),

@@ -26,10 +26,9 @@ pub fn request(method: &str, inner: &impl Message) -> protobuf::Result<Vec<u8>> 
     let r = Request {
         service: SERVICE.into(),
         method: method.into(),
-        payload: inner.write_to_bytes()?,
         ..Default::default()
     };
-    r.write_to_bytes()
+    wrap(&r, 3, inner)
 }
 
 /// A successful Response: an empty Status (always present), then the
@@ -37,10 +36,27 @@ pub fn request(method: &str, inner: &impl Message) -> protobuf::Result<Vec<u8>> 
 pub fn ok_response(inner: &impl Message) -> protobuf::Result<Vec<u8>> {
     let r = Response {
         status: MessageField::some(Status::default()),
-        payload: inner.write_to_bytes()?,
         ..Default::default()
     };
-    r.write_to_bytes()
+    wrap(&r, 2, inner)
+}
+
+/// `outer`'s fields, then `inner` as bytes field `field` (the last one),
+/// encoded straight into one buffer: a large sgemm's matrices are not
+/// copied once more into an intermediate payload.
+fn wrap(outer: &impl Message, field: u32, inner: &impl Message) -> protobuf::Result<Vec<u8>> {
+    let (osize, isize) = (outer.compute_size(), inner.compute_size());
+    let mut out = Vec::with_capacity((osize + isize + 16) as usize);
+    let mut os = protobuf::CodedOutputStream::vec(&mut out);
+    outer.write_to_with_cached_sizes(&mut os)?;
+    if isize > 0 {
+        os.write_tag(field, protobuf::rt::WireType::LengthDelimited)?;
+        os.write_raw_varint64(isize)?;
+        inner.write_to_with_cached_sizes(&mut os)?;
+    }
+    os.flush()?;
+    drop(os);
+    Ok(out)
 }
 
 /// A failed Response carrying `status`.
