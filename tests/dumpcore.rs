@@ -16,7 +16,7 @@ fn dump(guest: &str, dir: &Path) -> (Option<i32>, String, Option<PathBuf>) {
     let err = common::stderr(&o);
     let path = err.lines().find_map(|l| {
         l.split_once("core dumped to ")
-            .map(|(_, p)| PathBuf::from(p.trim()))
+            .map(|(_, p)| PathBuf::from(p.split(" (").next().unwrap_or(p).trim()))
     });
     (o.status.code(), err, path)
 }
