@@ -103,6 +103,22 @@ for b in "${bins[@]}"; do
         [ -e "$root$lib" ] || { mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; }
     done
 done
+# tests/gdb.rs and tests/dumpcore.rs drive Debian's gdb (apt-get install gdb).
+if grep -qE '^(gdb|dumpcore) ' "$out/tests.txt"; then
+    gdb=$(command -v gdb) || { echo "stdkvm: gdb is missing (apt-get install gdb)" >&2; exit 1; }
+    # At its own path (it finds Python's prefix from it), on PATH as /bin/gdb.
+    mkdir -p "$root/usr/bin" && cp -L "$gdb" "$root/usr/bin/gdb" && ln -sf /usr/bin/gdb "$root/bin/gdb"
+    ldd "$gdb" | grep -o '/[^ ]*' | while read -r lib; do
+        [ -e "$root$lib" ] || { mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; }
+    done
+    # gdb embeds Python: its standard library and gdb's own data directory.
+    # (Debian's Python, the one gdb links, not whichever python3 is on PATH.)
+    py=$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+    for d in "$py" /usr/share/gdb; do
+        mkdir -p "$root$d" && (cd "$d" && tar -c --exclude=__pycache__ --exclude=test \
+            --exclude=dist-packages --exclude=site-packages . ) | tar -x -C "$root$d"
+    done
+fi
 mkdir -p "$root$guests" && cp "$guests"/*.hvt "$root$guests/"
 cp "$out/tests.txt" "$root/stdkvm/tests"
 cat >"$root/stdkvm/config" <<CFG
