@@ -8,7 +8,8 @@
 #
 # Environment: STDKVM_MODES ("npt shadow"), STDKVM_CPUS (1), STDKVM_THREADS (2),
 # STDKVM_SKIP (libtest --skip names), STDKVM_FILTER (a libtest filter),
-# STDKVM_TIMEOUT (per test binary, s), STDKVM_LIMIT (whole VM, s).
+# STDKVM_TIMEOUT (per test binary, s), STDKVM_LIMIT (whole VM, s),
+# STDKVM_OUT (work directory, target/stdkvm).
 # Prints one line per test and mode, then
 # "stdkvm: N passed, M failed"; exits 1 if any failed or never ran.
 # Debian packages: qemu-system-x86 busybox-static (tools/test.sh installs
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-out=$repo/target/stdkvm
+out=${STDKVM_OUT:-$repo/target/stdkvm}
 DEFAULT_TESTS="core hostile function block snapshot pool bad_input"
 # Too slow under TCG: 50 concurrent restores (a page-sharing measure) and
 # 200 sequential warm/cold runs (restored_meta covers a restore's I/O).
