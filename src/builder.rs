@@ -52,6 +52,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
     // Every manifest device bound: backing files and TAPs opened, the
     // guest's manifest copy filled in.
     let (mut devices, manifest) = crate::devices::attach::attach(&img.manifest, &cfg.devices)?;
+    devices.console = crate::devices::console::Console::for_image(img.function);
 
     // 1b. Accelerator plugins start before the guest's first instruction.
     let accel = crate::accel::Accel::build(&cfg.accel)?;
@@ -92,6 +93,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         tsc_hz,
         guest_abi::skiff::SKIFF_FEATURE_EXT
             | guest_abi::skiff::SKIFF_FEATURE_FUNCTION
+            | guest_abi::skiff::SKIFF_FEATURE_RESP_HEAD
             | accel
                 .as_ref()
                 .map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_ACCEL),

@@ -30,6 +30,9 @@ pub enum Policy {
     /// `seccomp/pool.json` plus run's rules: a pool worker, which also
     /// takes its request from a socket (src/pool/).
     Pool,
+    /// `seccomp/serve.json`: `skiff serve`'s HTTP front (src/serve/), which
+    /// runs no guest: sockets, pipes, epoll, memory.
+    Serve,
 }
 
 impl Policy {
@@ -39,6 +42,7 @@ impl Policy {
             Policy::Run => &bpf::RUN,
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
+            Policy::Serve => &bpf::SERVE,
         }
     }
 }

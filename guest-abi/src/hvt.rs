@@ -46,6 +46,8 @@ pub enum Hypercall {
     ReqMeta = 18,
     /// skiff: accelerator generic operation.
     AccelOp = 19,
+    /// skiff: set the response's HTTP status and content type.
+    RespHead = 20,
 }
 
 impl Hypercall {
@@ -71,6 +73,7 @@ impl TryFrom<u16> for Hypercall {
             17 => Self::RespWrite,
             18 => Self::ReqMeta,
             19 => Self::AccelOp,
+            20 => Self::RespHead,
             other => return Err(other),
         })
     }

@@ -1,6 +1,7 @@
 //! Command-line entry: argv[0] picks the mode (`skiff ...` or the drop-in
 //! `solo5-hvt ...`), clap parses, errors become one line and exit 1.
 
+mod serve;
 mod solo5;
 
 use crate::config::{self, MemSize, RunConfig};
@@ -95,6 +96,9 @@ enum Command {
     /// Keep guests restored from a snapshot ready on a unix socket:
     /// skiff pool --socket PATH --restore FILE [run flags] KERNEL
     Pool(crate::pool::PoolArgs),
+    /// Serve HTTP: every request gets a fresh guest (restored from
+    /// --restore FILE, or booted cold): skiff serve --listen ADDR KERNEL
+    Serve(serve::ServeArgs),
     /// Serve one request with a pool's ready guest: skiff call PATH
     /// (stdin, stdout, stderr and Http_* variables go to the guest)
     Call(crate::pool::call::CallArgs),
@@ -210,6 +214,7 @@ pub fn main() -> i32 {
         Ok(Command::Snapshot(s)) => return crate::snapshot::cli::main(&prog, s),
         Ok(Command::Pool(p)) => return crate::pool::main(&prog, p),
         Ok(Command::Call(c)) => return crate::pool::call::main(&prog, c),
+        Ok(Command::Serve(s)) => return serve::main(&prog, s),
         Err(e) => return clap_exit(&prog, e),
     };
     let restore = run.restore.clone();

@@ -87,6 +87,10 @@ impl Devices {
                 arg,
             } => self.function.req_meta(mem, arg)?,
             Request::Extension {
+                nr: Hypercall::RespHead,
+                arg,
+            } => self.function.resp_head(mem, arg)?,
+            Request::Extension {
                 nr: Hypercall::AccelOp,
                 arg,
             } => crate::accel::hypercall(self.accel.as_mut(), mem, arg)?,

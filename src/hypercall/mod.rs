@@ -18,6 +18,7 @@
 //! | 17 | RESP_WRITE  | `devices/function.rs`         |
 //! | 18 | REQ_META    | `devices/function.rs`         |
 //! | 19 | ACCEL_OP    | `accel/` (skiff extension)    |
+//! | 20 | RESP_HEAD   | `devices/function.rs`         |
 
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::{Exit, GuestFault};

@@ -76,7 +76,7 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
         );
         return 1;
     }
-    if !restores_here(prog, &cfg, &snap) {
+    if !restores_here(prog, &cfg, Some(&snap)) {
         return 1;
     }
     let listener = match listen(&a.socket) {
@@ -86,12 +86,7 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
             return 1;
         }
     };
-    // Workers wait in ppoll, then accept without blocking (worker.rs).
-    if let Err(e) = listener.set_nonblocking(true) {
-        report(prog, &format_args!("{}: {e}", a.socket.display()));
-        return 1;
-    }
-    let status = supervise(prog, &cfg, &snap, &listener, a.workers, &a.socket);
+    let status = supervise(prog, &cfg, Some(&snap), &listener, a.workers, &a.socket);
     let _ = std::fs::remove_file(&a.socket);
     status
 }
@@ -100,7 +95,7 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
 /// reason, once, before any worker tries. The trial runs in a child: a
 /// restore with accelerators starts plugin threads, and the pool must stay
 /// single-threaded to fork its workers.
-fn restores_here(prog: &str, cfg: &RunConfig, snap: &Path) -> bool {
+pub(crate) fn restores_here(prog: &str, cfg: &RunConfig, snap: Option<&Path>) -> bool {
     // SAFETY: single-threaded here; the child only restores and exits.
     match unsafe { libc::fork() } {
         -1 => {
@@ -111,7 +106,7 @@ fn restores_here(prog: &str, cfg: &RunConfig, snap: &Path) -> bool {
             false
         }
         0 => {
-            let r = crate::snapshot::restore::prepare(snap, cfg).and_then(|p| p.check_clock());
+            let r = worker::Ready::new(cfg, snap);
             if let Err(e) = &r {
                 report(prog, e);
             }
@@ -158,7 +153,7 @@ pub(super) fn set_stop_signals(how: libc::c_int) {
 fn spawn(
     prog: &str,
     cfg: &RunConfig,
-    snap: &Path,
+    snap: Option<&Path>,
     listener: &UnixListener,
 ) -> std::io::Result<Worker> {
     let mut fds = [-1; 2];
@@ -187,16 +182,24 @@ fn spawn(
     }
 }
 
-/// Keeps `n` workers starting or ready until SIGINT/SIGTERM (status 0) or
-/// until a worker fails to start (1: its message is on stderr).
-fn supervise(
+/// Keeps `n` workers (restored from `snap`, or built cold without one)
+/// starting or ready until SIGINT/SIGTERM (status 0) or until a worker
+/// fails to start (1: its message is on stderr). `skiff serve` runs its
+/// guests through this too; the caller has checked the configuration
+/// (see [`restores_here`]).
+pub(crate) fn supervise(
     prog: &str,
     cfg: &RunConfig,
-    snap: &Path,
+    snap: Option<&Path>,
     listener: &UnixListener,
     n: usize,
     path: &Path,
 ) -> i32 {
+    // Workers wait in ppoll, then accept without blocking (worker.rs).
+    if let Err(e) = listener.set_nonblocking(true) {
+        report(prog, &format_args!("{}: {e}", path.display()));
+        return 1;
+    }
     // Busy workers are not waited for: the kernel reaps them.
     // SAFETY: setting a standard disposition.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };

@@ -12,6 +12,7 @@ use crate::config::RunConfig;
 use crate::devices::function::Function;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
+use crate::vmm::Vm;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -49,7 +50,7 @@ fn tell(pipe: RawFd, what: u8) {
 pub(super) fn serve(
     prog: &str,
     cfg: &RunConfig,
-    snap: &Path,
+    snap: Option<&Path>,
     listener: &UnixListener,
     pipe: RawFd,
     pool: libc::pid_t,
@@ -64,7 +65,7 @@ pub(super) fn serve(
     if unsafe { libc::getppid() } != pool {
         return 0; // the pool died before PDEATHSIG was set
     }
-    let prepared = match restore::prepare(snap, cfg).and_then(|p| p.check_clock().map(|()| p)) {
+    let prepared = match Ready::new(cfg, snap) {
         Ok(p) => p,
         Err(e) => {
             report(prog, &e);
@@ -141,13 +142,28 @@ pub(super) fn serve(
     }
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
-    let (status, _vm) = match prepared.resume(Function::from_vars(vars.into_iter())) {
+    let framed = vars.iter().any(|(k, _)| k == proto::FRAMED_VAR);
+    let mut function = Function::from_vars(vars.into_iter());
+    if framed {
+        function = function.framed();
+    }
+    let (status, _vm) = match prepared.start(function) {
         Ok(mut vm) => (crate::cli::outcome(prog, vm.run()), Some(vm)),
         Err(e) => {
             report(prog, &e);
             (1, None)
         }
     };
+    // The guest is over: the caller hanging up after the reply must not
+    // run the vCPU's SIGIO handler while the VM is being torn down (it
+    // would write to the unmapped kvm_run page).
+    // SAFETY: a valid sigset built in place; changes only our mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
     // The caller's readers see EOF once it exits, not when we do.
     for fd in 0..3 {
         // SAFETY: closing the caller's stdio, which nothing uses any more.
@@ -162,6 +178,42 @@ pub(super) fn serve(
     // A caller that has gone cannot be answered; nothing else to do.
     let _ = (&conn).write_all(&reply.encode());
     0
+}
+
+/// What a worker holds before its request: a guest restored from the
+/// snapshot up to its clock, or (no snapshot: `skiff serve` cold) one
+/// built from the image up to its first instruction.
+// The VM is large but there is exactly one per worker.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Ready {
+    Restored(restore::Prepared),
+    Cold(Vm),
+}
+
+impl Ready {
+    /// Everything that does not depend on the request.
+    pub(crate) fn new(cfg: &RunConfig, snap: Option<&Path>) -> Result<Self, String> {
+        match snap {
+            Some(snap) => restore::prepare(snap, cfg)
+                .and_then(|p| p.check_clock().map(|()| Ready::Restored(p)))
+                .map_err(|e| e.to_string()),
+            None => crate::builder::build(cfg)
+                .map(Ready::Cold)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Hands the guest its request: it can run.
+    fn start(self, function: Function) -> Result<Vm, String> {
+        match self {
+            Ready::Restored(p) => p.resume(function).map_err(|e| e.to_string()),
+            Ready::Cold(mut vm) => {
+                vm.devices.function = function;
+                crate::devices::function::widen_pipes();
+                Ok(vm)
+            }
+        }
+    }
 }
 
 /// Reads the request and puts the caller's stdin, stdout and stderr on

@@ -236,6 +236,7 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
         })?;
     let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
     let (mut devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
+    devices.console = crate::devices::console::Console::for_image(img.function);
     check_devices(&meta.devices, &entries)?;
     // The guest learnt at boot whether accelerators are there; it had no
     // session open at the snapshot (save.rs), so a fresh runtime is its.

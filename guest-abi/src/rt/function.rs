@@ -6,7 +6,8 @@ use super::hypercall::hypercall;
 use super::Ctx;
 use crate::hvt::{ret, Hypercall};
 use crate::skiff::{
-    self, HcReqMeta, HcReqRead, HcRespWrite, REQ_READ_FILL, SKIFF_FEATURE_FUNCTION,
+    self, HcReqMeta, HcReqRead, HcRespHead, HcRespWrite, REQ_READ_FILL, SKIFF_FEATURE_FUNCTION,
+    SKIFF_FEATURE_RESP_HEAD,
 };
 
 /// Does the tender serve the function I/O hypercalls?
@@ -79,6 +80,27 @@ pub fn resp_write(buf: &[u8]) -> Result<(), i32> {
     };
     // SAFETY: `arg` is a RESP_WRITE struct naming `buf`, which is readable.
     unsafe { hypercall(Hypercall::RespWrite, &mut arg) };
+    match arg.ret {
+        ret::OK => Ok(()),
+        code => Err(code),
+    }
+}
+
+/// Sets the response's HTTP status and (if not empty) content type, before
+/// the first [`resp_write`]. A tender without RESP_HEAD (an older skiff)
+/// is left alone: the function still answers, with the default head.
+pub fn resp_head(ctx: &Ctx, status: u16, content_type: &str) -> Result<(), i32> {
+    if ctx.host_features() & SKIFF_FEATURE_RESP_HEAD == 0 {
+        return Ok(());
+    }
+    let mut arg = HcRespHead {
+        content_type: content_type.as_ptr() as usize as u64,
+        type_len: content_type.len() as u64,
+        status: u32::from(status),
+        ret: ret::EUNSPEC,
+    };
+    // SAFETY: `arg` is a RESP_HEAD struct naming `content_type` (readable).
+    unsafe { hypercall(Hypercall::RespHead, &mut arg) };
     match arg.ret {
         ret::OK => Ok(()),
         code => Err(code),

@@ -1,0 +1,83 @@
+//! `skiff serve`'s flags and entry point (the server is src/serve/).
+
+use super::{report, RunArgs};
+use crate::serve::ServeConfig;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Most workers a server keeps (as a pool).
+const WORKERS_MAX: usize = 64;
+
+/// `skiff serve --listen ADDR [--workers N] [--max-body BYTES]
+/// [--timeout MS] [--restore FILE] [run flags] KERNEL [ARGS...]`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to serve HTTP on (OpenFaaS: 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Serve Prometheus metrics on this address (any path).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Guests kept ready, each for one request (at most 64).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub workers: usize,
+    /// Largest request body accepted; larger gets 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_body: u64,
+    /// Longest a request may take; longer gets 504 and its guest stopped.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub timeout: u64,
+    /// Requests that may wait for a busy worker; more get 503.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub queue: usize,
+    /// On SIGTERM, how long requests in flight may take to finish.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub drain: u64,
+    /// (With --restore given through the run flags: every guest is
+    /// restored from that snapshot; without it each guest boots cold.)
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+pub fn main(prog: &str, a: ServeArgs) -> i32 {
+    if a.workers == 0 || a.workers > WORKERS_MAX {
+        report(prog, &format_args!("--workers must be 1 to {WORKERS_MAX}"));
+        return 1;
+    }
+    if a.timeout == 0 {
+        report(prog, &"--timeout must be at least 1 ms");
+        return 1;
+    }
+    let restore: Option<PathBuf> = a.run.restore.clone();
+    let Some(run) = a.run.config_or_report(prog) else {
+        return 1;
+    };
+    if !run.devices.net.is_empty() {
+        report(
+            prog,
+            &"serve runs many guests at once: --net is not supported",
+        );
+        return 1;
+    }
+    let cfg = ServeConfig {
+        listen: a.listen,
+        metrics: a.metrics,
+        workers: a.workers,
+        max_body: a.max_body,
+        timeout: Duration::from_millis(a.timeout),
+        queue: a.queue,
+        drain: Duration::from_millis(a.drain),
+        restore,
+    };
+    match crate::serve::run(prog, cfg, run) {
+        Ok(()) => 0,
+        // Its reason is on stderr already.
+        Err(crate::serve::ServeError::Function) => 1,
+        Err(e) => {
+            report(prog, &e);
+            1
+        }
+    }
+}
