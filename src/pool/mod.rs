@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 /// Most workers a pool keeps.
 const WORKERS_MAX: usize = 64;
+/// Failed worker starts in a row (after the pool was ready) that end it.
+const FAILURES_MAX: u32 = 8;
 
 /// `skiff pool [--workers N] --socket PATH --restore FILE [run flags] KERNEL`
 #[derive(Debug, Args)]
@@ -206,6 +208,7 @@ pub(crate) fn supervise(
     set_stop_signals(libc::SIG_BLOCK);
     let mut workers: Vec<Worker> = Vec::new();
     let mut announced = false;
+    let mut failures = 0;
     let status = 'serve: loop {
         // A replacement starts when a busy worker has finished (its restore
         // would otherwise compete with the running request for the CPU),
@@ -261,8 +264,22 @@ pub(crate) fn supervise(
             let got = unsafe { libc::read(p.fd, (&mut byte as *mut u8).cast(), 1) };
             let w = &mut workers[i];
             match (got, byte) {
-                (1, worker::READY) => w.state = State::Ready,
+                (1, worker::READY) => {
+                    w.state = State::Ready;
+                    failures = 0;
+                }
                 (1, worker::TAKEN) => w.state = State::Busy,
+                // Once the pool has been ready, a failed restore (e.g. the
+                // clock check losing a race with a loaded host) costs one
+                // worker, which is replaced; only a run of them ends it.
+                _ if w.state == State::Starting && announced && failures < FAILURES_MAX => {
+                    failures += 1;
+                    report(
+                        prog,
+                        &"pool: a worker could not restore the snapshot (see above); replacing it",
+                    );
+                    gone.push(i);
+                }
                 _ if w.state == State::Starting => {
                     report(
                         prog,
