@@ -94,6 +94,7 @@ pub fn build(cfg: &RunConfig) -> Result<Vm, BuildError> {
         guest_abi::skiff::SKIFF_FEATURE_EXT
             | guest_abi::skiff::SKIFF_FEATURE_FUNCTION
             | guest_abi::skiff::SKIFF_FEATURE_RESP_HEAD
+            | guest_abi::skiff::SKIFF_FEATURE_REQ_NEXT
             | accel
                 .as_ref()
                 .map_or(0, |_| guest_abi::skiff::SKIFF_FEATURE_ACCEL),

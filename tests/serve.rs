@@ -595,3 +595,66 @@ fn bad_flags_are_one_line_errors() {
         assert!(e.contains(needle), "{flags:?}: {e}");
     }
 }
+
+#[test]
+fn warm_guests_serve_many_requests_only_with_the_flag() {
+    let dir = TempDir::new("serve-warm");
+    let snap = snapshot(&dir, "warm");
+    let flags = |warm: bool| {
+        let mut f = vec![
+            "--mem=32",
+            "--workers",
+            "1",
+            "--restore",
+            snap.to_str().unwrap(),
+        ];
+        if warm {
+            f.push("--warm");
+        }
+        f
+    };
+    // Default: one guest per request, even for a function that asks for more.
+    let s = Server::start(&flags(false), &guest("warm"), &[]);
+    for i in 0..3 {
+        let r = s.request("POST", "/", format!("body {i}").as_bytes());
+        assert_eq!(r.status, 200, "{}", s.log());
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            format!("request 1 of this guest\nbody {i}")
+        );
+    }
+    drop(s);
+    // --warm: a guest takes the next request (REQ_NEXT) and keeps count.
+    // (The pool still starts a fresh worker while every worker is busy,
+    // so which guest answers varies; some answer more than once.)
+    let s = Server::start(&flags(true), &guest("warm"), &[]);
+    let mut most = 0;
+    for i in 1..=10 {
+        let r = s.request("POST", "/", format!("body {i}").as_bytes());
+        assert_eq!(r.status, 200, "{}", s.log());
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let (first, body) = text.split_once('\n').unwrap();
+        assert_eq!(body, format!("body {i}"));
+        let n: u32 = first
+            .strip_prefix("request ")
+            .and_then(|r| r.strip_suffix(" of this guest"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        most = most.max(n);
+    }
+    assert!(most >= 3, "no guest served more than {most} requests");
+    // Its worker is still confined.
+    for w in workers(&s) {
+        assert_eq!(
+            status_field(w, "Seccomp").as_deref(),
+            Some("2"),
+            "worker {w}"
+        );
+    }
+    // Under skiff run (the classic watchdog) it serves one and halts 0.
+    let mut cmd = Command::new(skiff());
+    cmd.args(["run", "--mem=32"]).arg(guest("warm"));
+    let o = run_with(cmd, b"once", Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"request 1 of this guest\nonce");
+}

@@ -46,6 +46,7 @@ enum skiff_hvt_hypercall {
     SKIFF_HC_REQ_META = 18,
     SKIFF_HC_ACCEL_OP = 19,
     SKIFF_HC_RESP_HEAD = 20,
+    SKIFF_HC_REQ_NEXT = 21,
 };
 
 /* Result codes in `ret` fields (solo5_result_t). */
@@ -230,6 +231,13 @@ struct skiff_resp_head {
     int32_t ret;
 };
 _Static_assert(sizeof(struct skiff_resp_head) == 24, "resp_head size");
+
+/* REQ_NEXT: end this response, wait for the next request (skiff serve
+ * --warm only; elsewhere ret is EUNSPEC and the guest should halt). */
+struct skiff_req_next {
+    int32_t ret;
+    uint32_t pad;
+};
 
 _Static_assert(sizeof(struct skiff_req_read) == 32, "req_read size");
 _Static_assert(sizeof(struct skiff_resp_write) == 24, "resp_write size");

@@ -48,6 +48,8 @@ pub enum Hypercall {
     AccelOp = 19,
     /// skiff: set the response's HTTP status and content type.
     RespHead = 20,
+    /// skiff: end this request's response and wait for the next request.
+    ReqNext = 21,
 }
 
 impl Hypercall {
@@ -74,6 +76,7 @@ impl TryFrom<u16> for Hypercall {
             18 => Self::ReqMeta,
             19 => Self::AccelOp,
             20 => Self::RespHead,
+            21 => Self::ReqNext,
             other => return Err(other),
         })
     }

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub drain: u64,
+    /// Let a function that asks for the next request (REQ_NEXT) keep its
+    /// guest across requests: faster, but those requests share the guest's
+    /// memory (one function only: a server serves one image).
+    #[arg(long)]
+    pub warm: bool,
     /// (With --restore given through the run flags: every guest is
     /// restored from that snapshot; without it each guest boots cold.)
     #[command(flatten)]
@@ -70,6 +75,7 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
         queue: a.queue,
         drain: Duration::from_millis(a.drain),
         restore,
+        warm: a.warm,
     };
     match crate::serve::run(prog, cfg, run) {
         Ok(()) => 0,

@@ -10,9 +10,10 @@ use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::{signals, GuestFault};
 use guest_abi::hvt::ret;
 use guest_abi::skiff::{
-    self, HcReqMeta, HcReqRead, HcRespHead, HcRespWrite, REQ_META_NAME_MAX, REQ_READ_FILL,
-    RESP_HEAD_TYPE_MAX,
+    self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_META_NAME_MAX,
+    REQ_READ_FILL, RESP_HEAD_TYPE_MAX,
 };
+use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use thiserror::Error;
@@ -48,6 +49,23 @@ pub struct Function {
     framed: bool,
     /// The head is settled: RESP_HEAD was called, or a body byte written.
     head_done: bool,
+    /// How to end this request and take the next (REQ_NEXT); `None`:
+    /// guests are not kept warm here.
+    next: Option<NextRequest>,
+}
+
+/// Ends the current request (its response is complete) and waits for the
+/// next one, whose stdio it puts on fds 0-2: that request's variables, or
+/// `None` when there will be none (the server is stopping).
+pub struct NextRequest(pub Box<dyn FnMut() -> Option<Vars>>);
+
+/// Request variables (`Http_*` and the pool's own), as name and value.
+pub type Vars = Vec<(OsString, OsString)>;
+
+impl std::fmt::Debug for NextRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NextRequest")
+    }
 }
 
 /// The head frame that starts a framed response: `SKH1`, status (u16 LE,
@@ -172,6 +190,32 @@ impl Function {
             meta,
             ..Self::default()
         }
+    }
+
+    /// Keeps the guest warm: REQ_NEXT ends the request through `next`.
+    pub fn warm(mut self, next: NextRequest) -> Self {
+        self.next = Some(next);
+        self
+    }
+
+    /// REQ_NEXT: this response is complete; the next request becomes the
+    /// current one (fresh body, metadata and head; same framing and hook).
+    pub fn req_next(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
+        let call = "REQ_NEXT";
+        let mut req: HcReqNext = mem
+            .read_obj(arg)
+            .map_err(|err| GuestFault::BadArgument { call, err })?;
+        let next = self.next.as_mut().and_then(|n| (n.0)());
+        req.ret = match next {
+            Some(vars) => {
+                let fresh = Function::from_vars(vars.into_iter());
+                self.meta = fresh.meta;
+                (self.read, self.limit, self.eof, self.head_done) = (0, 0, false, false);
+                ret::OK
+            }
+            None => ret::EUNSPEC,
+        };
+        Ok(write_back(mem, call, arg, req)?)
     }
 
     /// Starts stdout with a head frame (see [`head_frame`]).

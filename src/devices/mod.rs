@@ -91,6 +91,10 @@ impl Devices {
                 arg,
             } => self.function.resp_head(mem, arg)?,
             Request::Extension {
+                nr: Hypercall::ReqNext,
+                arg,
+            } => self.function.req_next(mem, arg)?,
+            Request::Extension {
                 nr: Hypercall::AccelOp,
                 arg,
             } => crate::accel::hypercall(self.accel.as_mut(), mem, arg)?,

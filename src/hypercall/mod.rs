@@ -19,6 +19,7 @@
 //! | 18 | REQ_META    | `devices/function.rs`         |
 //! | 19 | ACCEL_OP    | `accel/` (skiff extension)    |
 //! | 20 | RESP_HEAD   | `devices/function.rs`         |
+//! | 21 | REQ_NEXT    | `devices/function.rs`         |
 
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::{Exit, GuestFault};

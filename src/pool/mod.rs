@@ -16,6 +16,7 @@
 
 pub mod call;
 pub mod proto;
+mod warm;
 mod worker;
 
 use crate::cli::{report, RunArgs};

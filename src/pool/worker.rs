@@ -30,7 +30,7 @@ pub(super) const READY: u8 = b'R';
 pub(super) const TAKEN: u8 = b'A';
 
 #[derive(Debug, Error)]
-enum RequestError {
+pub(super) enum RequestError {
     #[error("pool request: {0}")]
     Io(#[from] std::io::Error),
     #[error("pool request: {0}")]
@@ -41,7 +41,7 @@ enum RequestError {
     Short,
 }
 
-fn tell(pipe: RawFd, what: u8) {
+pub(super) fn tell(pipe: RawFd, what: u8) {
     // SAFETY: one byte from our stack to our own pipe.
     unsafe { libc::write(pipe, (&what as *const u8).cast(), 1) };
 }
@@ -78,51 +78,17 @@ pub(super) fn serve(
         Some(_) => Policy::Accel,
         None => Policy::Pool,
     };
+    // A warm guest's worker (skiff serve --warm) takes more requests from
+    // this socket and parks its stdio on its own stderr between them.
+    let warm_fds = super::warm::Fds::new(listener);
     if crate::seccomp::confine(prog, policy).is_none() {
         return 1;
     }
     tell(pipe, READY);
-    // SIGINT/SIGTERM (the pool ending, or PDEATHSIG) are blocked except
-    // inside ppoll, so one that came during the restore is seen here and
-    // one that comes later interrupts the wait. The listening socket is
-    // non-blocking: the workers that woke for a connection but lost it
-    // to another wait again.
-    let conn = loop {
-        if crate::vcpu::signals::pending().is_some() {
-            return 0;
-        }
-        let mut p = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; the empty set is a valid sigset_t.
-        unsafe {
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::ppoll(&mut p, 1, std::ptr::null(), &none);
-        }
-        // SAFETY: accept4 on our listening socket; no address wanted.
-        let fd = unsafe {
-            libc::accept4(
-                listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: accept4 returned a fresh fd that we now own.
-            break unsafe { UnixStream::from_raw_fd(fd) };
-        }
-        let e = std::io::Error::last_os_error();
-        if !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-        ) {
-            report(prog, &format_args!("pool: accept: {e}"));
-            return 1;
-        }
+    let conn = match accept_one(prog, listener) {
+        Ok(Some(c)) => c,
+        Ok(None) => return 0,
+        Err(status) => return status,
     };
     // From here SIGINT/SIGTERM stop the guest, as in `skiff run`.
     super::set_stop_signals(libc::SIG_UNBLOCK);
@@ -143,9 +109,19 @@ pub(super) fn serve(
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
     let framed = vars.iter().any(|(k, _)| k == proto::FRAMED_VAR);
+    let warm = vars.iter().any(|(k, _)| k == proto::WARM_VAR);
     let mut function = Function::from_vars(vars.into_iter());
     if framed {
         function = function.framed();
+    }
+    let conn = std::rc::Rc::new(std::cell::RefCell::new(conn));
+    if let (true, Some(w)) = (warm, warm_fds) {
+        function = function.warm(super::warm::next_request(
+            prog.to_string(),
+            conn.clone(),
+            w,
+            pipe,
+        ));
     }
     let (status, _vm) = match prepared.start(function) {
         Ok(mut vm) => (crate::cli::outcome(prog, vm.run()), Some(vm)),
@@ -176,8 +152,53 @@ pub(super) fn serve(
         exits,
     };
     // A caller that has gone cannot be answered; nothing else to do.
-    let _ = (&conn).write_all(&reply.encode());
+    let _ = (&*conn.borrow()).write_all(&reply.encode());
     0
+}
+
+/// Waits for the next connection on `listener` with SIGINT/SIGTERM
+/// unblocked only inside ppoll (so one that came earlier is seen here,
+/// and one that comes later interrupts the wait); `None` when one came.
+/// The listening socket is non-blocking: the workers that woke for a
+/// connection but lost it to another wait again. `Err`: exit status.
+pub(super) fn accept_one(prog: &str, listener: &UnixListener) -> Result<Option<UnixStream>, i32> {
+    loop {
+        if crate::vcpu::signals::pending().is_some() {
+            return Ok(None);
+        }
+        let mut p = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; the empty set is a valid sigset_t.
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::ppoll(&mut p, 1, std::ptr::null(), &none);
+        }
+        // SAFETY: accept4 on our listening socket; no address wanted.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a fresh fd that we now own.
+            return Ok(Some(unsafe { UnixStream::from_raw_fd(fd) }));
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ) {
+            report(prog, &format_args!("pool: accept: {e}"));
+            return Err(1);
+        }
+    }
 }
 
 /// What a worker holds before its request: a guest restored from the
@@ -218,7 +239,10 @@ impl Ready {
 
 /// Reads the request and puts the caller's stdin, stdout and stderr on
 /// fds 0, 1 and 2; returns its variables.
-fn receive(conn: &UnixStream, buf: &mut [u8]) -> Result<Vec<(OsString, OsString)>, RequestError> {
+pub(super) fn receive(
+    conn: &UnixStream,
+    buf: &mut [u8],
+) -> Result<Vec<(OsString, OsString)>, RequestError> {
     conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut fds = [-1; FDS + 1];
     let mut iov = [libc::iovec {
@@ -273,7 +297,7 @@ fn fill(
 
 /// Arranges SIGIO when the caller hangs up (it was killed, or gave up),
 /// which stops the guest as SIGTERM would. False if it already has.
-fn watch_hangup(conn: &UnixStream) -> bool {
+pub(super) fn watch_hangup(conn: &UnixStream) -> bool {
     let fd = conn.as_raw_fd();
     let mut byte = 0u8;
     // SAFETY: fcntl on our own socket; recv peeks one byte into `byte`.

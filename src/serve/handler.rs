@@ -160,7 +160,7 @@ async fn answer(
         return (Some(r.status()), "(queue full)", r);
     };
     let vars = super::vars::http_vars(&parts, len);
-    let (mut guest, stdin) = match Guest::dispatch(&state.pool, &vars) {
+    let (mut guest, stdin) = match Guest::dispatch(&state.pool, &vars, state.cfg.warm) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("{}: {e}", state.prog);

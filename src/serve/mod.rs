@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub drain: Duration,
     /// Restore each guest from this snapshot; `None`: boot each cold.
     pub restore: Option<PathBuf>,
+    /// A guest that asks for the next request (REQ_NEXT) keeps serving
+    /// this function's requests (`--warm`; see docs/serve.md).
+    pub warm: bool,
 }
 
 #[derive(Debug, Error)]
@@ -243,6 +246,12 @@ async fn serve(
                 p.display()
             )),
     );
+    if state.cfg.warm {
+        eprintln!(
+            "{}: --warm: a guest that asks for the next request serves more than one (they share its memory)",
+            state.prog
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     loop {

@@ -6,8 +6,8 @@ use super::hypercall::hypercall;
 use super::Ctx;
 use crate::hvt::{ret, Hypercall};
 use crate::skiff::{
-    self, HcReqMeta, HcReqRead, HcRespHead, HcRespWrite, REQ_READ_FILL, SKIFF_FEATURE_FUNCTION,
-    SKIFF_FEATURE_RESP_HEAD,
+    self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_READ_FILL,
+    SKIFF_FEATURE_FUNCTION, SKIFF_FEATURE_REQ_NEXT, SKIFF_FEATURE_RESP_HEAD,
 };
 
 /// Does the tender serve the function I/O hypercalls?
@@ -105,6 +105,22 @@ pub fn resp_head(ctx: &Ctx, status: u16, content_type: &str) -> Result<(), i32> 
         ret::OK => Ok(()),
         code => Err(code),
     }
+}
+
+/// Ends this request's response and waits for the next request: `true`
+/// when one is now current (only under `skiff serve --warm`), `false`
+/// when the tender keeps no warm guests: return from main then.
+pub fn req_next(ctx: &Ctx) -> bool {
+    if ctx.host_features() & SKIFF_FEATURE_REQ_NEXT == 0 {
+        return false;
+    }
+    let mut arg = HcReqNext {
+        ret: ret::EUNSPEC,
+        _pad: 0,
+    };
+    // SAFETY: `arg` is a REQ_NEXT struct.
+    unsafe { hypercall(Hypercall::ReqNext, &mut arg) };
+    arg.ret == ret::OK
 }
 
 /// Why [`req_meta`] found no value.
