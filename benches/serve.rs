@@ -145,10 +145,11 @@ fn serve_fork_exec(c: TcpStream, kernel: &Path) {
 }
 
 /// `skiff serve` on an ephemeral port; its address once it listens.
-fn start_serve(snap: &Path, kernel: &Path, workers: usize) -> (Child, String) {
+fn start_serve(snap: &Path, kernel: &Path, workers: usize, warm: bool) -> (Child, String) {
     let mut child = Command::new(skiff())
         .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
         .arg(workers.to_string())
+        .args(warm.then_some("--warm"))
         .args([MEM, "--restore"])
         .arg(snap)
         .arg(kernel)
@@ -172,12 +173,18 @@ fn start_serve(snap: &Path, kernel: &Path, workers: usize) -> (Child, String) {
     (child, addr)
 }
 
-fn plot(path: &Path, serve: &[Run], fork: &[Run]) -> Result<(), Box<dyn std::error::Error>> {
+fn plot(
+    path: &Path,
+    serve: &[Run],
+    fork: &[Run],
+    warm: &[Run],
+) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = serve
         .iter()
         .chain(fork)
+        .chain(warm)
         .map(|r| r.p99_ms)
         .fold(1.0f64, f64::max)
         * 1.3;
@@ -258,7 +265,7 @@ fn main() {
     )
     .unwrap();
 
-    let (mut server, addr) = start_serve(&snap, &kernel, 4);
+    let (mut server, addr) = start_serve(&snap, &kernel, 4, false);
     let fork_addr = fork_exec_server(kernel.clone());
     let serve_url = format!("http://{addr}/");
     let fork_url = format!("http://{fork_addr}/");
@@ -273,6 +280,27 @@ fn main() {
     }
     let _ = server.kill();
     let _ = server.wait();
+    // The warm guest (REQ_NEXT) under --warm: what the front and one
+    // worker hand-off cost when no guest is restored per request.
+    let wkernel = guest_images::image("warm");
+    let wsnap = dir.join("warm.snap");
+    let st = Command::new(skiff())
+        .args(["snapshot", MEM, "--out"])
+        .arg(&wsnap)
+        .arg(&wkernel)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "snapshot failed");
+    let (mut wserver, waddr) = start_serve(&wsnap, &wkernel, 4, true);
+    let wurl = format!("http://{waddr}/");
+    wrk(&wurl, 1, 1, &script);
+    let warm: Vec<Run> = CONNS
+        .iter()
+        .map(|&c| wrk(&wurl, c, secs, &script))
+        .collect();
+    let _ = wserver.kill();
+    let _ = wserver.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("echo, 1 KiB POST, wrk on loopback, {secs} s per run");
@@ -292,8 +320,15 @@ fn main() {
             s.rps / f.rps
         );
     }
+    println!("skiff serve --warm (guests kept across requests, REQ_NEXT):");
+    for (c, w) in CONNS.iter().zip(&warm) {
+        println!(
+            "{c:>5}  {:>7.3} / {:>7.3} {:>6.0}/s",
+            w.p50_ms, w.p99_ms, w.rps
+        );
+    }
     let svg = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/serve-latency.svg");
-    match plot(&svg, &serve, &fork) {
+    match plot(&svg, &serve, &fork, &warm) {
         Ok(()) => println!("plot: {}", svg.display()),
         Err(e) => eprintln!("serve bench: cannot draw {}: {e}", svg.display()),
     }
