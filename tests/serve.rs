@@ -368,6 +368,15 @@ fn each_status_as_documented() {
     let _ = c.write_all(b"0\r\n\r\n");
     let r = read_response(&mut BufReader::new(c));
     assert_eq!(r.status, 413);
+    // Headers whose Http_* variables exceed what a worker takes: 431.
+    let mut c = s.connect();
+    let big: Vec<String> = (0..40)
+        .map(|i| format!("X-Big-{i}: {}", "h".repeat(2000)))
+        .collect();
+    let big: Vec<&str> = big.iter().map(String::as_str).collect();
+    send(&mut c, "POST", "/", b"x", &big);
+    let r = read_response(&mut BufReader::new(c));
+    assert_eq!(r.status, 431, "{}", s.log());
     // Past --timeout: 504, and the guest is stopped.
     let t = Instant::now();
     let r = s.request("GET", "/?spin", b"");
@@ -564,7 +573,7 @@ fn metrics_count_requests_by_status() {
 }
 
 #[test]
-fn a_functions_console_goes_to_stderr_under_run() {
+fn a_functions_console_goes_to_stderr_under_run_and_call() {
     // As under the classic watchdog: stdout is the response.
     let mut cmd = Command::new(skiff());
     cmd.args(["run", "--mem=32"])
@@ -574,6 +583,18 @@ fn a_functions_console_goes_to_stderr_under_run() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(o.stdout, b"the body");
     assert!(stderr(&o).contains("a console line"), "{}", stderr(&o));
+    // As through a pool (`skiff call`, the warm classic watchdog).
+    let dir = TempDir::new("serve-console-pool");
+    let snap = snapshot(&dir, "respond");
+    let pool = common::pool::Pool::start(dir.path(), "respond", &snap, 1, &["--mem=32"]);
+    let o = pool.call(b"pooled body", &[("Http_Query", "log&panic")]);
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    assert_eq!(o.stdout, b"pooled body");
+    let e = stderr(&o);
+    assert!(
+        e.contains("a console line") && e.contains("deliberate panic"),
+        "{e}"
+    );
     // A Solo5-style guest (no function flag) keeps its console on stdout.
     let o = run_guest(&[], "hello", &[]);
     assert!(!o.stdout.is_empty());

@@ -40,8 +40,8 @@ pub struct ServeArgs {
     /// memory (one function only: a server serves one image).
     #[arg(long)]
     pub warm: bool,
-    /// (With --restore given through the run flags: every guest is
-    /// restored from that snapshot; without it each guest boots cold.)
+    // With --restore (a run flag) every guest is restored from that
+    // snapshot; without it each guest boots cold.
     #[command(flatten)]
     pub run: RunArgs,
 }

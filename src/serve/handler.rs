@@ -162,6 +162,13 @@ async fn answer(
     let vars = super::vars::http_vars(&parts, len);
     let (mut guest, stdin) = match Guest::dispatch(&state.pool, &vars, state.cfg.warm) {
         Ok(g) => g,
+        Err(GuestError::Proto(crate::pool::proto::ProtoError::TooLarge(_))) => {
+            let r = plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large\n",
+            );
+            return (Some(r.status()), "(Http_* variables over 64 KiB)", r);
+        }
         Err(e) => {
             eprintln!("{}: {e}", state.prog);
             let r = plain(StatusCode::SERVICE_UNAVAILABLE, "no worker\n");
