@@ -13,11 +13,13 @@ pub const MEM_DEFAULT: u64 = 512 * MIB;
 /// A bad command-line value.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("malformed --mem value '{0}': expected a size in MiB")]
+    // The --mem messages leave the value out: clap's line and the hook's
+    // already name the flag and its value.
+    #[error("expected a whole number of MiB")]
     MemMalformed(String),
-    #[error("--mem={0} is too small: at least 2 MiB are needed")]
+    #[error("too small: guest memory needs at least 2 MiB")]
     MemTooSmall(u64),
-    #[error("--mem={0} exceeds the maximum of 4096 MiB (4 GiB)")]
+    #[error("too large: guest memory is at most 4096 MiB (4 GiB)")]
     MemTooBig(u64),
     #[error("guest command line too long ({0} bytes, at most 8191)")]
     CmdlineTooLong(usize),

@@ -5,11 +5,13 @@
 //! [`hypercall::decode`] -> [`devices::Devices::handle`]) -> exit status.
 
 pub mod accel;
+pub mod agent;
 pub mod bench;
 pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod diag;
 pub mod hypercall;
 pub mod image;
 pub mod memory;

@@ -7,6 +7,13 @@
 //! Where an outer filter is already in place (urunc installs one before it
 //! execs `solo5-hvt`, and its allowlist has neither prctl nor seccomp, so
 //! trying would be fatal), skiff keeps that filter and says so on stderr.
+//!
+//! skiff learns whether a filter is on from /proc/self/status, or, where
+//! there is no /proc (urunc's chroot), by asking the kernel directly with
+//! prctl(PR_GET_SECCOMP) while SIGSYS is caught: an outer filter that traps
+//! prctl (urunc's) raises SIGSYS, which the probe catches and counts as a
+//! filter; one that refuses it with an errno counts as a filter too; an
+//! answer of 0 means none, and skiff installs its own (docs/urunc.md).
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -33,6 +40,9 @@ pub enum Policy {
     /// `seccomp/serve.json`: `skiff serve`'s HTTP front (src/serve/), which
     /// runs no guest: sockets, pipes, epoll, memory.
     Serve,
+    /// `seccomp/agent.json` plus accel's rules: `skiff agent` (src/agent/),
+    /// which serves plugins to network clients and never execs.
+    Agent,
 }
 
 impl Policy {
@@ -43,6 +53,7 @@ impl Policy {
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
             Policy::Serve => &bpf::SERVE,
+            Policy::Agent => &bpf::AGENT,
         }
     }
 }
@@ -54,6 +65,18 @@ pub enum Installed {
     Filter(Policy),
     /// An outer filter was already in place; skiff installed none.
     OuterFilter,
+}
+
+impl Installed {
+    /// What the user should be told about this, if anything.
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Installed::Filter(_) => None,
+            Installed::OuterFilter => Some(
+                "already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own",
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -92,6 +115,59 @@ const UNREADABLE: u8 = u8::MAX - 1;
 static MODE: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 fn read_mode() -> Option<u8> {
+    read_proc_status().or_else(probe_mode)
+}
+
+/// Set by [`on_probe_sigsys`]: the probe's prctl was trapped.
+static TRAPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// SIGSYS during the probe: a filter trapped the prctl. The syscall did
+/// not run; it returns -ENOSYS (the kernel leaves rax to the handler).
+extern "C" fn on_probe_sigsys(
+    _sig: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    TRAPPED.store(true, Ordering::SeqCst);
+    // SAFETY: an SA_SIGINFO handler's third argument is the interrupted
+    // context, a valid ucontext_t for the duration of the handler.
+    unsafe {
+        let uc = ctx as *mut libc::ucontext_t;
+        (*uc).uc_mcontext.gregs[libc::REG_RAX as usize] = -i64::from(libc::ENOSYS);
+    }
+}
+
+/// The seccomp mode by prctl(PR_GET_SECCOMP), with SIGSYS caught so a
+/// filter that traps prctl cannot kill skiff here (see the module doc).
+/// rt_sigaction, prctl's own trap and rt_sigreturn are all it needs.
+fn probe_mode() -> Option<u8> {
+    // SAFETY: a zeroed sigaction with an SA_SIGINFO handler that only
+    // stores to an atomic and to the trapped context's rax; the previous
+    // action is saved and put back below.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_probe_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        if libc::sigaction(libc::SIGSYS, &sa, &mut old) != 0 {
+            return None;
+        }
+    }
+    TRAPPED.store(false, Ordering::SeqCst);
+    // SAFETY: PR_GET_SECCOMP only reports this thread's mode.
+    let r = unsafe { libc::syscall(libc::SYS_prctl, libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    let trapped = TRAPPED.load(Ordering::SeqCst);
+    // SAFETY: restores the action saved above.
+    unsafe { libc::sigaction(libc::SIGSYS, &old, std::ptr::null_mut()) };
+    match r {
+        _ if trapped => Some(2),
+        // A filter's errno action (EPERM, ENOSYS...): a filter is on.
+        -1 => Some(2),
+        m => u8::try_from(m).ok(),
+    }
+}
+
+fn read_proc_status() -> Option<u8> {
     let mut f = std::fs::File::open("/proc/self/status").ok()?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
@@ -119,23 +195,4 @@ pub fn install(policy: Policy) -> Result<Installed, SeccompError> {
     MODE.store(2, Ordering::Relaxed);
     OWN.store(true, Ordering::Relaxed);
     Ok(Installed::Filter(policy))
-}
-
-/// [`install`] for the binary: the outer-filter note or the error goes to
-/// stderr as one line; `None` means the run must end with exit status 1.
-pub fn confine(prog: &str, policy: Policy) -> Option<Installed> {
-    match install(policy) {
-        Ok(i @ Installed::Filter(_)) => Some(i),
-        Ok(Installed::OuterFilter) => {
-            crate::cli::report(
-                prog,
-                &"already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own",
-            );
-            Some(Installed::OuterFilter)
-        }
-        Err(e) => {
-            crate::cli::report(prog, &e);
-            None
-        }
-    }
 }

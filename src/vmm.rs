@@ -1,19 +1,27 @@
 //! The running guest: only running state lives here (the builder made it
-//! from the config). `run` is the vCPU loop: exit -> decode -> handle.
+//! from the config). [`Vm::run_with`] is the one vCPU loop: exit ->
+//! decode -> (hook) -> handle. A [`RunHook`] sees each decoded hypercall
+//! first and may pause the run there (`skiff snapshot` stops at the first
+//! REQ_READ) or answer it itself; [`Vm::run`] is the loop with no hook.
 
 use crate::bench::marks::{self, Mark};
 use crate::devices::{Devices, Stop};
-use crate::hypercall::{self, Control};
+use crate::hypercall::{self, Control, GuestFault, Request};
 use crate::memory::GuestMemory;
-use crate::vcpu::{signals, GuestFault, Vcpu, VcpuError};
+use crate::vcpu::{signals, Vcpu, VcpuError};
 use kvm_ioctls::{Kvm, VmFd};
+use std::convert::Infallible;
 use thiserror::Error;
 
 /// Why a run ended other than by the guest's HALT.
 #[derive(Debug, Error)]
 pub enum RunError {
-    #[error("guest fault: {fault} (rip=0x{rip:x})")]
-    Guest { fault: GuestFault, rip: u64 },
+    #[error("guest fault: {fault}{}", Rip(*.rip))]
+    Guest {
+        fault: GuestFault,
+        /// Where the guest was, when known (the vCPU loop fills it in).
+        rip: Option<u64>,
+    },
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("cannot write the guest's output to stdout: {0}")]
@@ -24,6 +32,90 @@ pub enum RunError {
     Signal(i32),
     #[error(transparent)]
     Device(#[from] crate::devices::DeviceError),
+}
+
+impl RunError {
+    /// The process exit status for a run that ended this way: 128+N for
+    /// signal N (as a shell reports a death by signal), else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            RunError::Signal(sig) => 128 + sig,
+            _ => 1,
+        }
+    }
+}
+
+/// The process exit status for a run's result: the guest's HALT status
+/// (low 8 bits, as the kernel keeps them) or [`RunError::exit_status`].
+pub fn exit_status(result: &Result<i32, RunError>) -> i32 {
+    match result {
+        Ok(status) => status & 0xff,
+        Err(e) => e.exit_status(),
+    }
+}
+
+impl From<Stop> for RunError {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Fault(fault) => RunError::Guest { fault, rip: None },
+            Stop::Stdout(e) => RunError::Stdout(e),
+            Stop::Function(e) => RunError::Function(e),
+            Stop::Device(e) => RunError::Device(e),
+        }
+    }
+}
+
+/// Shows ` (rip=0x...)` when the instruction pointer is known.
+struct Rip(Option<u64>);
+
+impl std::fmt::Display for Rip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(rip) => write!(f, " (rip=0x{rip:x})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a [`RunHook`] does with a decoded hypercall.
+#[derive(Debug)]
+pub enum Hooked<P> {
+    /// Let the owning device handle it, as a plain run does.
+    Handle,
+    /// The hook handled it itself, with this result.
+    Handled(Result<Control, Stop>),
+    /// End the run here, before the hypercall is handled.
+    Pause(P),
+}
+
+/// How a run with a hook ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended<P> {
+    /// The guest's HALT, with its status.
+    Halted(i32),
+    /// The hook paused the run.
+    Paused(P),
+}
+
+/// Watches a run: sees each decoded hypercall before its device does.
+/// Called only on hypercalls (not on every exit), so a hook costs nothing
+/// the loop does not already do; the plain run's hook compiles away.
+pub trait RunHook {
+    /// What the hook returns when it pauses the run.
+    type Pause;
+    fn on_request(&mut self, req: &Request, mem: &GuestMemory) -> Hooked<Self::Pause>;
+}
+
+/// The plain run: every hypercall goes to its device; never pauses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHook;
+
+impl RunHook for NoHook {
+    type Pause = Infallible;
+    #[inline(always)]
+    fn on_request(&mut self, _: &Request, _: &GuestMemory) -> Hooked<Infallible> {
+        Hooked::Handle
+    }
 }
 
 /// A guest ready to run.
@@ -43,18 +135,35 @@ pub struct Vm {
 impl Vm {
     /// Runs the guest to its HALT and returns its exit status.
     pub fn run(&mut self) -> Result<i32, RunError> {
+        match self.run_with(&mut NoHook)? {
+            Ended::Halted(status) => Ok(status),
+            Ended::Paused(never) => match never {},
+        }
+    }
+
+    /// Runs the guest to its HALT or until `hook` pauses it.
+    pub fn run_with<H: RunHook>(&mut self, hook: &mut H) -> Result<Ended<H::Pause>, RunError> {
         self.vcpu.arm_signals();
         marks::mark(Mark::FirstRun);
         loop {
-            if let Some(status) = self.step()? {
-                return Ok(status);
+            if let Some(end) = self.step_with(hook)? {
+                return Ok(end);
             }
         }
     }
 
     /// Runs the guest to its next exit and acts on it: `Some(status)` once
-    /// the guest has halted. The hot path: no allocation, one `KVM_RUN`.
+    /// the guest has halted.
     pub fn step(&mut self) -> Result<Option<i32>, RunError> {
+        Ok(match self.step_with(&mut NoHook)? {
+            Some(Ended::Halted(status)) => Some(status),
+            Some(Ended::Paused(never)) => match never {},
+            None => None,
+        })
+    }
+
+    /// One exit of the loop. The hot path: no allocation, one `KVM_RUN`.
+    fn step_with<H: RunHook>(&mut self, hook: &mut H) -> Result<Option<Ended<H::Pause>>, RunError> {
         let decoded = match self.resume.take() {
             Some(req) => Ok(Some(req)),
             None => {
@@ -70,7 +179,11 @@ impl Vm {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);
-                self.devices.handle(req, &self.mem)
+                match hook.on_request(&req, &self.mem) {
+                    Hooked::Handle => self.devices.handle(req, &self.mem),
+                    Hooked::Handled(result) => result,
+                    Hooked::Pause(p) => return Ok(Some(Ended::Paused(p))),
+                }
             }
             Err(fault) => Err(Stop::Fault(fault)),
         };
@@ -78,16 +191,31 @@ impl Vm {
             Ok(Control::Continue) => Ok(None),
             Ok(Control::Halt(status)) => {
                 marks::mark(Mark::Halt);
-                Ok(Some(status))
+                Ok(Some(Ended::Halted(status)))
             }
-            Err(Stop::Fault(fault)) => Err(RunError::Guest {
-                fault,
-                rip: self.vcpu.rip(),
-            }),
-            Err(Stop::Stdout(e)) => Err(RunError::Stdout(e)),
-            Err(Stop::Function(e)) => Err(RunError::Function(e)),
-            Err(Stop::Device(e)) => Err(RunError::Device(e)),
+            Err(stop) => Err(self.located(stop.into())),
         }
+    }
+
+    /// Adds where the guest was to a guest fault (one more ioctl, only on
+    /// the way out).
+    fn located(&self, err: RunError) -> RunError {
+        match err {
+            RunError::Guest { fault, rip: None } => RunError::Guest {
+                fault,
+                rip: Some(self.vcpu.rip()),
+            },
+            other => other,
+        }
+    }
+
+    /// Completes a port write the run paused in (KVM finishes an `OUT` on
+    /// the next `KVM_RUN`; with immediate_exit it returns before any guest
+    /// instruction runs), so the saved state is just past the `OUT`.
+    pub(crate) fn complete_io(&mut self) -> Result<(), RunError> {
+        self.vcpu.fd_mut().set_kvm_immediate_exit(1);
+        self.vcpu.run()?;
+        Ok(())
     }
 
     /// Sends the guest's console (PUTS) to `fd` instead of stdout.

@@ -49,10 +49,13 @@ fn missing_and_unreadable_files() {
 fn truncated_elves() {
     let b = hello();
     let tmp = TempDir::new("trunc");
-    assert_refused(&run_bytes(&tmp, &b[..40]), "truncated ELF: the ELF header");
+    assert_refused(
+        &run_bytes(&tmp, &b[..40]),
+        "truncated ELF: the file ends inside the ELF header",
+    );
     assert_refused(
         &run_bytes(&tmp, &b[..70]),
-        "truncated ELF: the program headers",
+        "truncated ELF: the file ends inside the program headers",
     );
     // Everything the headers promise, cut short: segment contents missing.
     let last = phdrs(&b, PT_LOAD)
@@ -227,25 +230,38 @@ fn segment_problems() {
     );
 }
 
+/// A usage error: clap's whole message (the problem, then "For more
+/// information, try '--help'") and exit status 2.
+fn assert_usage(o: &std::process::Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "{err:?} lacks {needle:?}");
+    assert!(err.contains("For more information, try '--help'"), "{err}");
+}
+
 #[test]
 fn bad_flags_and_memory_sizes() {
     let g = guest("hello");
     let g = g.to_str().unwrap();
-    assert_refused(
+    assert_usage(
         &skiff_run(&["run", "--bogus", g]),
         "unexpected argument '--bogus'",
     );
-    assert_refused(&skiff_run(&["run", "--mem=1", g]), "--mem=1 is too small");
-    assert_refused(
-        &skiff_run(&["run", "--mem=4097", g]),
-        "exceeds the maximum of 4096 MiB",
+    assert_usage(
+        &skiff_run(&["run", "--mem=1", g]),
+        "invalid value '1' for '--mem <MB>': too small: guest memory needs at least 2 MiB",
     );
-    assert_refused(
+    assert_usage(&skiff_run(&["run", "--mem=4097", g]), "at most 4096 MiB");
+    assert_usage(
         &skiff_run(&["run", "--mem=lots", g]),
-        "malformed --mem value 'lots'",
+        "invalid value 'lots' for '--mem <MB>': expected a whole number of MiB",
     );
-    assert_refused(&skiff_run(&["run"]), "required arguments were not provided");
-    assert_refused(
+    assert_usage(
+        &skiff_run(&["run"]),
+        "required arguments were not provided:\n  <KERNEL>",
+    );
+    assert_usage(
         &skiff_run(&["frobnicate"]),
         "unrecognized subcommand 'frobnicate'",
     );

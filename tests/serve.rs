@@ -68,6 +68,23 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds `needle` (its lines arrive through a pipe,
+    /// a little after the response); panics after 10 s.
+    fn log_with(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {needle:?} in: {log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -345,7 +362,7 @@ fn each_status_as_documented() {
     let r = s.request("POST", "/?exit=3", b"partial answer");
     assert_eq!(r.status, 500);
     assert_eq!(r.body, b"function failed\n");
-    assert!(s.log().contains("ended with status 3"), "{}", s.log());
+    s.log_with("ended with status 3");
     // A panic: 500; the panic text is in the log, never in the body.
     let r = s.request("POST", "/?panic", b"x");
     assert_eq!(r.status, 500);
@@ -383,12 +400,11 @@ fn each_status_as_documented() {
     assert_eq!(r.status, 504);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_no_spinning_guest(&s, Duration::from_secs(5));
-    let log = s.log();
-    assert!(log.contains("deliberate panic"), "{log}");
-    assert!(log.contains("a console line"), "{log}");
+    s.log_with("deliberate panic");
+    s.log_with("a console line");
     // One log line per request: method, path, status, bytes, microseconds.
-    assert!(log.lines().any(|l| l.contains("POST / 413 ")), "{log}");
-    assert!(log.lines().any(|l| l.contains("GET / 504 ")), "{log}");
+    s.log_with("POST / 413 ");
+    s.log_with("GET / 504 ");
 }
 
 #[test]
@@ -478,7 +494,7 @@ fn a_client_gone_mid_body_stops_its_guest_and_the_server_goes_on() {
     }
     let r = s.request("POST", "/", b"still here");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"still here"[..]));
-    assert!(s.log().contains("client went away"), "{}", s.log());
+    s.log_with("client went away");
 }
 
 #[test]
@@ -508,7 +524,7 @@ fn sigterm_drains_requests_in_flight_then_exits() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{}", s.log());
-    assert!(s.log().contains("drained"), "{}", s.log());
+    s.log_with("drained");
 }
 
 #[test]
@@ -604,7 +620,7 @@ fn a_functions_console_goes_to_stderr_under_run_and_call() {
 fn bad_flags_are_one_line_errors() {
     for (flags, needle) in [
         (vec!["--workers", "0"], "--workers"),
-        (vec!["--listen", "nonsense"], "--listen"),
+        (vec!["--timeout", "0"], "--timeout"),
         (vec!["--restore", "/nonexistent.snap"], "nonexistent"),
     ] {
         let mut cmd = Command::new(skiff());
@@ -615,6 +631,23 @@ fn bad_flags_are_one_line_errors() {
         assert_eq!(e.lines().count(), 1, "{flags:?}: {e}");
         assert!(e.contains(needle), "{flags:?}: {e}");
     }
+    // A value clap refuses is a usage error (status 2), as everywhere.
+    let mut cmd = Command::new(skiff());
+    cmd.args(["serve", "--listen", "nonsense"])
+        .arg(guest("echo"));
+    let o = run_with(cmd, b"", Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--listen"), "{}", stderr(&o));
+    // A snapshot of another image: the pool's trial restore says why.
+    let dir = TempDir::new("serve-other-image");
+    let snap = snapshot(&dir, "meta");
+    let mut cmd = Command::new(skiff());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--mem=32", "--restore"])
+        .arg(&snap)
+        .arg(guest("echo"));
+    let o = run_with(cmd, b"", Duration::from_secs(30));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another image"), "{}", stderr(&o));
 }
 
 #[test]

@@ -134,3 +134,65 @@ fn the_filter_does_kill_a_disallowed_call() {
     let o = run_with(cmd, b"", Duration::from_secs(30));
     assert_eq!(o.status.signal(), Some(libc::SIGSYS), "{o:?}");
 }
+
+/// The guests urunc's tests use, each run in urunc's monitor filesystem
+/// (no /proc) with urunc's argv, with and without its filter, against the
+/// same run outside: same status, same stdout, no SIGSYS.
+#[test]
+fn in_urunc_chroot_without_proc_guests_behave_as_outside_it() {
+    let disk: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let root = common::urunc::Chroot::new(&["hello", "time", "blk", "exception"], &disk);
+    for (g, devices) in [
+        ("hello", &[][..]),
+        ("time", &[][..]),
+        ("exception", &[][..]),
+        ("blk", &["--block:storage=/disk.img"][..]),
+    ] {
+        let kernel = format!("/unikernel/{g}.hvt");
+        // urunc's argv: memory, devices, kernel, then mirage's two empty
+        // network arguments before the command line; no `--`.
+        let mut args = vec!["--mem=256"];
+        args.extend_from_slice(devices);
+        args.extend_from_slice(&[&kernel, "", "", "Hello_Solo5"]);
+        let outside_disk = TempDir::new("urunc-outside");
+        let host_disk = outside_disk.path().join("disk.img");
+        std::fs::write(&host_disk, &disk).unwrap();
+        let host_kernel = guest(g);
+        let block = format!("--block:storage={}", host_disk.display());
+        let mut host_args = vec!["--mem=256"];
+        if !devices.is_empty() {
+            host_args.push(&block);
+        }
+        host_args.extend_from_slice(&[host_kernel.to_str().unwrap(), "", "", "Hello_Solo5"]);
+        let dir = TempDir::new("urunc-plain");
+        let mut cmd = Command::new(solo5_hvt(dir.path()));
+        cmd.args(&host_args);
+        let outside = run_with(cmd, b"", Duration::from_secs(30));
+        assert!(outside.status.code().is_some(), "{g}: {:?}", outside.status);
+        for filter in [false, true] {
+            root.set_disk(&disk);
+            let o = root.run(&args, filter, b"");
+            assert_no_sigsys(&o);
+            assert_eq!(
+                o.status.code(),
+                outside.status.code(),
+                "{g} filter={filter}: {}",
+                stderr(&o)
+            );
+            assert_eq!(stdout(&o), stdout(&outside), "{g} filter={filter}");
+            if g == "blk" {
+                assert_eq!(
+                    root.disk(),
+                    std::fs::read(&host_disk).unwrap(),
+                    "{g} filter={filter}"
+                );
+            }
+            let note = "solo5-hvt: already under a seccomp filter (Seccomp: 2); keeping it, not installing skiff's own\n";
+            if filter {
+                assert!(stderr(&o).starts_with(note), "{g}: {}", stderr(&o));
+            } else {
+                assert!(!stderr(&o).contains("seccomp"), "{g}: {}", stderr(&o));
+            }
+        }
+    }
+}

@@ -60,6 +60,8 @@ enum skiff_hvt_hypercall {
 #define SKIFF_FEATURE_EXT (1U << 16)
 #define SKIFF_FEATURE_FUNCTION (1U << 17)
 #define SKIFF_FEATURE_RESP_HEAD (1U << 19)
+#define SKIFF_FEATURE_REQ_NEXT (1U << 20)
+#define SKIFF_FEATURE_ACCEL (1U << 18)
 
 /* Boot info at SKIFF_HVT_BOOT_INFO_BASE; rdi points at it on entry. */
 struct skiff_hvt_boot_info {
@@ -242,6 +244,34 @@ struct skiff_req_next {
 _Static_assert(sizeof(struct skiff_req_read) == 32, "req_read size");
 _Static_assert(sizeof(struct skiff_resp_write) == 24, "resp_write size");
 _Static_assert(sizeof(struct skiff_req_meta) == 40, "req_meta size");
+
+/* Accelerator operations (SKIFF_FEATURE_ACCEL, SKIFF_HC_ACCEL_OP); the
+ * commands, op and argument types are in guest-abi/src/accel.rs. */
+struct skiff_accel {
+    uint32_t cmd;
+    uint32_t session;    /* OUT for SESSION_INIT */
+    uint32_t flags;
+    uint32_t resource;   /* OUT for RESOURCE_REGISTER */
+    uint64_t read_args;  /* GPA of nr_read struct skiff_accel_arg */
+    uint64_t write_args; /* GPA of nr_write struct skiff_accel_arg */
+    uint32_t nr_read;
+    uint32_t nr_write;
+    int32_t ret;         /* OUT: 0 or an errno value */
+    uint32_t plugin;     /* OUT: the plugin that ran a GENOP */
+};
+
+struct skiff_accel_arg {
+    uint64_t gpa;
+    uint64_t size;
+    uint32_t type;
+    uint32_t custom;
+};
+
+_Static_assert(sizeof(struct skiff_accel) == 48, "accel size");
+_Static_assert(offsetof(struct skiff_accel, read_args) == 16, "accel.read_args");
+_Static_assert(offsetof(struct skiff_accel, ret) == 40, "accel.ret");
+_Static_assert(sizeof(struct skiff_accel_arg) == 24, "accel_arg size");
+_Static_assert(offsetof(struct skiff_accel_arg, type) == 16, "accel_arg.type");
 
 #define SKIFF_MFT1_NOTE_PAD 4
 #define SKIFF_MFT1_NOTE_DESCSZ(n) \

@@ -238,19 +238,6 @@ pub mod bits {
     }
 }
 
-const _: () = assert!(size_of::<HcAccel>() == 48);
-const _: () = assert!(offset_of!(HcAccel, cmd) == 0);
-const _: () = assert!(offset_of!(HcAccel, session) == 4);
-const _: () = assert!(offset_of!(HcAccel, flags) == 8);
-const _: () = assert!(offset_of!(HcAccel, resource) == 12);
-const _: () = assert!(offset_of!(HcAccel, read_args) == 16);
-const _: () = assert!(offset_of!(HcAccel, write_args) == 24);
-const _: () = assert!(offset_of!(HcAccel, nr_read) == 32);
-const _: () = assert!(offset_of!(HcAccel, nr_write) == 36);
-const _: () = assert!(offset_of!(HcAccel, ret) == 40);
-const _: () = assert!(offset_of!(HcAccel, plugin) == 44);
-const _: () = assert!(size_of::<AccelArg>() == 24);
-const _: () = assert!(offset_of!(AccelArg, gpa) == 0);
-const _: () = assert!(offset_of!(AccelArg, size) == 8);
-const _: () = assert!(offset_of!(AccelArg, ty) == 16);
-const _: () = assert!(offset_of!(AccelArg, custom) == 20);
+crate::hvt::layout!(HcAccel, 48, cmd @ 0, session @ 4, flags @ 8, resource @ 12, read_args @ 16,
+    write_args @ 24, nr_read @ 32, nr_write @ 36, ret @ 40, plugin @ 44);
+crate::hvt::layout!(AccelArg, 24, gpa @ 0, size @ 8, ty @ 16, custom @ 20);

@@ -4,6 +4,8 @@
 //! value is the guest-physical address of the argument struct. Fields marked
 //! IN are written by the guest, OUT by the tender.
 
+use crate::accel::HcAccel;
+use crate::skiff::{HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite};
 use core::mem::{offset_of, size_of};
 
 /// The first hypercall port; hypercall `nr` is at `HYPERCALL_PIO_BASE + nr`.
@@ -25,60 +27,89 @@ pub const HALT_COOKIE_MAX: u64 = 512;
 /// Host feature: shared-ring network I/O.
 pub const HVT_FEATURE_RING_IO: u32 = 1 << 0;
 
-/// Hypercall numbers. Solo5's are 1..=8; skiff's extensions start at 16 and
-/// are only used by guests that see [`crate::skiff::SKIFF_FEATURE_EXT`].
-#[repr(u16)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hypercall {
-    Walltime = 1,
-    Puts = 2,
-    Poll = 3,
-    BlockWrite = 4,
-    BlockRead = 5,
-    NetWrite = 6,
-    NetRead = 7,
-    Halt = 8,
+/// Declares the hypercalls once: the [`Hypercall`] enum, its `TryFrom<u16>`,
+/// [`Hypercall::ALL`], each one's name, argument struct size, C enumerator
+/// and doc-table row, and a compile-time check that every number has a port.
+macro_rules! hypercalls {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $nr:literal, $name:literal, $arg:ident,
+        $c:literal, $owner:literal; )*) => {
+        /// Hypercall numbers. Solo5's are 1..=8; skiff's extensions start at
+        /// 16 and are only used by guests that see
+        /// [`crate::skiff::SKIFF_FEATURE_EXT`]. One table declares them all
+        /// (`hypercalls!` in `guest-abi/src/hvt.rs`):
+        ///
+        /// | nr | name | argument | C enumerator (`skiff_hvt.h`) | host owner (skiff `src/`) |
+        /// |----|------|----------|------------------------------|---------------------------|
+        $(#[doc = concat!("| ", stringify!($nr), " | ", $name, " | [`", stringify!($arg),
+            "`] | `", $c, "` | ", $owner, " |")])*
+        #[repr(u16)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Hypercall {
+            $( $(#[doc = $doc])* $variant = $nr, )*
+        }
+
+        impl Hypercall {
+            /// Every hypercall, in number order.
+            pub const ALL: &'static [Hypercall] = &[$(Hypercall::$variant),*];
+
+            /// Its name in messages and in Solo5's documentation.
+            pub const fn name(self) -> &'static str {
+                match self { $(Hypercall::$variant => $name,)* }
+            }
+
+            /// The size of its argument struct in guest memory.
+            pub const fn arg_size(self) -> usize {
+                match self { $(Hypercall::$variant => size_of::<$arg>(),)* }
+            }
+
+            /// Its enumerator in the C header `skiff_hvt.h`.
+            pub const fn c_name(self) -> &'static str {
+                match self { $(Hypercall::$variant => $c,)* }
+            }
+        }
+
+        impl TryFrom<u16> for Hypercall {
+            type Error = u16;
+            fn try_from(nr: u16) -> Result<Self, u16> {
+                match nr {
+                    $($nr => Ok(Self::$variant),)*
+                    other => Err(other),
+                }
+            }
+        }
+
+        // Every number has a port the tender decodes.
+        $(const _: () = assert!($nr < HYPERCALL_MAX);)*
+    };
+}
+
+hypercalls! {
+    Walltime = 1, "WALLTIME", HcWalltime, "SKIFF_HVT_HC_WALLTIME", "devices/clock.rs";
+    Puts = 2, "PUTS", HcPuts, "SKIFF_HVT_HC_PUTS", "devices/console.rs";
+    Poll = 3, "POLL", HcPoll, "SKIFF_HVT_HC_POLL", "devices/net.rs, devices/poll.rs";
+    BlockWrite = 4, "BLOCK_WRITE", HcBlock, "SKIFF_HVT_HC_BLOCK_WRITE", "devices/block.rs";
+    BlockRead = 5, "BLOCK_READ", HcBlock, "SKIFF_HVT_HC_BLOCK_READ", "devices/block.rs";
+    NetWrite = 6, "NET_WRITE", HcNet, "SKIFF_HVT_HC_NET_WRITE", "devices/net.rs";
+    NetRead = 7, "NET_READ", HcNet, "SKIFF_HVT_HC_NET_READ", "devices/net.rs";
+    Halt = 8, "HALT", HcHalt, "SKIFF_HVT_HC_HALT", "devices/mod.rs (ends the run)";
     /// skiff: read the function's request body (see [`crate::skiff`]).
-    ReqRead = 16,
+    ReqRead = 16, "REQ_READ", HcReqRead, "SKIFF_HC_REQ_READ", "devices/function.rs";
     /// skiff: write to the function's response (skiff's stdout).
-    RespWrite = 17,
+    RespWrite = 17, "RESP_WRITE", HcRespWrite, "SKIFF_HC_RESP_WRITE", "devices/function.rs";
     /// skiff: read request metadata (`Http_*` variables).
-    ReqMeta = 18,
+    ReqMeta = 18, "REQ_META", HcReqMeta, "SKIFF_HC_REQ_META", "devices/function.rs";
     /// skiff: accelerator generic operation.
-    AccelOp = 19,
+    AccelOp = 19, "ACCEL_OP", HcAccel, "SKIFF_HC_ACCEL_OP", "accel/mod.rs";
     /// skiff: set the response's HTTP status and content type.
-    RespHead = 20,
+    RespHead = 20, "RESP_HEAD", HcRespHead, "SKIFF_HC_RESP_HEAD", "devices/function.rs";
     /// skiff: end this request's response and wait for the next request.
-    ReqNext = 21,
+    ReqNext = 21, "REQ_NEXT", HcReqNext, "SKIFF_HC_REQ_NEXT", "devices/function.rs";
 }
 
 impl Hypercall {
     /// The port a guest writes to for this hypercall.
     pub const fn port(self) -> u16 {
         HYPERCALL_PIO_BASE + self as u16
-    }
-}
-
-impl TryFrom<u16> for Hypercall {
-    type Error = u16;
-    fn try_from(nr: u16) -> Result<Self, u16> {
-        Ok(match nr {
-            1 => Self::Walltime,
-            2 => Self::Puts,
-            3 => Self::Poll,
-            4 => Self::BlockWrite,
-            5 => Self::BlockRead,
-            6 => Self::NetWrite,
-            7 => Self::NetRead,
-            8 => Self::Halt,
-            16 => Self::ReqRead,
-            17 => Self::RespWrite,
-            18 => Self::ReqMeta,
-            19 => Self::AccelOp,
-            20 => Self::RespHead,
-            21 => Self::ReqNext,
-            other => return Err(other),
-        })
     }
 }
 

@@ -46,12 +46,8 @@ pub struct MftHeader {
     pub entries: u32,
 }
 
-const _: () = assert!(size_of::<MftEntry>() == 104);
-const _: () = assert!(offset_of!(MftEntry, kind) == 68);
-const _: () = assert!(offset_of!(MftEntry, u) == 72);
-const _: () = assert!(offset_of!(MftEntry, host_private) == 88);
-const _: () = assert!(offset_of!(MftEntry, attached) == 96);
-const _: () = assert!(size_of::<MftHeader>() == 8);
+crate::hvt::layout!(MftEntry, 104, kind @ 68, u @ 72, host_private @ 88, attached @ 96);
+crate::hvt::layout!(MftHeader, 8);
 
 impl MftEntry {
     /// An entry of `kind` named `name` (truncated to [`MFT_NAME_MAX`]).

@@ -124,6 +124,30 @@ impl<'m> Args<'m> {
         Ok(args)
     }
 
+    /// Arguments already in host memory (skiff agent: a network client's
+    /// buffers, which the caller owns and aligns); EINVAL over the cap.
+    pub fn from_host(
+        read: &[In<'m>],
+        write: impl IntoIterator<Item = Out<'m>>,
+    ) -> Result<Self, Errno> {
+        if read.len() > MAX {
+            return Err(EINVAL);
+        }
+        let mut args = Args {
+            read: [In::EMPTY; MAX],
+            nr_read: read.len(),
+            write: std::array::from_fn(|_| Out::empty()),
+            nr_write: 0,
+        };
+        args.read[..read.len()].copy_from_slice(read);
+        for o in write {
+            let slot = args.write.get_mut(args.nr_write).ok_or(EINVAL)?;
+            *slot = o;
+            args.nr_write += 1;
+        }
+        Ok(args)
+    }
+
     pub fn read(&self) -> &[In<'m>] {
         &self.read[..self.nr_read]
     }

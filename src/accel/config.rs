@@ -10,7 +10,7 @@ use thiserror::Error;
 /// The flags, as `skiff run` takes them.
 #[derive(Debug, Default, Args)]
 pub struct AccelArgs {
-    /// Accelerator plugins in priority order (cpu, opencl, cuda), e.g.
+    /// Accelerator plugins in priority order (cpu, opencl, cuda, remote), e.g.
     /// --accel=cuda,opencl,cpu; default: $VACCEL_PLUGINS.
     #[arg(long = "accel", value_name = "PLUGINS")]
     pub accel: Option<String>,
@@ -20,11 +20,21 @@ pub struct AccelArgs {
     /// A host library whose functions the guest may EXEC by NAME (repeatable).
     #[arg(long = "accel-lib", value_name = "NAME=PATH")]
     pub libs: Vec<String>,
+    /// The agent of --accel=remote: tcp://HOST:PORT, unix://PATH,
+    /// unix://@NAME or vsock://CID:PORT; default: $VACCEL_RPC_ADDRESS,
+    /// then $VACCEL_RPC_ADDR, then tcp://127.0.0.1:65500.
+    #[arg(long = "accel-remote", value_name = "ADDR")]
+    pub remote: Option<String>,
+    /// Seconds a call to the remote agent may take before the guest gets
+    /// EIO (default 60).
+    #[arg(long = "accel-remote-timeout", value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub remote_timeout: Option<u64>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AccelConfigError {
-    #[error("{flag}: unknown accelerator plugin '{name}' (known: cpu, opencl, cuda)")]
+    #[error("{flag}: unknown accelerator plugin '{name}' (known: cpu, opencl, cuda, remote)")]
     UnknownPlugin { flag: &'static str, name: String },
     #[error("{flag}: plugin '{name}' is listed twice")]
     Duplicate { flag: &'static str, name: String },
@@ -36,6 +46,10 @@ pub enum AccelConfigError {
     DuplicateName { flag: &'static str, name: String },
     #[error("--{flag} needs --accel (or VACCEL_PLUGINS)")]
     NotEnabled { flag: &'static str },
+    #[error("--accel-remote: {0}")]
+    Remote(#[from] super::remote::addr::AddressError),
+    #[error("--accel-remote needs the remote plugin in --accel")]
+    RemoteUnused,
 }
 
 /// What the accelerator runtime is to serve; `None` plugins: disabled.
@@ -44,6 +58,8 @@ pub struct AccelConfig {
     pub plugins: Option<Vec<PluginKind>>,
     pub models: Vec<(String, PathBuf)>,
     pub libs: Vec<(String, PathBuf)>,
+    /// The agent, when `remote` is among the plugins.
+    pub remote: Option<super::remote::RemoteConfig>,
 }
 
 fn plugins(flag: &'static str, list: &str) -> Result<Vec<PluginKind>, AccelConfigError> {
@@ -119,10 +135,23 @@ impl AccelArgs {
                 return Err(AccelConfigError::NotEnabled { flag: "accel-lib" });
             }
         }
+        let remote = match &plugins {
+            Some(p) if p.contains(&PluginKind::Remote) => {
+                let secs = self.remote_timeout.map(std::time::Duration::from_secs);
+                Some(super::remote::RemoteConfig::resolve(
+                    self.remote.as_deref(),
+                    |k| std::env::var(k).ok(),
+                    secs.unwrap_or(super::remote::DEFAULT_TIMEOUT),
+                )?)
+            }
+            _ if self.remote.is_some() => return Err(AccelConfigError::RemoteUnused),
+            _ => None,
+        };
         Ok(AccelConfig {
             plugins,
             models,
             libs,
+            remote,
         })
     }
 }

@@ -28,11 +28,20 @@ type ExecFn = unsafe extern "C" fn(*mut VaccelArg, usize, *mut VaccelArg, usize)
 
 /// A library the operator named that cannot be opened.
 #[derive(Debug, Error)]
-#[error("--accel-lib {name}={}: {err}", path.display())]
+#[error("--accel-lib {name}={}: {}", path.display(), dl_reason(err))]
 pub struct LibError {
     pub name: String,
     pub path: PathBuf,
     pub err: libloading::Error,
+}
+
+/// libloading's message says only "dlopen failed"; dlerror()'s reason
+/// (no such file, wrong ELF class, an undefined symbol) is its source.
+fn dl_reason(err: &libloading::Error) -> String {
+    match std::error::Error::source(err) {
+        Some(why) => format!("cannot load the library: {why}"),
+        None => format!("cannot load the library: {err}"),
+    }
 }
 
 #[derive(Debug)]

@@ -17,9 +17,10 @@ pub mod config;
 pub mod exec;
 pub mod ops;
 pub mod plugins;
+pub mod remote;
 
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use args::Args;
 use config::AccelConfig;
 use exec::{LibError, Libraries};
@@ -131,12 +132,21 @@ impl Accel {
             return Ok(None);
         };
         for (name, path) in &cfg.models {
+            // With an agent, a model may be a file only it has.
+            if cfg.remote.is_some() && !path.exists() {
+                continue;
+            }
             let err = |err| AccelError::Model {
                 name: name.clone(),
                 path: path.clone(),
                 err,
             };
-            let meta = std::fs::File::open(path)
+            use std::os::unix::fs::OpenOptionsExt;
+            // Non-blocking: a FIFO is refused below, not waited on.
+            let meta = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)
                 .and_then(|f| f.metadata())
                 .map_err(err)?;
             if !meta.is_file() {
@@ -146,11 +156,17 @@ impl Accel {
         let libs = Libraries::open(&cfg.libs)?;
         let mut plugins = Vec::new();
         for k in kinds {
-            match k.init() {
+            let p = match (k, &cfg.remote) {
+                (plugins::PluginKind::Remote, Some(r)) => {
+                    remote::Remote::connect(r).map(|p| Box::new(p) as Box<dyn Plugin>)
+                }
+                _ => k.init(),
+            };
+            match p {
                 Ok(p) => plugins.push(p),
                 Err(why) => {
                     let msg = format!("plugin {} unavailable: {why}; skipped", k.name());
-                    crate::cli::report("skiff: accel", &msg);
+                    crate::diag::line("skiff: accel", &msg);
                 }
             }
         }
@@ -233,6 +249,9 @@ impl Accel {
 
     fn session_release(&mut self, session: u32) -> Result<(), Errno> {
         self.hint(session)?;
+        for p in &mut self.plugins {
+            p.release(session);
+        }
         self.sessions.retain(|s| s.id != session);
         let freed: u64 = self.resources(session).map(bytes_of).sum();
         self.resource_bytes -= freed;
@@ -316,30 +335,55 @@ impl Accel {
         let mut args = Args::decode(mem, req)?;
         let mut op = ops::decode(&mut args)?;
         let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
-        let r = match &mut op {
+        if self.plugins[i].forwards() {
+            let p = &mut self.plugins[i];
+            p.forward(req.session, hint, &self.resources, &mut op)
+                .map_err(|e| e.errno())?;
+            return Ok(p.kind());
+        }
+        let model = self.session_model(req.session);
+        self.run_op(hint, model.as_deref(), &mut op)
+    }
+
+    /// Runs a decoded op on the plugin `hint` selects, here; `model` is the
+    /// operator's model file a classify uses (skiff agent calls this for
+    /// its clients). Returns the serving plugin's type flags.
+    pub fn run_op(
+        &mut self,
+        hint: u32,
+        model: Option<&std::path::Path>,
+        op: &mut Op<'_>,
+    ) -> Result<u32, Errno> {
+        let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
+        let r = match op {
             Op::Classify(c) => {
-                let model = self.session_model(req.session).ok_or(ENOENT)?;
-                self.classifiers.run(model, i, c)
+                let m = model.and_then(|p| self.classifiers.find(p, &self.models));
+                self.classifiers.run(m.ok_or(ENOENT)?, i, c)
             }
-            _ => run(self.plugins[i].as_mut(), &mut op, &self.libs),
+            _ => run(self.plugins[i].as_mut(), op, &self.libs),
         };
         r.map_err(|e| {
             if let PluginError::Backend { .. } | PluginError::BadImage(_) = e {
-                crate::cli::report("skiff: accel", &e);
+                crate::diag::line("skiff: accel", &e);
             }
             e.errno()
         })?;
         Ok(self.plugins[i].kind())
     }
 
-    /// The classifier of the session's first classifier MODEL resource.
-    fn session_model(&self, session: u32) -> Option<usize> {
+    /// The file of the session's first classifier MODEL resource.
+    fn session_model(&self, session: u32) -> Option<PathBuf> {
         self.resources(session).find_map(|r| match &r.data {
             ResourceData::File(p) if r.kind == RESOURCE_MODEL => {
-                self.classifiers.find(p, &self.models)
+                self.classifiers.find(p, &self.models).map(|_| p.clone())
             }
             _ => None,
         })
+    }
+
+    /// The operator's model files and libraries, by name (skiff agent).
+    pub fn operator_files(&self) -> (&[(String, PathBuf)], &[String]) {
+        (&self.models, &self.lib_names)
     }
 }
 

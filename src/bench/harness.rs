@@ -6,12 +6,11 @@
 //! it measures sustained runs per second with `--callers` concurrent
 //! callers instead.
 
-use super::marks::{self, Mark, NAMES};
-use serde::Serialize;
+use super::marks::{Mark, NAMES};
+use super::process::{open_stdin, pause, run_once, Sample};
+use serde::{Serialize, Serializer};
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -20,28 +19,34 @@ use thiserror::Error;
 pub enum BenchError {
     #[error("cannot start {0}: {1}")]
     Spawn(String, std::io::Error),
-    #[error(
-        "{program} exited with status {status} (expected {expected}); run it by hand to see why"
-    )]
+    #[error("cannot open --stdin {0}: {1}")]
+    Stdin(String, std::io::Error),
+    #[error("{program} exited with status {status} (expected {expected}): {}", last_line.as_deref().unwrap_or("it printed nothing on stderr"))]
     Status {
         program: String,
         status: i32,
         expected: i32,
+        /// The run's last line on stderr: usually why it failed.
+        last_line: Option<String>,
     },
+    #[error("cannot wait for {0}: {1}")]
+    Wait(String, std::io::Error),
+    #[error("exiting on signal {0}")]
+    Signal(i32),
     #[error("skiff reported no phase marks (is {0} a skiff binary?)")]
     NoMarks(String),
     #[error("cannot create a pipe: {0}")]
     Pipe(std::io::Error),
 }
 
-/// One process run, times in nanoseconds from just before spawn.
-#[derive(Debug, Clone, Default)]
-struct Sample {
-    /// Cumulative phase times (skiff only), as in `marks::NAMES`.
-    phases: Option<[u64; marks::COUNT]>,
-    exits: u64,
-    total: u64,
-    max_rss_kib: u64,
+impl BenchError {
+    /// 128+N for signal N, else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            BenchError::Signal(s) => 128 + s,
+            _ => 1,
+        }
+    }
 }
 
 /// median/min/max in microseconds.
@@ -74,7 +79,9 @@ pub struct Report {
     pub image_args: Vec<String>,
     pub runs: usize,
     /// Cumulative time from exec to each phase: main, kvm_ready,
-    /// first_instruction, first_hypercall, halt, exit.
+    /// first_instruction, first_hypercall, halt, exit (in JSON: an object
+    /// keyed by phase, in this order).
+    #[serde(serialize_with = "keyed")]
     pub phases: Vec<(String, Stat)>,
     pub exits_per_run: u64,
     pub max_rss_kib: u64,
@@ -85,6 +92,11 @@ pub struct Report {
     /// From having the request (`main`, or a pool worker's accept) to the
     /// guest's first instruction: a restore's own latency.
     pub request_to_first_instruction: Stat,
+}
+
+/// Pairs as a JSON object, in their order.
+fn keyed<S: Serializer>(v: &[(String, Stat)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(k, st)| (k, st)))
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +126,9 @@ pub struct BenchConfig {
     pub skiff_args: Vec<OsString>,
     /// The run arguments (also what --compare's program is given).
     pub run_args: Vec<OsString>,
+    /// What the report names as the thing timed (the run arguments, or
+    /// `call PATH` for a pool).
+    pub label: Vec<OsString>,
     /// A file every run reads as its stdin (a request body); else /dev/null.
     pub stdin: Option<PathBuf>,
     /// A pause before each timed run (requests arriving apart, as a pool
@@ -121,90 +136,11 @@ pub struct BenchConfig {
     pub interval: std::time::Duration,
 }
 
-fn run_once(
-    program: &PathBuf,
-    args: &[OsString],
-    want_marks: bool,
-    expect: i32,
-    stdin: Option<&PathBuf>,
-) -> Result<Sample, BenchError> {
-    let name = program.display().to_string();
-    let mut fds = [-1; 2];
-    if want_marks {
-        // SAFETY: `fds` is a valid array of two ints for pipe2.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(BenchError::Pipe(std::io::Error::last_os_error()));
-        }
-    }
-    let input = match stdin {
-        Some(p) => Stdio::from(
-            std::fs::File::open(p).map_err(|e| BenchError::Spawn(p.display().to_string(), e))?,
-        ),
-        None => Stdio::null(),
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(input)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if want_marks {
-        let w = fds[1];
-        cmd.env("SKIFF_BENCH_FD", w.to_string());
-        // SAFETY: only async-signal-safe fcntl between fork and exec: keep
-        // the write end open across exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::fcntl(w, libc::F_SETFD, 0);
-                Ok(())
-            })
-        };
-    }
-    let t0 = marks::now_ns();
-    let child = cmd
-        .spawn()
-        .map_err(|e| BenchError::Spawn(name.clone(), e))?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waiting for our own child, with valid out-pointers.
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
-    let total = marks::now_ns() - t0;
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    if code != expect {
-        return Err(BenchError::Status {
-            program: name,
-            status: code,
-            expected: expect,
-        });
-    }
-    let mut sample = Sample {
-        total,
-        max_rss_kib: ru.ru_maxrss as u64,
-        ..Default::default()
-    };
-    if want_marks {
-        // SAFETY: closing our copy of the write end, then reading the line
-        // the child wrote into a buffer we own.
-        let line = unsafe {
-            libc::close(fds[1]);
-            let mut buf = [0u8; 512];
-            let n = libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len());
-            libc::close(fds[0]);
-            String::from_utf8_lossy(&buf[..n.max(0) as usize]).into_owned()
-        };
-        let (m, exits) = marks::parse(&line).ok_or(BenchError::NoMarks(name))?;
-        sample.phases = Some(m.map(|t| t.saturating_sub(t0)));
-        sample.exits = exits;
-    }
-    Ok(sample)
-}
-
 /// Runs the benchmark and returns its report.
 pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
+    if let Some(p) = &cfg.stdin {
+        open_stdin(p)?;
+    }
     let mut mine = Vec::with_capacity(cfg.runs);
     let mut theirs = Vec::with_capacity(cfg.runs);
     let skiff_args = &cfg.skiff_args;
@@ -227,7 +163,7 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
         )?;
     }
     for _ in 0..cfg.runs {
-        std::thread::sleep(cfg.interval);
+        pause(cfg.interval)?;
         mine.push(run_once(
             &cfg.skiff,
             skiff_args,
@@ -282,7 +218,7 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
     });
     Ok(Report {
         image_args: cfg
-            .run_args
+            .label
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect(),

@@ -1,14 +1,14 @@
 //! `skiff serve`'s flags and entry point (the server is src/serve/).
 
-use super::{report, RunArgs};
+use super::run::RunArgs;
+use super::{refuse, report};
 use crate::serve::ServeConfig;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Most workers a server keeps (as a pool).
-const WORKERS_MAX: usize = 64;
+use crate::pool::WORKERS_MAX;
 
 /// `skiff serve --listen ADDR [--workers N] [--max-body BYTES]
 /// [--timeout MS] [--restore FILE] [run flags] KERNEL [ARGS...]`
@@ -48,23 +48,26 @@ pub struct ServeArgs {
 
 pub fn main(prog: &str, a: ServeArgs) -> i32 {
     if a.workers == 0 || a.workers > WORKERS_MAX {
-        report(prog, &format_args!("--workers must be 1 to {WORKERS_MAX}"));
-        return 1;
+        return refuse(prog, &format_args!("--workers must be 1 to {WORKERS_MAX}"));
     }
     if a.timeout == 0 {
-        report(prog, &"--timeout must be at least 1 ms");
-        return 1;
+        return refuse(prog, &"--timeout must be at least 1 ms");
     }
     let restore: Option<PathBuf> = a.run.restore.clone();
-    let Some(run) = a.run.config_or_report(prog) else {
-        return 1;
+    if let Some(snap) = &restore {
+        if let Err(e) = super::run::regular_file(snap) {
+            return refuse(prog, &e);
+        }
+    }
+    let run = match a.run.config_or_report(prog) {
+        Ok(c) => c,
+        Err(status) => return status,
     };
     if !run.devices.net.is_empty() {
-        report(
+        return refuse(
             prog,
             &"serve runs many guests at once: --net is not supported",
         );
-        return 1;
     }
     let cfg = ServeConfig {
         listen: a.listen,
@@ -80,10 +83,10 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
     match crate::serve::run(prog, cfg, run) {
         Ok(()) => 0,
         // Its reason is on stderr already.
-        Err(crate::serve::ServeError::Function) => 1,
+        Err(crate::serve::ServeError::Function) => super::REFUSED,
         Err(e) => {
             report(prog, &e);
-            1
+            super::REFUSED
         }
     }
 }

@@ -8,8 +8,8 @@
 //! the guest was told is written.
 
 use super::{write_back, DeviceError, Stop};
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use guest_abi::hvt::{ret, HcBlock};
 use std::fs::File;
 use std::os::fd::AsRawFd;

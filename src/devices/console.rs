@@ -8,8 +8,8 @@
 //! Solo5 guests carry 0 there and keep solo5-hvt's behaviour.
 
 use super::Stop;
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use guest_abi::hvt::HcPuts;
 use std::os::fd::RawFd;
 

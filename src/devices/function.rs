@@ -6,8 +6,9 @@
 //! and no thread: the guest's buffer size sets the batch size.
 
 use super::{write_back, Stop};
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::{signals, GuestFault};
+use crate::vcpu::signals;
 use guest_abi::hvt::ret;
 use guest_abi::skiff::{
     self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_META_NAME_MAX,
@@ -376,5 +377,4 @@ impl Function {
 }
 
 #[cfg(test)]
-#[path = "function_tests.rs"]
 mod tests;

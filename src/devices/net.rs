@@ -7,8 +7,8 @@
 
 use super::poll::Waiter;
 use super::{write_back, DeviceError, Stop};
+use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::GuestFault;
 use guest_abi::hvt::{ret, HcNet, HcPoll};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use thiserror::Error;
@@ -106,6 +106,10 @@ pub enum NetAttachError {
     },
     #[error("{name}: interface {iface} is not up")]
     Down { name: String, iface: String },
+    #[error("{name}: interface {iface} is not a TAP device")]
+    NotTap { name: String, iface: String },
+    #[error("{name}: TAP interface {iface} is in use by another process (a TAP serves one guest)")]
+    Busy { name: String, iface: String },
     #[error("{name}: could not use file descriptor {fd}: {err}")]
     Fd {
         name: String,
@@ -258,7 +262,16 @@ fn open_tap(spec: &NetSpec, iface: &str) -> Result<OwnedFd, NetAttachError> {
     let mut r = IfReq::new(iface.as_bytes());
     let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
     r.data[..2].copy_from_slice(&flags.to_ne_bytes());
-    ioctl(fd.as_raw_fd(), TUNSETIFF, &mut r).map_err(err)?;
+    ioctl(fd.as_raw_fd(), TUNSETIFF, &mut r).map_err(|e| {
+        let (name, iface) = (spec.name.clone(), iface.to_string());
+        match e.raw_os_error() {
+            // The kernel's answer for an existing interface that is not a
+            // TAP (eth0, a bridge, a TUN).
+            Some(libc::EINVAL) => NetAttachError::NotTap { name, iface },
+            Some(libc::EBUSY) => NetAttachError::Busy { name, iface },
+            _ => err(e),
+        }
+    })?;
     // Refuse a different device than the one named (e.g. a name with %d).
     if r.name[..iface.len()] != *iface.as_bytes() || r.name[iface.len()] != 0 {
         return Err(err(std::io::Error::from_raw_os_error(libc::EINVAL)));

@@ -2,27 +2,16 @@
 //! device that owns it acts on it ([`crate::devices::Devices::handle`]).
 //! Neither step touches KVM, so both are unit-tested and fuzzed directly.
 //!
-//! Where hypercall N goes:
-//!
-//! | nr | name        | owner                         |
-//! |----|-------------|-------------------------------|
-//! | 1  | WALLTIME    | `devices/clock.rs`            |
-//! | 2  | PUTS        | `devices/console.rs`          |
-//! | 3  | POLL        | `devices/net.rs` + `poll.rs`  |
-//! | 4  | BLOCK_WRITE | `devices/block.rs`            |
-//! | 5  | BLOCK_READ  | `devices/block.rs`            |
-//! | 6  | NET_WRITE   | `devices/net.rs`              |
-//! | 7  | NET_READ    | `devices/net.rs`              |
-//! | 8  | HALT        | here: ends the run            |
-//! | 16 | REQ_READ    | `devices/function.rs`         |
-//! | 17 | RESP_WRITE  | `devices/function.rs`         |
-//! | 18 | REQ_META    | `devices/function.rs`         |
-//! | 19 | ACCEL_OP    | `accel/` (skiff extension)    |
-//! | 20 | RESP_HEAD   | `devices/function.rs`         |
-//! | 21 | REQ_NEXT    | `devices/function.rs`         |
+//! Where hypercall N goes: the table on [`guest_abi::hvt::Hypercall`]
+//! (declared once, in `guest-abi/src/hvt.rs`) names each one's argument
+//! struct and owner; [`crate::devices::Devices::handle`] is the dispatch.
+
+mod fault;
+
+pub use fault::GuestFault;
 
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::{Exit, GuestFault};
+use crate::vcpu::Exit;
 use guest_abi::hvt::{
     HcBlock, HcHalt, HcNet, HcPoll, HcPuts, Hypercall, HYPERCALL_MAX, HYPERCALL_PIO_BASE,
 };
@@ -76,11 +65,13 @@ pub enum Control {
 
 fn read<T: vm_memory::ByteValued>(
     mem: &GuestMemory,
-    call: &'static str,
+    call: Hypercall,
     arg: Gpa,
 ) -> Result<T, GuestFault> {
-    mem.read_obj(arg)
-        .map_err(|err| GuestFault::BadArgument { call, err })
+    mem.read_obj(arg).map_err(|err| GuestFault::BadArgument {
+        call: call.name(),
+        err,
+    })
 }
 
 /// Turns an exit into a hypercall request, or the fault that ends the
@@ -111,42 +102,50 @@ pub fn decode(exit: &Exit, mem: &GuestMemory) -> Result<Option<Request>, GuestFa
     let arg = Gpa(u64::from(u32::from_le_bytes(data)));
     Ok(Some(match call {
         Hypercall::Walltime => {
-            mem.check(arg, 8).map_err(|err| GuestFault::BadArgument {
-                call: "WALLTIME",
-                err,
-            })?;
+            // OUT only: nothing to copy out, but the whole struct must fit.
+            mem.check(arg, call.arg_size() as u64)
+                .map_err(|err| GuestFault::BadArgument {
+                    call: call.name(),
+                    err,
+                })?;
             Request::Walltime { arg }
         }
         Hypercall::Puts => Request::Puts {
-            arg: read(mem, "PUTS", arg)?,
+            arg: read(mem, call, arg)?,
         },
         Hypercall::Poll => Request::Poll {
             arg,
-            req: read(mem, "POLL", arg)?,
+            req: read(mem, call, arg)?,
         },
         Hypercall::BlockWrite => Request::BlockWrite {
             arg,
-            req: read(mem, "BLOCK_WRITE", arg)?,
+            req: read(mem, call, arg)?,
         },
         Hypercall::BlockRead => Request::BlockRead {
             arg,
-            req: read(mem, "BLOCK_READ", arg)?,
+            req: read(mem, call, arg)?,
         },
         Hypercall::NetWrite => Request::NetWrite {
             arg,
-            req: read(mem, "NET_WRITE", arg)?,
+            req: read(mem, call, arg)?,
         },
         Hypercall::NetRead => Request::NetRead {
             arg,
-            req: read(mem, "NET_READ", arg)?,
+            req: read(mem, call, arg)?,
         },
         Hypercall::Halt => {
-            let h: HcHalt = read(mem, "HALT", arg)?;
+            let h: HcHalt = read(mem, call, arg)?;
             Request::Halt {
                 status: h.exit_status,
             }
         }
-        other => Request::Extension { nr: other, arg },
+        // The extensions' owners read their own argument structs.
+        nr @ (Hypercall::ReqRead
+        | Hypercall::RespWrite
+        | Hypercall::ReqMeta
+        | Hypercall::RespHead
+        | Hypercall::ReqNext
+        | Hypercall::AccelOp) => Request::Extension { nr, arg },
     }))
 }
 

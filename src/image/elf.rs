@@ -24,6 +24,74 @@ pub struct Segment<'a> {
     pub executable: bool,
 }
 
+/// The ELF64 header's size.
+pub(super) const EHDR_SIZE: usize = SIZEOF_EHDR;
+
+/// The most of a PT_NOTE segment read: far more than the largest Solo5
+/// note (the manifest, under 8 KiB).
+const NOTE_READ_MAX: u64 = 64 << 10;
+
+/// A byte range of the file the image needs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Range {
+    pub off: u64,
+    pub len: u64,
+    /// A PT_LOAD segment's bytes (copied into guest memory).
+    pub load: bool,
+}
+
+/// The file ranges an image needs, from its header (`head`, as much of
+/// the first [`EHDR_SIZE`] bytes as the file has) and its program headers
+/// (read with `read_at`). Anything malformed yields just the ranges read
+/// so far: [`Elf::parse`] then names the problem.
+pub(super) fn ranges(
+    head: &[u8],
+    mut read_at: impl FnMut(&mut [u8], u64) -> Result<usize, ImageError>,
+) -> Result<Vec<Range>, ImageError> {
+    let mut out = vec![Range {
+        off: 0,
+        len: head.len() as u64,
+        load: false,
+    }];
+    let Ok(h) = head.pread_with::<Header>(0, LE) else {
+        return Ok(out);
+    };
+    if head[header::EI_CLASS] != header::ELFCLASS64 || usize::from(h.e_phentsize) != SIZEOF_PHDR {
+        return Ok(out);
+    }
+    let table_len = usize::from(h.e_phnum) * SIZEOF_PHDR;
+    out.push(Range {
+        off: h.e_phoff,
+        len: table_len as u64,
+        load: false,
+    });
+    let mut table = vec![0u8; table_len];
+    if read_at(&mut table, h.e_phoff)? < table_len {
+        return Ok(out);
+    }
+    for i in 0..usize::from(h.e_phnum) {
+        let Ok(p) = table.pread_with::<ProgramHeader>(i * SIZEOF_PHDR, LE) else {
+            break;
+        };
+        // A note segment is read as far as its first note can reach (the
+        // Solo5 notes are each the first of their segment).
+        match p.p_type {
+            ph::PT_LOAD => out.push(Range {
+                off: p.p_offset,
+                len: p.p_filesz,
+                load: true,
+            }),
+            ph::PT_NOTE => out.push(Range {
+                off: p.p_offset,
+                len: p.p_filesz.min(NOTE_READ_MAX),
+                load: false,
+            }),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 pub(super) struct Elf<'a> {
     pub bytes: &'a [u8],
     pub entry: u64,

@@ -24,7 +24,7 @@ pub enum ImageError {
     NotAFile,
     #[error("not an ELF file (bad magic)")]
     NotElf,
-    #[error("truncated ELF: {0} lies beyond the end of the file")]
+    #[error("truncated ELF: the file ends inside {0}")]
     Truncated(&'static str),
     #[error("unsupported ELF: {0}")]
     Unsupported(&'static str),
@@ -58,22 +58,44 @@ pub struct Image<'a> {
     pub function: bool,
 }
 
-/// Largest image file read: the largest guest memory (`--mem` is at most
-/// 4 GiB), since every loaded byte must fit in it.
+/// The most an image may ask skiff to read: the largest guest memory
+/// (`--mem` is at most 4 GiB), since every loaded byte must fit in it.
 pub const MAX_IMAGE_BYTES: u64 = 4 << 30;
 
-/// Reads an image file, refusing anything that is not a regular file
-/// (a FIFO or a device would block or never end) or larger than
-/// [`MAX_IMAGE_BYTES`]. Uses fstat and read only: `File::metadata` and
-/// `read_to_end` call statx, which urunc's outer seccomp filter forbids.
+/// Reads an image file for a guest of up to 4 GiB ([`read_file_for`]).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ImageError> {
-    read_open(std::fs::File::open(path).map_err(ImageError::Open)?)
+    read_file_for(path, MAX_IMAGE_BYTES)
+}
+
+/// Reads what an image file's headers name, for a guest of `mem_size`
+/// bytes: see [`read_open_for`]. The file is opened non-blocking, so a
+/// FIFO or a device is refused at once instead of waiting for a writer.
+pub fn read_file_for(path: &Path, mem_size: u64) -> Result<Vec<u8>, ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(ImageError::Open)?;
+    read_open_for(f, mem_size)
 }
 
 /// [`read_file`] for a file already open (`skiff hook` opens it inside the
 /// container's rootfs).
-pub fn read_open(mut f: std::fs::File) -> Result<Vec<u8>, ImageError> {
-    use std::io::Read;
+pub fn read_open(f: std::fs::File) -> Result<Vec<u8>, ImageError> {
+    read_open_for(f, MAX_IMAGE_BYTES)
+}
+
+/// Reads an image from its header onwards, never the whole file first:
+/// anything but a regular file is refused, then the ELF magic is checked
+/// on the first bytes, then only the ranges the program headers name are
+/// read (the ELF header, the program header table, each segment's and
+/// note's bytes) into a buffer whose other pages are never touched, so
+/// debug sections and trailing bytes cost neither time nor memory. The
+/// loadable bytes must fit in `mem_size`. Uses fstat and pread only:
+/// `File::metadata` calls statx, which urunc's outer seccomp filter
+/// forbids.
+pub fn read_open_for(f: std::fs::File, mem_size: u64) -> Result<Vec<u8>, ImageError> {
     use std::os::fd::AsRawFd;
     // SAFETY: fstat on our open fd into a zeroed, properly sized struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -85,23 +107,58 @@ pub fn read_open(mut f: std::fs::File) -> Result<Vec<u8>, ImageError> {
         return Err(ImageError::NotAFile);
     }
     let size = st.st_size as u64;
-    if size > MAX_IMAGE_BYTES {
+    let mut head = [0u8; elf::EHDR_SIZE];
+    let got = pread(&f, &mut head, 0)?;
+    if got < 4 || head[..4] != *b"\x7fELF" {
+        return Err(ImageError::NotElf);
+    }
+    let ranges = elf::ranges(&head[..got], |buf, off| pread(&f, buf, off))?;
+    let loadable: u64 = ranges
+        .iter()
+        .filter(|r| r.load)
+        .fold(0u64, |sum, r| sum.saturating_add(r.len));
+    if loadable > mem_size.min(MAX_IMAGE_BYTES) {
         return Err(ImageError::TooBig(format!(
-            "the file is {size} bytes, more than the largest guest memory ({MAX_IMAGE_BYTES} bytes)"
+            "its segments hold {loadable} bytes, more than guest memory ({} bytes)",
+            mem_size.min(MAX_IMAGE_BYTES)
         )));
     }
-    let mut buf = vec![0u8; size as usize];
-    let mut len = 0;
-    while len < buf.len() {
-        match f.read(&mut buf[len..]) {
+    // The buffer spans what the ranges reach, cut at the end of the file
+    // (the parser then reports what is truncated). Zeroed allocations this
+    // large come straight from mmap: unread pages stay unbacked.
+    let reach = ranges
+        .iter()
+        .map(|r| r.off.saturating_add(r.len))
+        .fold(got as u64, u64::max)
+        .min(size);
+    if reach > MAX_IMAGE_BYTES {
+        return Err(ImageError::TooBig(format!(
+            "its headers name bytes up to offset {reach}, past the {MAX_IMAGE_BYTES} bytes skiff reads of an image"
+        )));
+    }
+    let mut buf = vec![0u8; reach as usize];
+    for r in &ranges {
+        let end = r.off.saturating_add(r.len).min(reach);
+        if r.off < end {
+            pread(&f, &mut buf[r.off as usize..end as usize], r.off)?;
+        }
+    }
+    Ok(buf)
+}
+
+/// Fills `buf` from `off` (short only at the end of the file).
+fn pread(f: &std::fs::File, buf: &mut [u8], off: u64) -> Result<usize, ImageError> {
+    use std::os::unix::fs::FileExt;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
             Ok(0) => break,
-            Ok(n) => len += n,
+            Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(ImageError::Open(e)),
         }
     }
-    buf.truncate(len);
-    Ok(buf)
+    Ok(got)
 }
 
 impl<'a> Image<'a> {

@@ -17,6 +17,8 @@ pub const PML4_BASE: u64 = 0x2000;
 pub const PDPT_BASE: u64 = 0x3000;
 pub const PD_BASE: u64 = 0x4000;
 pub const PT_BASE: u64 = 0x8000;
+/// The guest's CR3 until it loads page tables of its own.
+pub const BOOT_CR3: u64 = PML4_BASE;
 /// Lowest address the guest may load at; below it is the tender's.
 pub const KERNEL_BASE: u64 = guest_abi::hvt::KERNEL_BASE;
 
@@ -122,6 +124,6 @@ pub fn write_boot_state(
         boot_info: BOOT_INFO_BASE,
         gdt_base: GDT_BASE,
         gdt_limit: (GDT.len() * 8 - 1) as u16,
-        cr3: PML4_BASE,
+        cr3: BOOT_CR3,
     })
 }

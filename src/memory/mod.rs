@@ -7,7 +7,7 @@
 
 mod layout;
 
-pub use layout::{write_boot_state, BootState, BOOT_GDT_SELECTORS, KERNEL_BASE};
+pub use layout::{write_boot_state, BootState, BOOT_CR3, BOOT_GDT_SELECTORS, KERNEL_BASE};
 
 use thiserror::Error;
 use vm_memory::{

@@ -51,14 +51,19 @@ pub enum HookError {
     NoRoot { path: PathBuf },
     #[error("annotation {ANN_KERNEL}: '{0}' is not a path inside the rootfs")]
     KernelPath(String),
-    #[error("annotation {ANN_MEM}: {0}")]
-    Mem(crate::config::ConfigError),
+    #[error("annotation {ANN_MEM}='{value}': {err}")]
+    Mem {
+        value: String,
+        err: crate::config::ConfigError,
+    },
     #[error("{ANN_KERNEL} {path}: {err}")]
     Image { path: String, err: ImageError },
     #[error("annotation {ANN_NET} needs the container's pid in the state")]
     NoPid,
     #[error("annotation {ANN_NET}: {0}")]
     Net(#[from] NetError),
+    #[error("exiting on signal {0}")]
+    Signal(i32),
 }
 
 /// The container state (OCI runtime spec, "State"). Not
@@ -135,7 +140,8 @@ fn open_in_root(root: &Path, rel: &Path) -> std::io::Result<std::fs::File> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: open_how is plain integers; all-zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64;
+    // O_NONBLOCK: a FIFO is refused (not a regular file), not waited on.
+    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT;
     // SAFETY: `dir` is an open directory, `c` a NUL-terminated path and
     // `how` a valid open_how of the size passed.
@@ -183,7 +189,12 @@ pub fn hook(state: &State) -> Result<(), HookError> {
     let rootfs = state.bundle.join(&root.path);
     let rel = inside_rootfs(kernel)?;
     let mem = match ann(ANN_MEM) {
-        Some(m) => MemSize::from_mib(m).map_err(HookError::Mem)?.bytes(),
+        Some(m) => MemSize::from_mib(m)
+            .map_err(|err| HookError::Mem {
+                value: m.clone(),
+                err,
+            })?
+            .bytes(),
         None => MEM_DEFAULT,
     };
     let img_err = |err| HookError::Image {
@@ -191,7 +202,7 @@ pub fn hook(state: &State) -> Result<(), HookError> {
         err,
     };
     let f = open_in_root(&rootfs, &rel).map_err(|e| img_err(ImageError::Open(e)))?;
-    let bytes = image::read_open(f).map_err(img_err)?;
+    let bytes = image::read_open_for(f, mem).map_err(img_err)?;
     Image::parse(&bytes, mem).map_err(img_err)?;
 
     if let Some(tap) = ann(ANN_NET) {
@@ -201,26 +212,43 @@ pub fn hook(state: &State) -> Result<(), HookError> {
     Ok(())
 }
 
-/// `skiff hook`: the exit status for the runtime.
-pub fn main(prog: &str) -> i32 {
-    let run = || -> Result<(), HookError> {
-        let bytes = read_limited(std::io::stdin().lock(), STATE_MAX)
-            .map_err(HookError::ReadState)?
-            .ok_or(HookError::StateTooBig)?;
-        hook(&parse_state(&bytes)?)
-    };
-    match run() {
-        Ok(()) => 0,
-        Err(e) => {
-            crate::cli::report(prog, &one_line(&e));
-            1
+/// Reads and parses the container state from `r` (stdin), at most 1 MiB.
+/// A stop signal while waiting for it (a hook run by hand at a terminal)
+/// ends the read: [`HookError::Signal`].
+pub fn read_state(mut r: impl Read) -> Result<State, HookError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) if (buf.len() + n) as u64 > STATE_MAX => return Err(HookError::StateTooBig),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if let Some(sig) = crate::vcpu::signals::pending() {
+                    return Err(HookError::Signal(sig));
+                }
+            }
+            Err(e) => return Err(HookError::ReadState(e)),
         }
     }
+    parse_state(&buf)
 }
 
-/// An error as one line (serde_json's messages have none, paths might).
-fn one_line(e: &dyn std::fmt::Display) -> String {
-    e.to_string().replace(['\n', '\r'], " ")
+impl HookError {
+    /// 128+N for signal N, else 1 (the runtime does not start the
+    /// container).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            HookError::Signal(s) => 128 + s,
+            _ => 1,
+        }
+    }
+
+    /// The error as one line (serde_json's messages have none, paths
+    /// might).
+    pub fn one_line(&self) -> String {
+        self.to_string().replace(['\n', '\r'], " ")
+    }
 }
 
 #[cfg(test)]

@@ -6,36 +6,13 @@
 
 use super::proto::{self, Reply, REPLY_LEN};
 use crate::bench::marks::{self, Mark};
-use crate::cli::report;
-use clap::Args;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::Path;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// `skiff call PATH`
-#[derive(Debug, Args)]
-pub struct CallArgs {
-    /// The pool's socket (`skiff pool --socket PATH`).
-    #[arg(value_name = "PATH")]
-    pub socket: PathBuf,
-}
-
-pub fn main(prog: &str, a: CallArgs) -> i32 {
-    match call(&a) {
-        Ok(status) => {
-            marks::report();
-            status
-        }
-        Err(e) => {
-            report(prog, &e);
-            e.status()
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
-enum CallError {
+pub enum CallError {
     #[error("cannot reach the pool at {0}: {1}")]
     Connect(String, std::io::Error),
     #[error("{0}")]
@@ -49,7 +26,8 @@ enum CallError {
 }
 
 impl CallError {
-    fn status(&self) -> i32 {
+    /// 128+N for signal N, else 1.
+    pub fn exit_status(&self) -> i32 {
         match self {
             CallError::Signal(s) => 128 + s,
             _ => 1,
@@ -57,9 +35,11 @@ impl CallError {
     }
 }
 
-fn call(a: &CallArgs) -> Result<i32, CallError> {
-    let conn = UnixStream::connect(&a.socket)
-        .map_err(|e| CallError::Connect(a.socket.display().to_string(), e))?;
+/// Sends this process's request to the pool at `socket` and waits for the
+/// guest's exit status (the phase marks are taken from the reply).
+pub fn call(socket: &Path) -> Result<i32, CallError> {
+    let conn = UnixStream::connect(socket)
+        .map_err(|e| CallError::Connect(socket.display().to_string(), e))?;
     let vars: Vec<_> = std::env::vars_os()
         .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"Http_"))
         .collect();
@@ -70,6 +50,9 @@ fn call(a: &CallArgs) -> Result<i32, CallError> {
     (&conn).write_all(&msg[sent..]).map_err(CallError::Send)?;
     let mut buf = [0u8; REPLY_LEN];
     let mut got = 0;
+    if let Some(sig) = crate::vcpu::signals::pending() {
+        return Err(CallError::Signal(sig));
+    }
     while got < REPLY_LEN {
         match (&conn).read(&mut buf[got..]) {
             Ok(0) => return Err(CallError::NoAnswer),

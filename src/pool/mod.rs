@@ -19,29 +19,48 @@ pub mod proto;
 mod warm;
 mod worker;
 
-use crate::cli::{report, RunArgs};
 use crate::config::RunConfig;
-use clap::Args;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use thiserror::Error;
 
 /// Most workers a pool keeps.
-const WORKERS_MAX: usize = 64;
+pub const WORKERS_MAX: usize = 64;
 /// Failed worker starts in a row (after the pool was ready) that end it.
 const FAILURES_MAX: u32 = 8;
 
-/// `skiff pool [--workers N] --socket PATH --restore FILE [run flags] KERNEL`
-#[derive(Debug, Args)]
-pub struct PoolArgs {
-    /// The unix socket to serve calls on (`skiff call PATH`).
-    #[arg(long, value_name = "PATH")]
-    pub socket: PathBuf,
-    /// How many restored guests to keep ready.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub workers: usize,
-    #[command(flatten)]
-    pub run: RunArgs,
+/// Why a pool did not start, or ended.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("--workers must be 1 to {WORKERS_MAX}")]
+    Workers,
+    #[error("a TAP device serves one guest: use --workers 1 with --net")]
+    NetWorkers,
+    /// The trial restore's one-line reason.
+    #[error("{0}")]
+    Snapshot(String),
+    #[error("pool: fork: {0}")]
+    Fork(std::io::Error),
+    #[error("{path}: {err}")]
+    Socket { path: String, err: std::io::Error },
+    #[error("pool: cannot start a worker: {0}")]
+    Spawn(std::io::Error),
+    #[error("pool: a worker could not restore the snapshot (see above)")]
+    WorkerFailed,
+    #[error("exiting on signal {0}")]
+    Signal(i32),
+}
+
+impl PoolError {
+    /// 128+N for signal N, else 1.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            PoolError::Signal(s) => 128 + s,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,115 +76,176 @@ struct Worker {
     state: State,
 }
 
-pub fn main(prog: &str, a: PoolArgs) -> i32 {
-    let Some(snap) = a.run.restore.clone() else {
-        report(
-            prog,
-            &"pool needs --restore FILE (a snapshot made by skiff snapshot)",
-        );
-        return 1;
-    };
-    if a.workers == 0 || a.workers > WORKERS_MAX {
-        report(prog, &format_args!("--workers must be 1 to {WORKERS_MAX}"));
-        return 1;
-    }
-    let Some(cfg) = a.run.config_or_report(prog) else {
-        return 1;
-    };
-    if !cfg.devices.net.is_empty() && a.workers > 1 {
-        report(
-            prog,
-            &"a TAP device serves one guest: use --workers 1 with --net",
-        );
-        return 1;
-    }
-    if !restores_here(prog, &cfg, Some(&snap)) {
-        return 1;
-    }
-    let listener = match listen(&a.socket) {
-        Ok(l) => l,
-        Err(e) => {
-            report(prog, &format_args!("{}: {e}", a.socket.display()));
-            return 1;
+/// A pool to serve: `workers` guests restored from `snapshot`, built as
+/// `cfg` says, waiting on `socket`. `prog` names the workers' messages.
+pub struct Pool<'a> {
+    pub prog: &'a str,
+    pub cfg: &'a RunConfig,
+    /// `None`: each guest is built cold up to its first instruction
+    /// (`skiff serve` without a snapshot).
+    pub snapshot: Option<&'a Path>,
+    pub socket: &'a Path,
+    pub workers: usize,
+}
+
+impl Pool<'_> {
+    /// Checks, binds and serves until a stop signal (or a worker that
+    /// cannot restore); the socket is removed either way. `ready` is
+    /// called once, when every worker is first ready. Always ends with an
+    /// error: [`PoolError::Signal`] is the normal end.
+    pub fn serve(&self, ready: &dyn Fn()) -> PoolError {
+        if self.workers == 0 || self.workers > WORKERS_MAX {
+            return PoolError::Workers;
         }
-    };
-    let status = supervise(prog, &cfg, Some(&snap), &listener, a.workers, &a.socket);
-    let _ = std::fs::remove_file(&a.socket);
-    status
+        if !self.cfg.devices.net.is_empty() && self.workers > 1 {
+            return PoolError::NetWorkers;
+        }
+        if let Err(e) = restores_here(self.cfg, self.snapshot) {
+            return e;
+        }
+        let sock_err = |err| PoolError::Socket {
+            path: self.socket.display().to_string(),
+            err,
+        };
+        let listener = match listen(self.socket) {
+            Ok(l) => l,
+            Err(e) => return sock_err(e),
+        };
+        // Workers wait in ppoll, then accept without blocking (worker.rs).
+        let e = match listener.set_nonblocking(true) {
+            Ok(()) => supervise(self, &listener, ready),
+            Err(e) => sock_err(e),
+        };
+        let _ = std::fs::remove_file(self.socket);
+        e
+    }
 }
 
 /// Refuses a snapshot that cannot be restored here with its one-line
-/// reason, once, before any worker tries. The trial runs in a child: a
+/// reason, once, before any worker tries. The trial runs in a child (a
 /// restore with accelerators starts plugin threads, and the pool must stay
-/// single-threaded to fork its workers.
-pub(crate) fn restores_here(prog: &str, cfg: &RunConfig, snap: Option<&Path>) -> bool {
+/// single-threaded to fork its workers), which sends its reason back on a
+/// pipe.
+fn restores_here(cfg: &RunConfig, snap: Option<&Path>) -> Result<(), PoolError> {
+    let (r, w) = pipe().map_err(PoolError::Fork)?;
     // SAFETY: single-threaded here; the child only restores and exits.
     match unsafe { libc::fork() } {
-        -1 => {
-            report(
-                prog,
-                &format_args!("pool: fork: {}", std::io::Error::last_os_error()),
-            );
-            false
-        }
+        -1 => Err(PoolError::Fork(std::io::Error::last_os_error())),
         0 => {
+            drop(r);
             let r = worker::Ready::new(cfg, snap);
             if let Err(e) = &r {
-                report(prog, e);
+                let _ = (&std::fs::File::from(w)).write_all(e.to_string().as_bytes());
             }
             // SAFETY: ends the child at once, skipping the parent's atexit
             // work; the kernel tears the trial VM down.
             unsafe { libc::_exit(i32::from(r.is_err())) }
         }
         pid => {
+            drop(w);
+            let mut why = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut why);
             let mut status = 0;
-            // SAFETY: waiting for our own child with a valid out-pointer.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
-        }
-    }
-}
-
-/// Binds PATH, replacing a stale socket nobody serves any more.
-fn listen(path: &Path) -> std::io::Result<UnixListener> {
-    match UnixListener::bind(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(std::io::Error::other("a pool is already serving there"));
+            // SAFETY: waiting for our own child with a valid out-pointer;
+            // EINTR (a stop signal) is retried: the child ends by itself.
+            while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
             }
-            std::fs::remove_file(path)?;
-            UnixListener::bind(path)
+            if let Some(sig) = crate::vcpu::signals::pending() {
+                return Err(PoolError::Signal(sig));
+            }
+            match libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                true => Ok(()),
+                false if why.is_empty() => Err(PoolError::Snapshot(
+                    "the trial restore of the snapshot ended without a reason".into(),
+                )),
+                false => Err(PoolError::Snapshot(why)),
+            }
         }
-        r => r,
     }
 }
 
-/// Blocks or unblocks SIGINT and SIGTERM for this thread.
-pub(super) fn set_stop_signals(how: libc::c_int) {
-    // SAFETY: a valid sigset built in place; changes only our mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
-}
-
-/// Forks a worker; the child never returns from here.
-fn spawn(
-    prog: &str,
-    cfg: &RunConfig,
-    snap: Option<&Path>,
-    listener: &UnixListener,
-) -> std::io::Result<Worker> {
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [-1; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: pipe2 returned two fresh fds that we now own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Binds PATH, replacing a stale socket nobody serves any more. The
+/// socket is bound by its absolute path, so that another pool can tell
+/// from /proc/net/unix that it is live without connecting to it (a
+/// connection would be taken by one of this pool's workers as a request).
+fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    let abs = absolute(path);
+    // sun_path holds 107 bytes and a NUL: a long absolute path falls back
+    // to the path as given.
+    let bound = match abs.as_os_str().len() < 108 {
+        true => abs.as_path(),
+        false => path,
+    };
+    match UnixListener::bind(bound) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let live = match listening(&abs) {
+                Some(live) => live,
+                None => UnixStream::connect(path).is_ok(), // no /proc
+            };
+            if live {
+                return Err(std::io::Error::other("a pool is already serving there"));
+            }
+            std::fs::remove_file(path)?;
+            UnixListener::bind(bound)
+        }
+        r => r,
+    }
+}
+
+/// `path` made absolute (its directory resolved), else as given.
+fn absolute(path: &Path) -> std::path::PathBuf {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Whether a listening unix socket is bound to `abs` in this network
+/// namespace (/proc/net/unix: flags 00010000 is __SO_ACCEPTCON); `None`
+/// when /proc cannot be read.
+fn listening(abs: &Path) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let want = abs.to_str()?;
+    Some(table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && f[7..].join(" ") == want
+    }))
+}
+
+/// Blocks or unblocks the stop signals (SIGINT, SIGTERM, ...) for this
+/// thread.
+pub(super) fn set_stop_signals(how: libc::c_int) {
+    // SAFETY: a valid sigset built in place; changes only our mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in crate::vcpu::signals::STOP {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Forks a worker; the child never returns from here.
+fn spawn(p: &Pool, listener: &UnixListener) -> std::io::Result<Worker> {
+    let (r, w) = pipe()?;
     // SAFETY: getpid has no preconditions.
     let pool = unsafe { libc::getpid() };
     // SAFETY: the pool is single-threaded (no plugin is loaded in it), so
@@ -174,7 +254,7 @@ fn spawn(
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
             drop(r);
-            let status = worker::serve(prog, cfg, snap, listener, w.as_raw_fd(), pool);
+            let status = worker::serve(p.prog, p.cfg, p.snapshot, listener, w.as_raw_fd(), pool);
             std::process::exit(status)
         }
         pid => Ok(Worker {
@@ -185,24 +265,10 @@ fn spawn(
     }
 }
 
-/// Keeps `n` workers (restored from `snap`, or built cold without one)
-/// starting or ready until SIGINT/SIGTERM (status 0) or until a worker
-/// fails to start (1: its message is on stderr). `skiff serve` runs its
-/// guests through this too; the caller has checked the configuration
-/// (see [`restores_here`]).
-pub(crate) fn supervise(
-    prog: &str,
-    cfg: &RunConfig,
-    snap: Option<&Path>,
-    listener: &UnixListener,
-    n: usize,
-    path: &Path,
-) -> i32 {
-    // Workers wait in ppoll, then accept without blocking (worker.rs).
-    if let Err(e) = listener.set_nonblocking(true) {
-        report(prog, &format_args!("{}: {e}", path.display()));
-        return 1;
-    }
+/// Keeps `n` workers starting or ready until SIGINT/SIGTERM or until a
+/// worker fails to start (its message is on stderr).
+fn supervise(p: &Pool, listener: &UnixListener, ready: &dyn Fn()) -> PoolError {
+    let n = p.workers;
     // Busy workers are not waited for: the kernel reaps them.
     // SAFETY: setting a standard disposition.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
@@ -210,25 +276,20 @@ pub(crate) fn supervise(
     let mut workers: Vec<Worker> = Vec::new();
     let mut announced = false;
     let mut failures = 0;
+    let p_prog = p.prog;
     let status = 'serve: loop {
         // A replacement starts when a busy worker has finished (its restore
         // would otherwise compete with the running request for the CPU),
         // or at once when no other worker is left waiting.
         while workers.len() < n || workers.iter().all(|w| w.state == State::Busy) {
-            match spawn(prog, cfg, snap, listener) {
+            match spawn(p, listener) {
                 Ok(w) => workers.push(w),
-                Err(e) => {
-                    report(prog, &format_args!("pool: cannot start a worker: {e}"));
-                    break 'serve 1;
-                }
+                Err(e) => break 'serve PoolError::Spawn(e),
             }
         }
         if !announced && workers.iter().filter(|w| w.state == State::Ready).count() == n {
             announced = true;
-            report(
-                prog,
-                &format_args!("pool: {n} workers ready on {}", path.display()),
-            );
+            ready();
         }
         let mut polls: Vec<libc::pollfd> = workers
             .iter()
@@ -238,8 +299,8 @@ pub(crate) fn supervise(
                 revents: 0,
             })
             .collect();
-        if crate::vcpu::signals::pending().is_some() {
-            break 0;
+        if let Some(sig) = crate::vcpu::signals::pending() {
+            break PoolError::Signal(sig);
         }
         // SIGINT/SIGTERM are blocked except inside ppoll, so one cannot
         // slip in between the check above and the wait.
@@ -275,19 +336,13 @@ pub(crate) fn supervise(
                 // worker, which is replaced; only a run of them ends it.
                 _ if w.state == State::Starting && announced && failures < FAILURES_MAX => {
                     failures += 1;
-                    report(
-                        prog,
+                    crate::diag::line(
+                        p_prog,
                         &"pool: a worker could not restore the snapshot (see above); replacing it",
                     );
                     gone.push(i);
                 }
-                _ if w.state == State::Starting => {
-                    report(
-                        prog,
-                        &"pool: a worker could not restore the snapshot (see above)",
-                    );
-                    break 'serve 1;
-                }
+                _ if w.state == State::Starting => break 'serve PoolError::WorkerFailed,
                 _ => gone.push(i),
             }
         }

@@ -7,7 +7,7 @@
 
 use super::proto::{Reply, REQUEST_HEADER, VARS_MAX};
 use super::worker::{self, READY, TAKEN};
-use crate::cli::report;
+use crate::diag::line as report;
 use crate::devices::function::NextRequest;
 use std::cell::RefCell;
 use std::io::Write;

@@ -7,11 +7,12 @@
 
 use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
 use crate::bench::marks::{self, Mark, COUNT};
-use crate::cli::report;
 use crate::config::RunConfig;
 use crate::devices::function::Function;
+use crate::diag::line as report;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
+use crate::vmm::RunError;
 use crate::vmm::Vm;
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -81,8 +82,12 @@ pub(super) fn serve(
     // A warm guest's worker (skiff serve --warm) takes more requests from
     // this socket and parks its stdio on its own stderr between them.
     let warm_fds = super::warm::Fds::new(listener);
-    if crate::seccomp::confine(prog, policy).is_none() {
-        return 1;
+    match crate::seccomp::install(policy) {
+        Ok(i) => i.note().into_iter().for_each(|n| report(prog, &n)),
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
     }
     tell(pipe, READY);
     let conn = match accept_one(prog, listener) {
@@ -124,7 +129,19 @@ pub(super) fn serve(
         ));
     }
     let (status, _vm) = match prepared.start(function) {
-        Ok(mut vm) => (crate::cli::outcome(prog, vm.run()), Some(vm)),
+        Ok(mut vm) => {
+            let result = vm.run();
+            match &result {
+                Ok(_) => {}
+                // SIGIO: the caller hung up (watch_hangup), not a signal
+                // anyone sent.
+                Err(RunError::Signal(libc::SIGIO)) => {
+                    report(prog, &"pool: the caller hung up; its guest was stopped")
+                }
+                Err(e) => report(prog, e),
+            }
+            (crate::vmm::exit_status(&result), Some(vm))
+        }
         Err(e) => {
             report(prog, &e);
             (1, None)

@@ -25,8 +25,9 @@ pub mod vars;
 use crate::config::RunConfig;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::io::Read;
 use std::net::SocketAddr;
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,9 +113,6 @@ impl Drop for PoolDir {
 
 /// Runs the server until SIGTERM/SIGINT and the drain; `Ok` on a clean end.
 pub fn run(prog: &str, cfg: ServeConfig, run: RunConfig) -> Result<(), ServeError> {
-    if !crate::pool::restores_here(prog, &run, cfg.restore.as_deref()) {
-        return Err(ServeError::Function);
-    }
     let http =
         std::net::TcpListener::bind(cfg.listen).map_err(|e| ServeError::Listen(cfg.listen, e))?;
     let metrics = cfg
@@ -123,17 +121,7 @@ pub fn run(prog: &str, cfg: ServeConfig, run: RunConfig) -> Result<(), ServeErro
         .transpose()?;
     let dir = PoolDir::new()?;
     let sock = dir.0.join("pool.sock");
-    let listener = UnixListener::bind(&sock)
-        .map_err(|e| ServeError::PoolSocket(sock.display().to_string(), e))?;
-    let pool_pid = fork_pool(
-        prog,
-        &cfg,
-        &run,
-        &listener,
-        &sock,
-        &[Some(&http), metrics.as_ref()],
-    )?;
-    drop(listener);
+    let pool_pid = fork_pool(prog, &cfg, &run, &sock, &[Some(&http), metrics.as_ref()])?;
     let state = Arc::new(State {
         prog: prog.to_string(),
         pool: sock,
@@ -152,24 +140,32 @@ pub fn run(prog: &str, cfg: ServeConfig, run: RunConfig) -> Result<(), ServeErro
     r
 }
 
-/// Forks the pool: single-threaded here (no runtime yet), so the child may
-/// run Rust code. It gets its own process group, so a signal to the
-/// front's group (Ctrl-C) does not kill guests the drain is waiting for,
-/// and it ends with the front (PDEATHSIG).
+/// Forks the pool and waits until its workers are first ready (or it has
+/// failed, its reason on stderr). Single-threaded here (no runtime yet),
+/// so the child may run Rust code. It gets its own process group, so a
+/// signal to the front's group (Ctrl-C) does not kill guests the drain is
+/// waiting for, and it ends with the front (PDEATHSIG).
 fn fork_pool(
     prog: &str,
     cfg: &ServeConfig,
     run: &RunConfig,
-    listener: &UnixListener,
     sock: &Path,
     close: &[Option<&std::net::TcpListener>],
 ) -> Result<libc::pid_t, ServeError> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(ServeError::Fork(std::io::Error::last_os_error()));
+    }
+    // SAFETY: pipe2 returned two fresh fds that we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: getpid has no preconditions.
     let front = unsafe { libc::getpid() };
     // SAFETY: single-threaded: the child continues with a consistent copy.
     match unsafe { libc::fork() } {
         -1 => Err(ServeError::Fork(std::io::Error::last_os_error())),
         0 => {
+            drop(r);
             // SAFETY: process-attribute calls on ourselves; closing the
             // HTTP listeners we inherited (the front owns them).
             unsafe {
@@ -179,20 +175,38 @@ fn fork_pool(
                     libc::_exit(0);
                 }
                 for l in close.iter().flatten() {
-                    libc::close(std::os::fd::AsRawFd::as_raw_fd(*l));
+                    libc::close(l.as_raw_fd());
                 }
             }
-            let status = crate::pool::supervise(
+            let pool = crate::pool::Pool {
                 prog,
-                run,
-                cfg.restore.as_deref(),
-                listener,
-                cfg.workers,
-                sock,
-            );
-            std::process::exit(status)
+                cfg: run,
+                snapshot: cfg.restore.as_deref(),
+                socket: sock,
+                workers: cfg.workers,
+            };
+            let ready = || {
+                // SAFETY: one byte from our stack to our own pipe.
+                unsafe { libc::write(w.as_raw_fd(), b"R".as_ptr().cast(), 1) };
+            };
+            let e = pool.serve(&ready);
+            if !matches!(e, crate::pool::PoolError::Signal(_)) {
+                crate::diag::line(prog, &e);
+            }
+            std::process::exit(e.exit_status())
         }
-        pid => Ok(pid),
+        pid => {
+            drop(w);
+            let mut byte = [0u8; 1];
+            match std::fs::File::from(r).read(&mut byte) {
+                Ok(1) => Ok(pid),
+                _ => {
+                    // SAFETY: reaping our own child, which has ended.
+                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                    Err(ServeError::Function)
+                }
+            }
+        }
     }
 }
 

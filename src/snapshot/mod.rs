@@ -7,7 +7,6 @@
 //! - `save.rs`: boot to the first REQ_READ, write the file
 //! - `restore.rs`: check, map, restore, resume
 
-pub mod cli;
 pub mod format;
 pub mod restore;
 pub mod save;

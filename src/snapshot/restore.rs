@@ -10,14 +10,13 @@
 
 use super::format::{self, FormatError, Header, Meta, HEADER_LEN, PAGE};
 use super::vcpu::{self, StateError};
+use crate::builder::{self, BuildError};
 use crate::config::RunConfig;
 use crate::hypercall::Request;
 use crate::memory::{Gpa, GuestMemory, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::vcpu::VcpuError;
 use crate::vmm::Vm;
 use guest_abi::hvt::Hypercall;
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::Kvm;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -30,11 +29,9 @@ pub enum RestoreError {
     Open { path: String, err: std::io::Error },
     #[error("{path}: {err}")]
     Format { path: String, err: FormatError },
-    #[error("{path}: {err}")]
-    Image {
-        path: String,
-        err: crate::image::ImageError,
-    },
+    /// A step of the builder's recipe (image, devices, memory, KVM).
+    #[error(transparent)]
+    Build(#[from] BuildError),
     #[error("the snapshot was made from another image than {0}")]
     OtherImage(String),
     #[error("the snapshot has {snap} MiB of guest memory, this run asks for {given} MiB (--mem)")]
@@ -47,22 +44,12 @@ pub enum RestoreError {
         "the snapshot's guest was booted without accelerators: --accel cannot be added at restore"
     )]
     AccelAdded,
-    #[error("{0}")]
-    AccelRuntime(#[from] crate::accel::AccelError),
-    #[error("{0}")]
-    Attach(#[from] crate::devices::attach::AttachError),
     #[error("device {0} differs from the one the snapshot's guest was booted with (type, size, block size, MAC or MTU)")]
     Device(String),
     #[error("{0}")]
     Memory(#[from] MemoryError),
     #[error("cannot map the snapshot's pages: {0}")]
     Map(std::io::Error),
-    #[error("cannot open /dev/kvm: {0}")]
-    KvmOpen(kvm_ioctls::Error),
-    #[error("KVM_CREATE_VM failed: {0}")]
-    CreateVm(kvm_ioctls::Error),
-    #[error("KVM_SET_USER_MEMORY_REGION failed: {0}")]
-    MemoryRegion(kvm_ioctls::Error),
     #[error("{0}")]
     Vcpu(#[from] VcpuError),
     #[error("the snapshot's guest was booted with a {snap} kHz TSC, this host's is {here} kHz")]
@@ -199,7 +186,8 @@ impl Prepared {
 }
 
 /// Everything of [`restore`] that does not depend on the request or the
-/// time: checks, memory, VM, vCPU state.
+/// time: checks, then the builder's steps with the snapshot's memory and
+/// vCPU state in place of a boot.
 pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     let path = snap.display().to_string();
     let mut f = std::fs::File::open(snap).map_err(|err| RestoreError::Open {
@@ -208,13 +196,10 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     })?;
     let (h, meta) = read_meta(&mut f, &path)?;
 
-    let kpath = cfg.kernel.display().to_string();
-    let image = crate::image::read_file(&cfg.kernel).map_err(|err| RestoreError::Image {
-        path: kpath.clone(),
-        err,
-    })?;
+    // 1. The image: the one the snapshot was booted from.
+    let image = builder::read_image(&cfg.kernel, cfg.mem.bytes())?;
     if <[u8; 32]>::from(Sha256::digest(&image)) != h.image_sha256 {
-        return Err(RestoreError::OtherImage(kpath));
+        return Err(RestoreError::OtherImage(cfg.kernel.display().to_string()));
     }
     if h.mem_size != cfg.mem.bytes() {
         return Err(RestoreError::MemSize {
@@ -227,70 +212,50 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
             String::from_utf8_lossy(&meta.cmdline).into_owned(),
         ));
     }
-    // The manifest (for the device bindings); the hash matched, so this
-    // is the image the snapshot was booted from.
-    let img =
-        crate::image::Image::parse(&image, h.mem_size).map_err(|err| RestoreError::Image {
-            path: kpath.clone(),
-            err,
-        })?;
+    let img = builder::parse_image(&cfg.kernel, &image, h.mem_size)?;
+
+    // 2. Devices as the guest saw them at boot. It learnt then whether
+    //    accelerators are there; it had no session open at the snapshot
+    //    (save.rs), so a fresh runtime is its.
     let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
-    let (mut devices, entries) = crate::devices::attach::attach(&img.manifest, &bindings)?;
-    devices.console = crate::devices::console::Console::for_image(img.function);
+    let (devices, entries) = builder::attach(&img, &bindings, &cfg.accel)?;
     check_devices(&meta.devices, &entries)?;
-    // The guest learnt at boot whether accelerators are there; it had no
-    // session open at the snapshot (save.rs), so a fresh runtime is its.
-    let accel = crate::accel::Accel::build(&cfg.accel)?;
     match (
         h.host_features & guest_abi::skiff::SKIFF_FEATURE_ACCEL != 0,
-        &accel,
+        devices.accel.is_some(),
     ) {
-        (true, None) => return Err(RestoreError::AccelMissing),
-        (false, Some(_)) => return Err(RestoreError::AccelAdded),
-        _ => devices.accel = accel,
+        (true, false) => return Err(RestoreError::AccelMissing),
+        (false, true) => return Err(RestoreError::AccelAdded),
+        _ => {}
     }
 
+    // 3. Memory: the saved pages, copy-on-write.
     let mut mem = GuestMemory::new(h.mem_size)?;
     map_runs(&mem, &f, &h, &meta).map_err(RestoreError::Map)?;
     for &(a, b) in &meta.read_only {
         mem.protect(a, b).map_err(RestoreError::Map)?;
     }
 
-    let kvm = Kvm::new().map_err(RestoreError::KvmOpen)?;
-    let vm = kvm.create_vm().map_err(RestoreError::CreateVm)?;
-    let region = kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: h.mem_size,
-        userspace_addr: mem.host_base() as u64,
-    };
-    // SAFETY: the region is our own live mapping of `mem_size` bytes, kept
-    // in the Vm next to the VM fd, so it outlives the slot.
-    unsafe { vm.set_user_memory_region(region) }.map_err(RestoreError::MemoryRegion)?;
-    let mut vcpu = Vcpu::new(&kvm, &vm)?;
-    // The guest converts TSC ticks with the frequency it was booted with.
-    let hz = vcpu.tsc_hz()?;
+    // 4. KVM.
+    let mut vm = builder::machine(mem, devices)?;
+
+    // 5. The saved vCPU, which converts TSC ticks with the frequency it
+    //    was booted with; it resumes inside its REQ_READ.
+    let hz = vm.vcpu.tsc_hz()?;
     if hz != h.tsc_hz {
         return Err(RestoreError::TscHz {
             snap: h.tsc_hz / 1000,
             here: hz / 1000,
         });
     }
-    let native = vcpu::restore(vcpu.fd(), &meta)?;
-    vcpu.set_pvm_native(native);
+    let native = vcpu::restore(vm.vcpu.fd(), &meta)?;
+    vm.vcpu.set_pvm_native(native);
+    vm.resume = Some(Request::Extension {
+        nr: Hypercall::ReqRead,
+        arg: Gpa(meta.pending_req_read),
+    });
     Ok(Prepared {
-        vm: Vm {
-            vcpu,
-            mem,
-            devices,
-            vm,
-            kvm,
-            resume: Some(Request::Extension {
-                nr: Hypercall::ReqRead,
-                arg: Gpa(meta.pending_req_read),
-            }),
-        },
+        vm,
         tsc_hz: h.tsc_hz,
         guest_tsc: h.guest_tsc,
         saved_at_ns: h.saved_at_ns,

@@ -5,9 +5,9 @@ use super::format::{self, DeviceRecord, Header, Meta, Run, PAGE};
 use super::vcpu::{self, StateError};
 use crate::config::RunConfig;
 use crate::devices::Stop;
-use crate::hypercall::{self, Request};
+use crate::hypercall::{Control, Request};
 use crate::memory::{Gpa, GuestMemory};
-use crate::vmm::RunError;
+use crate::vmm::{Ended, Hooked, RunError, RunHook};
 use guest_abi::hvt::{BootInfo, HcWalltime, Hypercall, BOOT_INFO_BASE};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -46,54 +46,18 @@ pub struct Saved {
 /// the saved timestamp are both moved back by it (not the TSC, which the
 /// restore must then move forward by as much more).
 pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, SaveError> {
-    let mut vm = crate::builder::build(cfg)?;
-    let image =
-        crate::image::read_file(&cfg.kernel).map_err(|err| crate::builder::BuildError::Image {
-            path: cfg.kernel.display().to_string(),
-            err,
-        })?;
-    vm.vcpu.arm_signals();
-    let arg = loop {
-        if let Some(sig) = crate::vcpu::signals::pending() {
-            return Err(RunError::Signal(sig).into());
-        }
-        let exit = vm.vcpu.run().map_err(RunError::from)?;
-        let req = match hypercall::decode(&exit, &vm.mem) {
-            Ok(None) => continue,
-            Ok(Some(r)) => r,
-            Err(f) => return Err(guest_fault(&vm, f)),
-        };
-        let step = match req {
-            Request::Extension {
-                nr: Hypercall::ReqRead,
-                arg,
-            } => break arg,
-            Request::Walltime { arg } if backdate_ns > 0 => {
-                let nsecs = crate::devices::clock::now_ns() - backdate_ns;
-                crate::devices::write_back(&vm.mem, "WALLTIME", arg, HcWalltime { nsecs })
-                    .map(|_| hypercall::Control::Continue)
-                    .map_err(Stop::from)
-            }
-            r => vm.devices.handle(r, &vm.mem),
-        };
-        match step {
-            Ok(hypercall::Control::Continue) => {}
-            Ok(hypercall::Control::Halt(s)) => return Err(SaveError::Halted(s)),
-            Err(Stop::Fault(f)) => return Err(guest_fault(&vm, f)),
-            Err(Stop::Stdout(e)) => return Err(RunError::Stdout(e).into()),
-            Err(Stop::Function(e)) => return Err(RunError::Function(e).into()),
-            Err(Stop::Device(e)) => return Err(RunError::Device(e).into()),
-        }
+    let image = crate::builder::read_image(&cfg.kernel, cfg.mem.bytes())?;
+    let mut vm = crate::builder::build_image(cfg, &image)?;
+    let arg = match vm.run_with(&mut UntilRequest { backdate_ns })? {
+        Ended::Paused(arg) => arg,
+        Ended::Halted(status) => return Err(SaveError::Halted(status)),
     };
     if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
         return Err(SaveError::AccelInUse);
     }
-    // Complete the OUT (KVM finishes a port write on the next KVM_RUN; with
-    // immediate_exit it returns before any guest instruction runs), so the
-    // state is consistent: the guest is just past its REQ_READ, whose
-    // result the restoring skiff provides.
-    vm.vcpu.fd_mut().set_kvm_immediate_exit(1);
-    vm.vcpu.run().map_err(RunError::from)?;
+    // The guest is just past its REQ_READ, whose result the restoring
+    // skiff provides.
+    vm.complete_io()?;
     let state = vcpu::capture(vm.vcpu.fd())?;
     let (guest_tsc, now) = vcpu::read_tsc(vm.vcpu.fd())?;
     let bi: BootInfo = vm.mem.read_obj(Gpa(BOOT_INFO_BASE))?;
@@ -125,12 +89,32 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     write_file(out, &header, &meta, &vm.mem)
 }
 
-fn guest_fault(vm: &crate::vmm::Vm, fault: crate::vcpu::GuestFault) -> SaveError {
-    RunError::Guest {
-        fault,
-        rip: vm.vcpu.rip(),
+/// The run of `skiff snapshot`: pauses at the guest's first REQ_READ
+/// (returning its argument) and, with `--backdate`, answers WALLTIME with
+/// a time that much earlier.
+struct UntilRequest {
+    backdate_ns: u64,
+}
+
+impl RunHook for UntilRequest {
+    type Pause = Gpa;
+    fn on_request(&mut self, req: &Request, mem: &GuestMemory) -> Hooked<Gpa> {
+        match *req {
+            Request::Extension {
+                nr: Hypercall::ReqRead,
+                arg,
+            } => Hooked::Pause(arg),
+            Request::Walltime { arg } if self.backdate_ns > 0 => {
+                let nsecs = crate::devices::clock::now_ns().saturating_sub(self.backdate_ns);
+                Hooked::Handled(
+                    crate::devices::write_back(mem, "WALLTIME", arg, HcWalltime { nsecs })
+                        .map(|()| Control::Continue)
+                        .map_err(Stop::from),
+                )
+            }
+            _ => Hooked::Handle,
+        }
     }
-    .into()
 }
 
 /// The devices as the guest saw them at boot: its manifest copy's

@@ -6,9 +6,9 @@ mod exit;
 mod pvm;
 pub mod signals;
 
-pub use exit::{Exit, GuestFault};
+pub use exit::Exit;
 
-use crate::memory::{BootState, BOOT_GDT_SELECTORS};
+use crate::memory::{BootState, BOOT_CR3, BOOT_GDT_SELECTORS};
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
@@ -122,7 +122,7 @@ impl Vcpu {
             ..Default::default()
         };
         self.fd.set_regs(&regs).map_err(VcpuError::Regs)?;
-        self.pvm_native = pvm::register(&self.fd);
+        self.set_pvm_native(pvm::register(&self.fd));
         Ok(())
     }
 
@@ -157,6 +157,9 @@ impl Vcpu {
             }),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
+                if signals::take_kick() && self.pvm_native {
+                    self.leave_native_on_own_tables()?;
+                }
                 Ok(Exit::Interrupted)
             }
             Err(e) if e.errno() == libc::EFAULT => Ok(Exit::TranslationFault),
@@ -173,9 +176,24 @@ impl Vcpu {
         &mut self.fd
     }
 
-    /// After a restore: whether kvm_pvm runs the guest natively again.
+    /// Whether kvm_pvm runs the guest natively (after a boot or restore);
+    /// arms the watchdog that notices own page tables there.
     pub(crate) fn set_pvm_native(&mut self, on: bool) {
         self.pvm_native = on;
+        if on {
+            pvm::arm_watchdog();
+        }
+    }
+
+    /// The watchdog kicked a native guest: if it runs on page tables of its
+    /// own (which may livelock natively, see [`pvm`]), it goes on under
+    /// emulation. A guest on the tender's tables stays native.
+    fn leave_native_on_own_tables(&mut self) -> Result<(), VcpuError> {
+        let sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
+        if sregs.cr3 & !0xfff != BOOT_CR3 && pvm::unregister(&self.fd) {
+            self.pvm_native = false;
+        }
+        Ok(())
     }
 
     /// A triple fault in kvm_pvm's native mode: the guest's exception could

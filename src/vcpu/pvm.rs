@@ -11,7 +11,19 @@
 //! The MSR is undocumented: this module was written from that host's own
 //! PV-guest code (it registers `page | 1`). On any other KVM the write is
 //! refused and nothing changes.
+//!
+//! Native mode has one trap: the guest runs in hardware ring 3, so pages
+//! the guest's page tables mark supervisor-only (every kernel's own tables,
+//! unlike the tender's boot tables) fault forever. kvm_pvm's shadow MMU
+//! finds nothing to fix and re-enters the guest: a livelock inside
+//! `KVM_RUN`, with no exit skiff could see. So while native, a watchdog
+//! kicks `KVM_RUN` after each CPU second (RLIMIT_CPU's SIGXCPU: one
+//! `prlimit64`, which urunc's allowlist has, and no thread or timer), and a
+//! kicked guest running on page tables of its own leaves native mode and
+//! goes on under emulation, where kvm_pvm treats its tables as hardware
+//! does (see docs/kvm-pvm.md).
 
+use super::signals;
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 
@@ -37,6 +49,32 @@ pub fn register(vcpu: &VcpuFd) -> bool {
 /// gates in low memory, as Solo5's, end in a triple fault.
 pub fn unregister(vcpu: &VcpuFd) -> bool {
     write(vcpu, 0)
+}
+
+/// CPU time after which the first kick comes; then one each CPU second.
+const WATCHDOG_CPU_SECONDS: libc::rlim_t = 1;
+
+/// Arms the native-mode watchdog: SIGXCPU kicks `KVM_RUN` once skiff has
+/// used a CPU second, and each second after that. Only where no CPU limit
+/// is set already (a user's limit keeps its meaning: SIGXCPU then ends
+/// skiff as the user asked); without the watchdog the guest still runs.
+pub fn arm_watchdog() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_CPU, &mut lim) } != 0
+        || lim.rlim_cur != libc::RLIM_INFINITY
+        || lim.rlim_max != libc::RLIM_INFINITY
+    {
+        return;
+    }
+    signals::kick_on(libc::SIGXCPU);
+    lim.rlim_cur = WATCHDOG_CPU_SECONDS;
+    // SAFETY: setrlimit only reads `lim`; lowering the soft limit below an
+    // infinite hard one needs no privilege.
+    unsafe { libc::setrlimit(libc::RLIMIT_CPU, &lim) };
 }
 
 fn write(vcpu: &VcpuFd, data: u64) -> bool {

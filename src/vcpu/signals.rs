@@ -1,12 +1,16 @@
-//! SIGINT/SIGTERM end a running guest promptly: the handler records the
+//! SIGINT/SIGTERM (and SIGHUP, SIGQUIT: a closed terminal, Ctrl-\\) end a
+//! running guest promptly: the handler records the
 //! signal and sets `immediate_exit` so `KVM_RUN` returns at once, even if
 //! the signal lands just before the guest is entered. Works as PID 1 too,
 //! where default dispositions would ignore SIGTERM.
 
 use kvm_bindings::kvm_run;
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 
 static PENDING: AtomicI32 = AtomicI32::new(0);
+/// A kick (not a terminating signal) made `KVM_RUN` return: see
+/// [`kick_on`].
+static KICKED: AtomicBool = AtomicBool::new(false);
 static KVM_RUN: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
 
 extern "C" fn on_signal(sig: libc::c_int) {
@@ -19,10 +23,13 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
+/// The signals that stop whatever skiff is doing (exit status 128+N).
+pub const STOP: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
 /// Installs the handlers (no SA_RESTART: blocking calls return EINTR) and
 /// ignores SIGPIPE so a closed stdout is an error, not a silent death.
 pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in STOP {
         watch(sig);
     }
     // SAFETY: setting a standard disposition has no memory-safety effect.
@@ -39,6 +46,33 @@ pub fn watch(sig: libc::c_int) {
         sa.sa_sigaction = on_signal as *const () as usize;
         libc::sigaction(sig, &sa, std::ptr::null_mut());
     }
+}
+
+extern "C" fn on_kick(_sig: libc::c_int) {
+    KICKED.store(true, Ordering::SeqCst);
+    let run = KVM_RUN.load(Ordering::SeqCst);
+    if !run.is_null() {
+        // SAFETY: as in `on_signal`.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Makes `sig` interrupt a running guest so skiff can look at it (kvm_pvm's
+/// native-mode watchdog, see vcpu/pvm.rs), without ending it: SA_RESTART,
+/// so no other blocking call of skiff's sees EINTR.
+pub(super) fn kick_on(sig: libc::c_int) {
+    // SAFETY: as in `watch`; the handler only does async-signal-safe stores.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_kick as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Whether a kick arrived since the last call.
+pub(super) fn take_kick() -> bool {
+    KICKED.swap(false, Ordering::SeqCst)
 }
 
 pub(super) fn set_kvm_run(run: &mut kvm_run) {

@@ -65,7 +65,17 @@ pub fn iface(ctx: &Ctx, name: &str, ip: [u8; 4]) -> Option<Iface> {
     let mac = e.net_mac();
     println!(
         "{name}: serving ping on {}.{}.{}.{} mac {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} mtu {}",
-        ip[0], ip[1], ip[2], ip[3], mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], e.net_mtu()
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        mac[0],
+        mac[1],
+        mac[2],
+        mac[3],
+        mac[4],
+        mac[5],
+        e.net_mtu()
     );
     Some(Iface { handle, mac, ip })
 }
@@ -79,10 +89,17 @@ fn answer(ifc: &Iface, f: &mut [u8], pings: &mut u64) -> Option<usize> {
     match be16(f, 12) {
         ETH_ARP if f.len() >= 42 => {
             // Ethernet/IPv4 request (op 1) for our address.
-            if be16(f, 14) != 1 || be16(f, 16) != ETH_IP || be16(f, 20) != 1 || ip_at(f, 38) != u32::from_ne_bytes(ifc.ip) {
+            if be16(f, 14) != 1
+                || be16(f, 16) != ETH_IP
+                || be16(f, 20) != 1
+                || ip_at(f, 38) != u32::from_ne_bytes(ifc.ip)
+            {
                 return None;
             }
-            let (sha, spa) = ([f[22], f[23], f[24], f[25], f[26], f[27]], [f[28], f[29], f[30], f[31]]);
+            let (sha, spa) = (
+                [f[22], f[23], f[24], f[25], f[26], f[27]],
+                [f[28], f[29], f[30], f[31]],
+            );
             f[0..6].copy_from_slice(&sha);
             f[6..12].copy_from_slice(&ifc.mac);
             f[21] = 2;
@@ -95,7 +112,11 @@ fn answer(ifc: &Iface, f: &mut [u8], pings: &mut u64) -> Option<usize> {
         ETH_IP if f.len() >= 34 => {
             let ihl = usize::from(f[14] & 0xf) * 4;
             let total = usize::from(be16(f, 16));
-            if f[14] >> 4 != 4 || ihl < 20 || f[23] != 1 || ip_at(f, 30) != u32::from_ne_bytes(ifc.ip) {
+            if f[14] >> 4 != 4
+                || ihl < 20
+                || f[23] != 1
+                || ip_at(f, 30) != u32::from_ne_bytes(ifc.ip)
+            {
                 return None;
             }
             let end = 14 + total;

@@ -89,14 +89,17 @@ impl Classifiers {
             })?;
             let mut nets = Vec::new();
             for p in plugins.iter_mut() {
-                nets.push(match p.implements(guest_abi::accel::op::IMAGE_CLASSIFY) {
-                    true => Some(p.network(&m).map_err(|err| BuildError {
-                        name: name.clone(),
-                        plugin: p.name(),
-                        err,
-                    })?),
-                    false => None,
-                });
+                let here = !p.forwards(); // a remote plugin's model is the agent's
+                nets.push(
+                    match here && p.implements(guest_abi::accel::op::IMAGE_CLASSIFY) {
+                        true => Some(p.network(&m).map_err(|err| BuildError {
+                            name: name.clone(),
+                            plugin: p.name(),
+                            err,
+                        })?),
+                        false => None,
+                    },
+                );
             }
             out.logits = vec![0.0; m.fc.cout.max(out.logits.len())];
             out.models.push(Classifier {

@@ -9,7 +9,8 @@ pub mod opencl;
 
 use super::classify::{graph::Network, image::ImageError, model::Model};
 use super::exec::Libraries;
-use super::ops::{Exec, MinMax, Sgemm};
+use super::ops::{Exec, MinMax, Op, Sgemm};
+use super::Resource;
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
 use thiserror::Error;
 
@@ -19,9 +20,12 @@ pub enum PluginKind {
     Cpu,
     OpenCl,
     Cuda,
+    /// An agent over vAccel's RPC protocol (src/accel/remote/).
+    Remote,
 }
 
 impl PluginKind {
+    /// The plugins that run here (not [`PluginKind::Remote`]).
     pub const ALL: [PluginKind; 3] = [PluginKind::Cpu, PluginKind::OpenCl, PluginKind::Cuda];
 
     pub fn name(self) -> &'static str {
@@ -29,11 +33,13 @@ impl PluginKind {
             PluginKind::Cpu => "cpu",
             PluginKind::OpenCl => "opencl",
             PluginKind::Cuda => "cuda",
+            PluginKind::Remote => "remote",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
+        let mut every = Self::ALL.into_iter().chain([PluginKind::Remote]);
+        every.find(|k| k.name() == s)
     }
 
     /// Initialises the backend (device discovery, program builds); the
@@ -43,6 +49,9 @@ impl PluginKind {
             PluginKind::Cpu => Box::new(cpu::Cpu),
             PluginKind::OpenCl => Box::new(opencl::OpenCl::new()?),
             PluginKind::Cuda => Box::new(cuda::Cuda::new()?),
+            PluginKind::Remote => Box::new(super::remote::Remote::connect(
+                &super::remote::RemoteConfig::default(),
+            )?),
         })
     }
 }
@@ -72,6 +81,10 @@ pub enum PluginError {
         what: &'static str,
         detail: String,
     },
+    /// The remote plugin's errno: the agent's vAccel error, EIO for a lost
+    /// agent, EPROTO for a malformed reply.
+    #[error("remote: errno {0}")]
+    Remote(i32),
 }
 
 impl PluginError {
@@ -81,6 +94,7 @@ impl PluginError {
             PluginError::Invalid | PluginError::BadImage(_) => EINVAL,
             PluginError::NotFound => ENOENT,
             PluginError::Backend { .. } => EPROTO,
+            PluginError::Remote(e) => *e,
         }
     }
 }
@@ -110,6 +124,24 @@ pub trait Plugin: std::fmt::Debug {
     fn exec(&mut self, _: &mut Exec<'_>, _: &Libraries) -> Result<(), PluginError> {
         Err(PluginError::Unsupported)
     }
+    /// Whether the plugin serves whole requests itself ([`Self::forward`]:
+    /// the remote plugin, whose models and sessions live on an agent).
+    fn forwards(&self) -> bool {
+        false
+    }
+    /// Serves `op` for guest session `session` with its `resources` (all
+    /// of the run's; the plugin picks the session's).
+    fn forward(
+        &mut self,
+        _session: u32,
+        _hint: u32,
+        _resources: &[Resource],
+        _op: &mut Op<'_>,
+    ) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    /// The guest released `session`.
+    fn release(&mut self, _session: u32) {}
     /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once.
     fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {
         Err(PluginError::Unsupported)

@@ -40,7 +40,10 @@ fn main(ctx: &Ctx) -> i32 {
     };
     let cap = e.block_capacity();
     let bs = usize::from(e.block_size());
-    println!("blk: capacity {cap} block_size {bs} attached {}", e.attached);
+    println!(
+        "blk: capacity {cap} block_size {bs} attached {}",
+        e.attached
+    );
     if e.attached == 0 || bs < 512 || bs > MAX_BLOCK || cap == 0 || cap % bs as u64 != 0 {
         println!("blk: bad device info");
         return 1;

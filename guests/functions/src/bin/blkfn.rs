@@ -29,7 +29,15 @@ fn main(ctx: &Ctx) -> i32 {
     let b = &buf[..8];
     guest_abi::println!(
         "body {n} block0 {:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x} capacity {}",
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], e.block_capacity()
+        b[0],
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5],
+        b[6],
+        b[7],
+        e.block_capacity()
     );
     0
 }

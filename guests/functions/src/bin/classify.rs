@@ -72,7 +72,10 @@ fn main(ctx: &Ctx) -> i32 {
         return fail("registering the model", e);
     }
     let (mut top1, mut top5) = ([0u8; 256], [0u8; 1024]);
-    let read = [arg(guest_abi::accel::arg::UINT8, &[op::IMAGE_CLASSIFY]), arg(guest_abi::accel::arg::BUFFER, &buf[..n])];
+    let read = [
+        arg(guest_abi::accel::arg::UINT8, &[op::IMAGE_CLASSIFY]),
+        arg(guest_abi::accel::arg::BUFFER, &buf[..n]),
+    ];
     let write = [
         arg_mut(guest_abi::accel::arg::UCHAR_ARRAY, &mut top1),
         arg_mut(guest_abi::accel::arg::UCHAR_ARRAY, &mut top5),

@@ -60,7 +60,9 @@ fn main(ctx: &Ctx) -> i32 {
         }
         "regs" => {
             // SAFETY: a register-only countdown loop.
-            unsafe { core::arch::asm!("2: dec {0}", "jnz 2b", inout(reg) n => _, options(nomem, nostack)) };
+            unsafe {
+                core::arch::asm!("2: dec {0}", "jnz 2b", inout(reg) n => _, options(nomem, nostack))
+            };
         }
         "stack" => {
             let mut v = [0u64; 8];

@@ -7,7 +7,9 @@
 #![no_main]
 
 use core::arch::asm;
-use guest_abi::hvt::{HcHalt, HcPuts, HcWalltime, Hypercall, HYPERCALL_PIO_BASE};
+use guest_abi::hvt::{
+    HcBlock, HcHalt, HcPuts, HcWalltime, Hypercall, BOOT_INFO_BASE, HYPERCALL_PIO_BASE, KERNEL_BASE,
+};
 use guest_abi::println;
 use guest_abi::rt::{self, Ctx};
 
@@ -24,34 +26,57 @@ fn hypercall<T>(nr: Hypercall, arg: *const T) {
     out32(nr.port(), arg as usize as u32);
 }
 
-/// Builds page tables of its own that map the first GiB with 2 MiB pages,
-/// far past the end of guest memory, and loads them.
-fn map_past_memory() {
+/// Builds page tables of its own, as unikernels other than Solo5's do,
+/// and loads them: the first GiB identity-mapped (2 MiB pages above the
+/// first 2 MiB, which keep the tender's 4 KiB layout, the boot area
+/// writable if `boot_writable`), plus the 2 MiB page holding `far`, which
+/// may lie past the end of guest memory.
+fn own_tables(far: u64, boot_writable: bool) {
     #[repr(C, align(4096))]
     struct Table([u64; 512]);
     static mut PML4: Table = Table([0; 512]);
     static mut PDPT: Table = Table([0; 512]);
     static mut PD: Table = Table([0; 512]);
+    static mut FAR_PD: Table = Table([0; 512]);
+    static mut PT: Table = Table([0; 512]);
     const P: u64 = 1;
     const W: u64 = 2;
     const PS: u64 = 1 << 7;
-    // User-accessible, like the tender's own tables: kvm_pvm (skiff's CI
-    // host) runs the guest natively in ring 3 and would fault forever on
-    // supervisor-only pages.
-    const U: u64 = 1 << 2;
+    // Supervisor-only, as a kernel's tables are (the tender's are
+    // user-accessible for kvm_pvm's native mode, see src/vcpu/pvm.rs).
+    const U: u64 = 0;
+    const MIB2: u64 = 2 << 20;
     // SAFETY: single-threaded guest; the tables are ours, identity-mapped
     // (VA == GPA), and the new mapping keeps every page the guest uses
-    // (text, data, stack) where it was. PD[0] reuses the tender's 4 KiB
-    // table for the first 2 MiB (at 0x8000), so the boot area stays as is.
+    // (text, data, stack) where it was. The first 2 MiB keep the
+    // tender's 4 KiB layout, so the boot area stays where it was.
     unsafe {
         let pml4 = &raw mut PML4;
         let pdpt = &raw mut PDPT;
         let pd = &raw mut PD;
-        (*pd).0[0] = 0x8000 | P | W | U;
+        let pt = &raw mut PT;
+        // As the tender's first 2 MiB: nothing below the boot info, the
+        // boot area read-only, the kernel area writable.
+        for i in 0..512u64 {
+            let a = i << 12;
+            (*pt).0[i as usize] = match a {
+                _ if a >= KERNEL_BASE => a | P | W | U,
+                _ if a >= BOOT_INFO_BASE && boot_writable => a | P | W | U,
+                _ if a >= BOOT_INFO_BASE => a | P | U,
+                _ => 0,
+            };
+        }
+        (*pd).0[0] = pt as u64 | P | W | U;
         for i in 1..512u64 {
-            (*pd).0[i as usize] = (i << 21) | P | W | U | PS;
+            (*pd).0[i as usize] = (i * MIB2) | P | W | U | PS;
         }
         (*pdpt).0[0] = pd as u64 | P | W | U;
+        let gib = (far >> 30) as usize;
+        if gib != 0 {
+            let far_pd = &raw mut FAR_PD;
+            (*far_pd).0[((far >> 21) & 511) as usize] = (far & !(MIB2 - 1)) | P | W | U | PS;
+            (*pdpt).0[gib] = far_pd as u64 | P | W | U;
+        }
         (*pml4).0[0] = pdpt as u64 | P | W | U;
         asm!("mov cr3, {0}", in(reg) pml4 as u64, options(nostack));
     }
@@ -92,23 +117,35 @@ fn main(ctx: &Ctx) -> i32 {
         "in" => {
             let v: u32;
             // SAFETY: an IN exits to the tender; no memory is touched.
-            unsafe { asm!("in eax, dx", in("dx") Hypercall::Puts.port(), out("eax") v, options(nostack)) };
+            unsafe {
+                asm!("in eax, dx", in("dx") Hypercall::Puts.port(), out("eax") v, options(nostack))
+            };
             println!("in: read {v:#x}");
         }
         "out8" => {
             let arg = HcHalt::default();
             // SAFETY: as `out32`, with an 8-bit operand.
-            unsafe { asm!("out dx, al", in("dx") Hypercall::Halt.port(), in("al") &arg as *const _ as usize as u8, options(nostack)) };
+            unsafe {
+                asm!("out dx, al", in("dx") Hypercall::Halt.port(), in("al") &arg as *const _ as usize as u8, options(nostack))
+            };
         }
         "out16" => {
             let arg = HcHalt::default();
             // SAFETY: as `out32`, with a 16-bit operand.
-            unsafe { asm!("out dx, ax", in("dx") Hypercall::Halt.port(), in("ax") &arg as *const _ as usize as u16, options(nostack)) };
+            unsafe {
+                asm!("out dx, ax", in("dx") Hypercall::Halt.port(), in("ax") &arg as *const _ as usize as u16, options(nostack))
+            };
         }
         // Loads and stores past the end of guest memory (MMIO exits).
+        // An optional address (hex) below 512 GiB: the local APIC's
+        // 0xfee00000, 4 GiB, a PCI hole's 0xd0000000...
         "mmio-read" | "mmio-write" => {
-            map_past_memory();
-            let p = FAR as *mut u64;
+            let far = args
+                .next()
+                .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+                .unwrap_or(FAR);
+            own_tables(far, false);
+            let p = far as *mut u64;
             // SAFETY: deliberately touches guest-physical memory that does
             // not exist; the tender ends the guest on the access.
             unsafe {
@@ -118,6 +155,59 @@ fn main(ctx: &Ctx) -> i32 {
                     p.write_volatile(0x5a5a);
                 }
             }
+        }
+        // Page tables of its own, then ordinary work: console, clock.
+        "own-tables" => {
+            own_tables(FAR, false);
+            let t = rt::walltime_ns();
+            println!("own-tables: ok, clock {}", t > 0);
+            return 0;
+        }
+        // Rewrites its manifest copy through tables of its own (claiming a
+        // block device skiff never attached), then writes to that device:
+        // skiff's own record decides, as on any KVM (EINVAL).
+        "forge-manifest" => {
+            own_tables(FAR, true);
+            let mft = ctx.boot_info().mft as *mut u8;
+            // SAFETY: the manifest copy lies in the boot area, mapped
+            // writable by `own_tables`: its header says one entry, and that
+            // entry becomes an attached block device. Field by field, with
+            // volatile stores: a struct copy would use SSE, which kvm_pvm's
+            // emulator (where skiff may run such a guest) cannot execute.
+            unsafe {
+                use guest_abi::manifest::{MftEntry, MftHeader, MFT_DEV_BLOCK_BASIC};
+                let hdr = mft as *mut MftHeader;
+                (&raw mut (*hdr).entries).write_volatile(1);
+                let e = mft.add(core::mem::size_of::<MftHeader>()) as *mut MftEntry;
+                for (i, &c) in b"storage\0".iter().enumerate() {
+                    (&raw mut (*e).name[i]).write_volatile(c);
+                }
+                (&raw mut (*e).kind).write_volatile(MFT_DEV_BLOCK_BASIC);
+                (&raw mut (*e).u[0]).write_volatile(1 << 20);
+                (&raw mut (*e).u[1]).write_volatile(512);
+                (&raw mut (*e).attached).write_volatile(1);
+            }
+            // The BLOCK_WRITE by hand, with volatile stores, for the same
+            // reason (the runtime's wrapper zeroes its struct with SSE).
+            static BLOCK: [u8; 512] = [0; 512];
+            static mut ARG: HcBlock = HcBlock {
+                handle: 0,
+                offset: 0,
+                data: 0,
+                len: 0,
+                ret: -1,
+                _pad: 0,
+            };
+            // SAFETY: single-threaded; `ARG` names `BLOCK`, which is ours.
+            let b = unsafe {
+                let arg = &raw mut ARG;
+                (&raw mut (*arg).data).write_volatile(BLOCK.as_ptr() as u64);
+                (&raw mut (*arg).len).write_volatile(BLOCK.len() as u64);
+                hypercall(Hypercall::BlockWrite, arg);
+                (&raw const (*arg).ret).read_volatile()
+            };
+            println!("forge-manifest: block_write={b}");
+            return 0;
         }
         // HLT with interrupts off: the CPU would never wake.
         "hlt" => {
@@ -151,7 +241,10 @@ fn main(ctx: &Ctx) -> i32 {
         }
         // A flood of cheap hypercalls: PUTS of nothing, WALLTIME.
         "flood" => {
-            let n: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+            let n: u64 = args
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1_000_000);
             let mut t = HcWalltime::default();
             for _ in 0..n {
                 rt::puts(&[]);

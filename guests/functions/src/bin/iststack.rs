@@ -67,7 +67,10 @@ fn main(_: &Ctx) -> i32 {
             | (((limit >> 16) & 0xf) << 48)
             | (((base >> 24) & 0xff) << 56);
         (*gdt)[4] = base >> 32;
-        let gdtr = Dtr { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt as u64 };
+        let gdtr = Dtr {
+            limit: (size_of::<[u64; 5]>() - 1) as u16,
+            base: gdt as u64,
+        };
         asm!("lgdt [{0}]", "mov ax, 0x18", "ltr ax", in(reg) &gdtr, out("ax") _);
         let mut idtr = Dtr { limit: 0, base: 0 };
         asm!("sidt [{0}]", in(reg) &mut idtr);

@@ -1,0 +1,166 @@
+//! ttrpc's framing, written here rather than taken from the `ttrpc` crate:
+//! that crate refuses bodies over 4 MiB, while vAccel's peers send up to
+//! 1 GiB (a model blob, a large sgemm). A frame is a 10-byte header
+//! (`len:u32 BE` of the body, `stream_id:u32 BE`, `type:u8`, `flags:u8`)
+//! and `len` body bytes.
+//!
+//! Reading never trusts `len` with memory: the body buffer grows only as
+//! bytes arrive, so a header that promises 1 GiB and sends nothing costs
+//! nothing, and a limit refuses larger promises before any read.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+use thiserror::Error;
+
+pub const HEADER_LEN: usize = 10;
+/// The largest body vAccel's ttrpc fork accepts.
+pub const VACCEL_MAX: u32 = 1 << 30;
+
+pub const TYPE_REQUEST: u8 = 1;
+pub const TYPE_RESPONSE: u8 = 2;
+pub const TYPE_DATA: u8 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub len: u32,
+    pub stream: u32,
+    pub kind: u8,
+    pub flags: u8,
+}
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The peer closed the connection between frames.
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    TooBig { len: u32, max: u32, stream: u32 },
+    #[error("unknown frame type {0}")]
+    BadType(u8),
+    #[error("timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&self.len.to_be_bytes());
+        h[4..8].copy_from_slice(&self.stream.to_be_bytes());
+        h[8] = self.kind;
+        h[9] = self.flags;
+        h
+    }
+
+    /// Parses and checks a header: a known type, `len <= max`.
+    pub fn decode(h: &[u8; HEADER_LEN], max: u32) -> Result<Self, FrameError> {
+        let be = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let hd = Header {
+            len: be(0),
+            stream: be(4),
+            kind: h[8],
+            flags: h[9],
+        };
+        if !(TYPE_REQUEST..=TYPE_DATA).contains(&hd.kind) {
+            return Err(FrameError::BadType(hd.kind));
+        }
+        if hd.len > max {
+            return Err(FrameError::TooBig {
+                len: hd.len,
+                max,
+                stream: hd.stream,
+            });
+        }
+        Ok(hd)
+    }
+}
+
+/// A stream whose reads can be bounded in time.
+pub trait Timed: Read + Write {
+    fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()>;
+}
+
+/// Reads exactly `buf.len()` bytes before `deadline`. `Ok(false)`: the peer
+/// closed before the first byte.
+fn fill<S: Timed + ?Sized>(
+    s: &mut S,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> Result<bool, FrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        if let Some(d) = deadline {
+            let left = d.checked_duration_since(Instant::now());
+            let left = left.filter(|l| !l.is_zero()).ok_or(FrameError::TimedOut)?;
+            s.set_read_timeout(Some(left))?;
+        }
+        match s.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(FrameError::TimedOut)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// Body bytes read per step: what a lying header can make us allocate
+/// beyond the bytes actually received.
+const CHUNK: usize = 1 << 20;
+
+/// Reads one frame. `header_deadline` bounds the wait for the header (the
+/// agent waits for idle clients forever: `None`); `body_deadline` is
+/// computed once the header is in (a body must then arrive promptly).
+pub fn read_frame<S: Timed + ?Sized>(
+    s: &mut S,
+    max: u32,
+    header_deadline: Option<Instant>,
+    body_time: Option<std::time::Duration>,
+) -> Result<(Header, Vec<u8>), FrameError> {
+    let mut h = [0u8; HEADER_LEN];
+    if header_deadline.is_none() {
+        s.set_read_timeout(None)?;
+    }
+    if !fill(s, &mut h, header_deadline)? {
+        return Err(FrameError::Closed);
+    }
+    let hd = Header::decode(&h, max)?;
+    let deadline = body_time.map(|t| Instant::now() + t).or(header_deadline);
+    let len = hd.len as usize;
+    let mut body = Vec::new();
+    while body.len() < len {
+        let step = (len - body.len()).min(CHUNK);
+        let at = body.len();
+        body.try_reserve_exact(step)
+            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        body.resize(at + step, 0);
+        if !fill(s, &mut body[at..], deadline)? {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+    Ok((hd, body))
+}
+
+/// Writes one frame (header and body in one write where they fit).
+pub fn write_frame<W: Write + ?Sized>(w: &mut W, hd: Header, body: &[u8]) -> io::Result<()> {
+    debug_assert_eq!(hd.len as usize, body.len());
+    if body.len() <= 64 << 10 {
+        let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
+        buf.extend_from_slice(&hd.encode());
+        buf.extend_from_slice(body);
+        w.write_all(&buf)
+    } else {
+        w.write_all(&hd.encode())?;
+        w.write_all(body)
+    }
+}

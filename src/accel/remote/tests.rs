@@ -1,0 +1,293 @@
+//! Byte-level checks against the frames captured between vAccel's own
+//! agent and client (the fact sheet's), and the pieces around them.
+
+use super::addr::Address;
+use super::frame::{self, FrameError, Header, Timed};
+use super::proto::{self, *};
+use super::{genop_request, write_back};
+use crate::accel::ops::{Op, Sgemm};
+use protobuf::Message;
+use std::io::{self, Read, Write};
+
+const CREATE_REQ: &[u8] = b"\x00\x00\x00\x2f\x00\x00\x00\x01\x01\x00\
+\x0a\x1evaccel.sync.agent.AgentService\x12\x0dCreateSession";
+const CREATE_RESP: &[u8] = b"\x00\x00\x00\x06\x00\x00\x00\x01\x02\x00\x0a\x00\x12\x02\x08\x01";
+
+fn frame_of(kind: u8, stream: u32, body: &[u8]) -> Vec<u8> {
+    let hd = Header {
+        len: body.len() as u32,
+        stream,
+        kind,
+        flags: 0,
+    };
+    let mut v = Vec::new();
+    frame::write_frame(&mut v, hd, body).unwrap();
+    v
+}
+
+#[test]
+fn create_session_request_is_byte_identical_to_vaccels() {
+    let body = proto::request("CreateSession", &CreateSessionRequest::new()).unwrap();
+    assert_eq!(frame_of(frame::TYPE_REQUEST, 1, &body), CREATE_REQ);
+}
+
+#[test]
+fn create_session_response_is_byte_identical_to_vaccels() {
+    let r = CreateSessionResponse {
+        session_id: 1,
+        ..Default::default()
+    };
+    let body = ok_response(&r).unwrap();
+    assert_eq!(frame_of(frame::TYPE_RESPONSE, 1, &body), CREATE_RESP);
+    // An Empty reply is the whole body `0a 00`.
+    assert_eq!(ok_response(&Empty::new()).unwrap(), [0x0a, 0x00]);
+}
+
+#[test]
+fn captured_request_decodes_with_a_missing_payload_as_empty() {
+    let hd = Header::decode(CREATE_REQ[..10].try_into().unwrap(), frame::VACCEL_MAX).unwrap();
+    assert_eq!((hd.len, hd.stream, hd.kind, hd.flags), (0x2f, 1, 1, 0));
+    let req = Request::parse_from_bytes(&CREATE_REQ[10..]).unwrap();
+    assert_eq!(req.service, SERVICE);
+    assert_eq!(req.method, "CreateSession");
+    assert!(req.payload.is_empty());
+    assert_eq!(
+        CreateSessionRequest::parse_from_bytes(&req.payload)
+            .unwrap()
+            .flags,
+        0
+    );
+}
+
+/// The fact sheet's Genop payload for sgemm m=n=k=2, alpha 1, beta 0.
+fn captured_sgemm(a: &[f32; 4], b: &[f32; 4]) -> Vec<u8> {
+    let mut v = vec![0x08, 0x01];
+    let arg = |v: &mut Vec<u8>, tag: u8, buf: &[u8], ty: u8| {
+        v.extend([tag, (buf.len() + 6) as u8, 0x0a, buf.len() as u8]);
+        v.extend_from_slice(buf);
+        v.extend([0x10, buf.len() as u8, 0x18, ty]);
+    };
+    let f32s = |x: &[f32]| x.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let two = 2i64.to_le_bytes();
+    arg(&mut v, 0x12, &[17], 0x09);
+    for _ in 0..3 {
+        arg(&mut v, 0x12, &two, 0x07);
+    }
+    arg(&mut v, 0x12, &1f32.to_le_bytes(), 0x11);
+    arg(&mut v, 0x12, &f32s(a), 0x12);
+    arg(&mut v, 0x12, &two, 0x07);
+    arg(&mut v, 0x12, &f32s(b), 0x12);
+    arg(&mut v, 0x12, &two, 0x07);
+    arg(&mut v, 0x12, &0f32.to_le_bytes(), 0x11);
+    arg(&mut v, 0x12, &two, 0x07);
+    arg(&mut v, 0x1a, &[0; 16], 0x12);
+    v
+}
+
+#[test]
+fn sgemm_genop_matches_the_captured_frame_and_reply() {
+    let (a, b) = ([1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]);
+    let mut c = [0f32; 4];
+    let mut op = Op::Sgemm(Sgemm {
+        m: 2,
+        n: 2,
+        k: 2,
+        alpha: 1.0,
+        a: &a,
+        lda: 2,
+        b: &b,
+        ldb: 2,
+        beta: 0.0,
+        c: &mut c,
+        ldc: 2,
+    });
+    let req = genop_request(1, &mut op);
+    assert_eq!(req.write_to_bytes().unwrap(), captured_sgemm(&a, &b));
+    // The reply as the agent sends it: `0a 00 12 18 [0a 16 [Arg C]]`.
+    let want = [19.0f32, 22.0, 43.0, 50.0];
+    let cbytes: Vec<u8> = want.iter().flat_map(|f| f.to_le_bytes()).collect();
+    let resp = GenopResponse {
+        write_args: vec![Arg {
+            buf: cbytes.clone(),
+            size: 16,
+            arg_type: 18,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let body = ok_response(&resp).unwrap();
+    let mut expect = vec![0x0a, 0x00, 0x12, 0x18, 0x0a, 0x16, 0x0a, 0x10];
+    expect.extend(&cbytes);
+    expect.extend([0x10, 0x10, 0x18, 0x12]);
+    assert_eq!(body, expect);
+    write_back(&resp, &mut op).unwrap();
+    let _ = op;
+    assert_eq!(c, want);
+}
+
+#[test]
+fn a_reply_of_the_wrong_size_writes_nothing() {
+    let mut c = [7f32; 4];
+    let mut op = Op::Sgemm(Sgemm {
+        m: 2,
+        n: 2,
+        k: 2,
+        alpha: 1.0,
+        a: &[0.0; 4],
+        lda: 2,
+        b: &[0.0; 4],
+        ldb: 2,
+        beta: 0.0,
+        c: &mut c,
+        ldc: 2,
+    });
+    let resp = GenopResponse {
+        write_args: vec![Arg {
+            buf: vec![0; 12],
+            size: 12,
+            arg_type: 18,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = write_back(&resp, &mut op).unwrap_err();
+    assert_eq!(e.errno(), libc::EPROTO);
+    let _ = op;
+    assert_eq!(c, [7.0; 4]);
+}
+
+#[test]
+fn vaccel_errors_carry_their_errno_through_the_detail() {
+    let s = ffi_status(95);
+    assert_eq!((s.code, s.message.as_str()), (13, "FFI error: 95"));
+    assert_eq!(s.details[0].type_url, ERROR_TYPE_URL);
+    // FFI (0) is omitted on the wire: the detail is `10 5f` alone.
+    assert_eq!(s.details[0].value, [0x10, 95]);
+    assert_eq!(errno_of(&s), 95);
+    let c = conversion_status("x");
+    assert_eq!(c.details[0].value, [0x08, 6]);
+    assert_eq!(errno_of(&c), libc::EPROTO);
+    assert_eq!(
+        errno_of(&status(5, "Unknown session 3".into())),
+        libc::EPROTO
+    );
+}
+
+/// A reader that hands out its bytes a few at a time.
+struct Slow(Vec<u8>, usize);
+
+impl Read for Slow {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        let n = b.len().min(3).min(self.0.len() - self.1);
+        b[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+        self.1 += n;
+        Ok(n)
+    }
+}
+impl Write for Slow {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+impl Timed for Slow {
+    fn set_read_timeout(&self, _: Option<std::time::Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn frames_are_read_across_short_reads_and_checked() {
+    let mut two = CREATE_REQ.to_vec();
+    two.extend_from_slice(CREATE_RESP);
+    let mut s = Slow(two, 0);
+    let (hd, body) = frame::read_frame(&mut s, 1 << 20, None, None).unwrap();
+    assert_eq!((hd.len, body.as_slice()), (0x2f, &CREATE_REQ[10..]));
+    let (hd, body) = frame::read_frame(&mut s, 1 << 20, None, None).unwrap();
+    assert_eq!((hd.kind, body.as_slice()), (2, &CREATE_RESP[10..]));
+    assert!(matches!(
+        frame::read_frame(&mut s, 1 << 20, None, None),
+        Err(FrameError::Closed)
+    ));
+    // Truncated body, lying length, over the limit, unknown type.
+    let mut t = Slow(CREATE_REQ[..20].to_vec(), 0);
+    assert!(matches!(
+        frame::read_frame(&mut t, 1 << 20, None, None),
+        Err(FrameError::Io(_))
+    ));
+    let gib = b"\x40\x00\x00\x00\x00\x00\x00\x01\x01\x00".to_vec();
+    let mut g = Slow(gib, 0);
+    assert!(matches!(
+        frame::read_frame(&mut g, 256 << 20, None, None),
+        Err(FrameError::TooBig {
+            len: 0x4000_0000,
+            ..
+        })
+    ));
+    let mut bad = Slow(b"\x00\x00\x00\x00\x00\x00\x00\x01\x07\x00".to_vec(), 0);
+    assert!(matches!(
+        frame::read_frame(&mut bad, 1 << 20, None, None),
+        Err(FrameError::BadType(7))
+    ));
+}
+
+#[test]
+fn addresses_parse_as_vaccels() {
+    let ok = [
+        (
+            "tcp://127.0.0.1:65500",
+            Address::Tcp("127.0.0.1:65500".into()),
+        ),
+        ("tcp://[::1]:9", Address::Tcp("[::1]:9".into())),
+        ("unix:///run/v.sock", Address::Unix("/run/v.sock".into())),
+        ("unix://@vaccel", Address::Abstract(b"vaccel".to_vec())),
+        ("vsock://2:2048", Address::Vsock { cid: 2, port: 2048 }),
+    ];
+    for (text, want) in ok {
+        let a: Address = text.parse().unwrap();
+        assert_eq!(a, want, "{text}");
+        assert_eq!(a.to_string(), text);
+    }
+    for bad in [
+        "",
+        "tcp://",
+        "tcp://host",
+        "tcp://:1",
+        "tcp://h:99999",
+        "unix://",
+        "unix://@",
+        "vsock://x:1",
+        "vsock://2",
+        "http://x:1",
+        "127.0.0.1:65500",
+    ] {
+        assert!(bad.parse::<Address>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_address_follows_vaccels_order() {
+    use super::RemoteConfig;
+    let t = std::time::Duration::from_secs(1);
+    let env = |a: Option<&'static str>, b: Option<&'static str>| {
+        move |k: &str| match k {
+            "VACCEL_RPC_ADDRESS" => a.map(String::from),
+            "VACCEL_RPC_ADDR" => b.map(String::from),
+            _ => None,
+        }
+    };
+    let addr = |f: Option<&str>, e| RemoteConfig::resolve(f, e, t).unwrap().addr.to_string();
+    assert_eq!(addr(None, env(None, None)), "tcp://127.0.0.1:65500");
+    assert_eq!(addr(None, env(None, Some("unix:///b"))), "unix:///b");
+    assert_eq!(
+        addr(None, env(Some("unix:///a"), Some("unix:///b"))),
+        "unix:///a"
+    );
+    assert_eq!(
+        addr(Some("vsock://3:4"), env(Some("unix:///a"), None)),
+        "vsock://3:4"
+    );
+    assert!(RemoteConfig::resolve(None, env(Some("bogus"), None), t).is_err());
+}

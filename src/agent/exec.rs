@@ -1,0 +1,159 @@
+//! The executor: one thread owns the plugins (they are not `Send`, and a
+//! GPU or the single-threaded CPU sgemm runs one op at a time anyway) and
+//! runs every connection's ops through skiff's own decoders, selection
+//! rule and plugins ([`Accel::run_op`]). Connections do their socket I/O
+//! and protobuf work in parallel and queue here.
+
+use crate::accel::args::{Args, In, Out};
+use crate::accel::config::AccelConfig;
+use crate::accel::{ops, Accel, Errno};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+/// A client's argument, 8-byte aligned (f32/f64 arrays are used in
+/// place, as guest memory is): the decoded bytes themselves when the
+/// allocator aligned them (large buffers always are), else a copy.
+#[derive(Debug)]
+pub struct Buf {
+    pub ty: u32,
+    pub custom: u32,
+    data: Data,
+}
+
+#[derive(Debug)]
+enum Data {
+    Bytes(Vec<u8>),
+    Words(Vec<u64>, usize),
+}
+
+impl Buf {
+    /// `bytes`, aligned; ENOMEM if a copy cannot be allocated.
+    pub fn new(ty: u32, custom: u32, bytes: Vec<u8>) -> Result<Self, Errno> {
+        if (bytes.as_ptr() as usize).is_multiple_of(8) {
+            return Ok(Buf {
+                ty,
+                custom,
+                data: Data::Bytes(bytes),
+            });
+        }
+        let mut words = Vec::new();
+        let n = bytes.len().div_ceil(8);
+        words.try_reserve_exact(n).map_err(|_| libc::ENOMEM)?;
+        words.resize(n, 0);
+        let mut b = Buf {
+            ty,
+            custom,
+            data: Data::Words(words, bytes.len()),
+        };
+        b.bytes_mut().copy_from_slice(&bytes);
+        Ok(b)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Data::Bytes(b) => b,
+            // SAFETY: `w` holds at least `len` initialised bytes.
+            Data::Words(w, len) => unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), *len) },
+        }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.data {
+            Data::Bytes(b) => b,
+            // SAFETY: as above, borrowed mutably.
+            Data::Words(w, len) => unsafe {
+                std::slice::from_raw_parts_mut(w.as_mut_ptr().cast(), *len)
+            },
+        }
+    }
+
+    /// The bytes, without a copy where they were not copied in.
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.data {
+            Data::Bytes(b) => b,
+            Data::Words(..) => self.bytes().to_vec(),
+        }
+    }
+}
+
+/// One genop for the executor.
+#[derive(Debug)]
+pub struct Job {
+    pub hint: u32,
+    /// The session's model file (an operator's `--accel-model` path).
+    pub model: Option<PathBuf>,
+    pub read: Vec<Buf>,
+    pub write: Vec<Buf>,
+    pub reply: mpsc::Sender<Done>,
+}
+
+/// A finished job: the result and the write buffers, filled.
+#[derive(Debug)]
+pub struct Done {
+    pub result: Result<(), Errno>,
+    pub write: Vec<Buf>,
+}
+
+/// The queue into the executor.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Executor {
+    /// Starts the executor thread and its plugins; the build's error as
+    /// one line (the operator's: a missing model or library).
+    pub fn start(cfg: AccelConfig) -> Result<(Self, String), String> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("skiff-agent-exec".into())
+            .spawn(move || {
+                let mut accel = match Accel::build(&cfg) {
+                    Ok(Some(a)) => a,
+                    Ok(None) => return drop(ready_tx.send(Err("no plugins".to_string()))),
+                    Err(e) => return drop(ready_tx.send(Err(e.to_string()))),
+                };
+                let names: Vec<String> = accel.plugins().iter().map(|p| p.describe()).collect();
+                let _ = ready_tx.send(Ok(names.join(", ")));
+                for mut job in rx {
+                    let result = run(&mut accel, &mut job);
+                    let _ = job.reply.send(Done {
+                        result,
+                        write: job.write,
+                    });
+                }
+            })
+            .map_err(|e| format!("cannot start the executor thread: {e}"))?;
+        let plugins = ready_rx
+            .recv()
+            .map_err(|_| "the executor thread died".to_string())??;
+        Ok((Executor { tx }, plugins))
+    }
+
+    /// Runs `job` and waits for it.
+    pub fn submit(&self, job: Job) -> Option<()> {
+        self.tx.send(job).ok()
+    }
+}
+
+fn run(accel: &mut Accel, job: &mut Job) -> Result<(), Errno> {
+    let read: Vec<In<'_>> = job
+        .read
+        .iter()
+        .map(|b| In {
+            ty: b.ty,
+            custom: b.custom,
+            bytes: b.bytes(),
+        })
+        .collect();
+    let write = job.write.iter_mut().map(|b| Out {
+        ty: b.ty,
+        custom: b.custom,
+        bytes: b.bytes_mut(),
+    });
+    let mut args = Args::from_host(&read, write)?;
+    let mut op = ops::decode(&mut args)?;
+    accel.run_op(job.hint, job.model.as_deref(), &mut op)?;
+    Ok(())
+}

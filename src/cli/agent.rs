@@ -1,0 +1,72 @@
+//! `skiff agent`: its flags and entry (the server is src/agent/).
+
+use crate::accel::config::AccelArgs;
+use crate::accel::remote::addr::{self, Address};
+use crate::agent::AgentConfig;
+use clap::Args;
+use std::io::Write;
+
+/// `skiff agent --address ADDR [--accel=PLUGINS] [--accel-model=NAME=PATH]
+/// [--accel-lib=NAME=PATH]`
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Where to listen: tcp://HOST:PORT, unix://PATH, unix://@NAME or
+    /// vsock://CID:PORT.
+    #[arg(short = 'a', long, value_name = "ADDR", default_value = addr::DEFAULT)]
+    pub address: Address,
+    /// Largest request frame accepted, in MiB (vAccel allows up to 1024).
+    #[arg(long, value_name = "MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_frame_mib: u32,
+    /// Most clients connected at once (more are closed at once).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_connections: u32,
+    /// Plugins (default: $VACCEL_PLUGINS, else cpu), models and libraries
+    /// the agent's clients may use.
+    #[command(flatten)]
+    pub accel: AccelArgs,
+}
+
+impl AgentArgs {
+    pub fn into_config(
+        mut self,
+        env: Option<String>,
+    ) -> Result<AgentConfig, crate::accel::config::AccelConfigError> {
+        if self.accel.accel.is_none() && env.is_none() {
+            self.accel.accel = Some("cpu".into());
+        }
+        Ok(AgentConfig {
+            address: self.address,
+            accel: self.accel.into_config(env)?,
+            max_frame: self.max_frame_mib << 20,
+            max_connections: self.max_connections as usize,
+        })
+    }
+}
+
+pub fn main(prog: &str, a: AgentArgs) -> i32 {
+    let cfg = match a.into_config(std::env::var("VACCEL_PLUGINS").ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            super::report(prog, &e);
+            return 1;
+        }
+    };
+    let ready = |addr: &Address, plugins: &str| {
+        // stdout: the address (tcp: the real port), for whoever started us.
+        let _ = writeln!(std::io::stdout(), "{addr}");
+        let _ = std::io::stdout().flush();
+        super::report(prog, &format_args!("agent: serving {addr} with {plugins}"));
+    };
+    match crate::agent::serve(cfg, ready) {
+        Ok(()) => {
+            super::report(prog, &"agent: stopped");
+            0
+        }
+        Err(e) => {
+            super::report(prog, &e);
+            1
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `skiff run` (and `solo5-hvt`): the flags shared with solo5-hvt, and
+//! one guest built (or restored), confined and run to its HALT.
+
+use super::{refuse, report, REFUSED};
+use crate::config::{self, MemSize, RunConfig};
+use crate::seccomp::{Installed, Policy};
+use clap::Args;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// The flags `skiff run` shares with solo5-hvt.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Guest memory in MiB (rounded down to 2 MiB; at most 4096).
+    #[arg(long, value_name = "MB", value_parser = MemSize::from_mib, default_value = "512")]
+    pub mem: MemSize,
+    #[command(flatten)]
+    pub accel: crate::accel::config::AccelArgs,
+    /// Resume the function from this snapshot (`skiff snapshot`) instead of
+    /// booting it; KERNEL and the flags must be the snapshot's.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
+    /// Attach block device NAME to the file PATH (`--block:NAME=PATH`).
+    #[arg(long = "block", value_name = "NAME=PATH")]
+    pub block: Vec<OsString>,
+    /// Block size of device NAME: a power of two >= 512 (default 512).
+    #[arg(long = "block-sector-size", value_name = "NAME=N")]
+    pub block_sector_size: Vec<OsString>,
+    /// Attach net device NAME to TAP interface IFACE, or inherited fd @FD.
+    #[arg(long = "net", value_name = "NAME=IFACE|@FD")]
+    pub net: Vec<OsString>,
+    /// MAC address of net device NAME (default: generated).
+    #[arg(long = "net-mac", value_name = "NAME=MAC")]
+    pub net_mac: Vec<OsString>,
+    /// The unikernel (.hvt ELF image). Options end here: what follows is
+    /// the guest's.
+    #[arg(value_name = "KERNEL")]
+    pub kernel: PathBuf,
+    /// Arguments passed to the unikernel as its command line.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<OsString>,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<RunConfig, config::ConfigError> {
+        let devices =
+            crate::devices::attach::Bindings::from_flags(&crate::devices::attach::DeviceFlags {
+                block: self.block,
+                block_sector_size: self.block_sector_size,
+                net: self.net,
+                net_mac: self.net_mac,
+            })?;
+        Ok(RunConfig {
+            devices,
+            mem: self.mem,
+            cmdline: config::cmdline(&self.args)?,
+            accel: self
+                .accel
+                .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
+            kernel: self.kernel,
+        })
+    }
+
+    /// [`Self::into_config`], the error reported as one line.
+    pub fn config_or_report(self, prog: &str) -> Result<RunConfig, i32> {
+        self.into_config().map_err(|e| refuse(prog, &e))
+    }
+}
+
+pub fn main(prog: &str, run: RunArgs) -> i32 {
+    let restore = run.restore.clone();
+    if let Some(Err(e)) = restore.as_deref().map(regular_file) {
+        return refuse(prog, &e);
+    }
+    match run.config_or_report(prog) {
+        Ok(cfg) => run_guest(prog, &cfg, restore.as_deref()),
+        Err(status) => status,
+    }
+}
+
+/// Refuses a `--restore` FILE that is not a regular file before anything
+/// opens it for reading: a FIFO with no writer would block that open, and
+/// std retries it through the signals meant to stop skiff.
+/// fstat, not `metadata()`: std uses statx, which urunc's seccomp filter
+/// does not allow.
+pub fn regular_file(path: &Path) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let f = opened.map_err(|e| format!("--restore {}: {e}", path.display()))?;
+    // SAFETY: an all-zero `stat` is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is open; `st` is a valid, writable stat buffer.
+    let ok = unsafe { libc::fstat(f.as_raw_fd(), &mut st) } == 0;
+    match ok && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+        true => Ok(()),
+        false => Err(format!("--restore {}: not a regular file", path.display())),
+    }
+}
+
+/// Builds (or restores from a snapshot) and runs one guest; its HALT
+/// status is the exit status.
+fn run_guest(prog: &str, cfg: &RunConfig, restore: Option<&Path>) -> i32 {
+    let status = build_and_run(prog, cfg, restore);
+    crate::bench::marks::report();
+    status
+}
+
+fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&Path>) -> i32 {
+    let built = match restore {
+        Some(snap) => crate::snapshot::restore::restore(snap, cfg).map_err(|e| e.to_string()),
+        None => crate::builder::build(cfg).map_err(|e| e.to_string()),
+    };
+    let mut vm = match built {
+        Ok(vm) => vm,
+        // A signal during the build (a FIFO, a slow plugin) ends it too.
+        Err(_) if crate::vcpu::signals::pending().is_some() => return signalled(prog),
+        Err(e) => return refuse(prog, &e),
+    };
+    // Accelerator plugins (pocl's threads) need the looser policy.
+    let policy = match cfg.accel.plugins {
+        Some(_) => Policy::Accel,
+        None => Policy::Run,
+    };
+    let Some(confined) = confine(prog, policy) else {
+        return REFUSED;
+    };
+    let result = vm.run();
+    // The VM is destroyed after our exit, unless an outer filter (urunc's
+    // allowlist has no clone) might forbid the holder process.
+    if confined != Installed::OuterFilter {
+        crate::teardown::defer(vm);
+    }
+    outcome(prog, result)
+}
+
+/// Installs the seccomp filter, saying so when an outer one is kept;
+/// `None` (reported) when it cannot be installed.
+pub fn confine(prog: &str, policy: Policy) -> Option<Installed> {
+    match crate::seccomp::install(policy) {
+        Ok(i) => {
+            if let Some(note) = i.note() {
+                report(prog, &note);
+            }
+            Some(i)
+        }
+        Err(e) => {
+            report(prog, &e);
+            None
+        }
+    }
+}
+
+/// The exit status for how a run ended (a message on stderr unless the
+/// guest halted).
+pub fn outcome(prog: &str, result: Result<i32, crate::vmm::RunError>) -> i32 {
+    if let Err(e) = &result {
+        report(prog, e);
+    }
+    crate::vmm::exit_status(&result)
+}
+
+/// Reports the pending signal; its 128+N status.
+pub fn signalled(prog: &str) -> i32 {
+    let sig = crate::vcpu::signals::pending().unwrap_or(libc::SIGTERM);
+    let e = crate::vmm::RunError::Signal(sig);
+    report(prog, &e);
+    e.exit_status()
+}
