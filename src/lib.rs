@@ -10,6 +10,7 @@ pub mod bench;
 pub mod builder;
 pub mod cli;
 pub mod config;
+pub mod debug;
 pub mod devices;
 pub mod diag;
 pub mod hypercall;

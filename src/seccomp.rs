@@ -40,6 +40,9 @@ pub enum Policy {
     /// `seccomp/serve.json`: `skiff serve`'s HTTP front (src/serve/), which
     /// runs no guest: sockets, pipes, epoll, memory.
     Serve,
+    /// `seccomp/debug.json` plus run's rules: a run with `--gdb`,
+    /// `--dumpcore` or `--trace` (src/debug/).
+    Debug,
     /// `seccomp/agent.json` plus accel's rules: `skiff agent` (src/agent/),
     /// which serves plugins to network clients and never execs.
     Agent,
@@ -53,6 +56,7 @@ impl Policy {
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
             Policy::Serve => &bpf::SERVE,
+            Policy::Debug => &bpf::DEBUG,
             Policy::Agent => &bpf::AGENT,
         }
     }
@@ -141,10 +145,11 @@ extern "C" fn on_probe_sigsys(
 /// filter that traps prctl cannot kill skiff here (see the module doc).
 /// rt_sigaction, prctl's own trap and rt_sigreturn are all it needs.
 fn probe_mode() -> Option<u8> {
+    // SAFETY: an all-zero sigaction is valid (sigaction overwrites it).
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     // SAFETY: a zeroed sigaction with an SA_SIGINFO handler that only
     // stores to an atomic and to the trapped context's rax; the previous
     // action is saved and put back below.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_probe_sigsys as *const () as usize;

@@ -84,7 +84,10 @@ pub enum Hooked<P> {
     Handle,
     /// The hook handled it itself, with this result.
     Handled(Result<Control, Stop>),
-    /// End the run here, before the hypercall is handled.
+    /// End the run here, before the hypercall is handled: the caller owns
+    /// it from then on (a snapshot saves it; the restored `Vm` answers it
+    /// first). Running on without answering it leaves the guest's
+    /// OUT fields as they were.
     Pause(P),
 }
 
@@ -172,6 +175,7 @@ impl Vm {
                 }
                 let exit = self.vcpu.run()?;
                 marks::count_exit();
+                crate::debug::trace::exit(&exit);
                 hypercall::decode(&exit, &self.mem)
             }
         };
@@ -179,11 +183,14 @@ impl Vm {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);
-                match hook.on_request(&req, &self.mem) {
+                let traced = crate::debug::trace::hypercall(&req);
+                let result = match hook.on_request(&req, &self.mem) {
                     Hooked::Handle => self.devices.handle(req, &self.mem),
                     Hooked::Handled(result) => result,
                     Hooked::Pause(p) => return Ok(Some(Ended::Paused(p))),
-                }
+                };
+                crate::debug::trace::answered(traced, &result);
+                result
             }
             Err(fault) => Err(Stop::Fault(fault)),
         };
@@ -203,7 +210,7 @@ impl Vm {
         match err {
             RunError::Guest { fault, rip: None } => RunError::Guest {
                 fault,
-                rip: Some(self.vcpu.rip()),
+                rip: self.vcpu.fault_rip(),
             },
             other => other,
         }
@@ -221,6 +228,12 @@ impl Vm {
     /// Sends the guest's console (PUTS) to `fd` instead of stdout.
     pub fn set_console(&mut self, fd: std::os::fd::RawFd) {
         self.devices.console = crate::devices::console::Console::to_fd(fd);
+    }
+
+    /// On kvm_pvm: runs the rest of the guest under kvm_pvm's emulator
+    /// instead of natively; false where it was not native (benches).
+    pub fn leave_pvm_native(&mut self) -> bool {
+        self.vcpu.leave_pvm_native()
     }
 
     /// Guest memory (for tests and snapshots).

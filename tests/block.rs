@@ -179,17 +179,19 @@ fn sixty_three_devices() {
 fn acknowledged_writes_survive_sigkill() {
     let dir = TempDir::new("durable");
     let img = image(&dir, "d.img", 512 * 64, b"");
-    let mut child = Command::new(skiff())
-        .args([
-            "run",
-            &format!("--block:storage={img}"),
-            guest("blk").to_str().unwrap(),
-        ])
-        .args(["durable", "64"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::new(
+        Command::new(skiff())
+            .args([
+                "run",
+                &format!("--block:storage={img}"),
+                guest("blk").to_str().unwrap(),
+            ])
+            .args(["durable", "64"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Read until the guest has been told 20 writes are done, then kill
     // skiff at once, mid-run.
     let mut out = child.stdout.take().unwrap();
@@ -197,7 +199,7 @@ fn acknowledged_writes_survive_sigkill() {
     let start = Instant::now();
     let mut buf = [0u8; 256];
     while !seen.contains("acked 19\n") {
-        assert!(start.elapsed() < Duration::from_secs(30), "{seen}");
+        assert!(start.elapsed() < scaled(Duration::from_secs(30)), "{seen}");
         let n = out.read(&mut buf).unwrap();
         assert!(n > 0, "guest ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));

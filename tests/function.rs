@@ -148,19 +148,22 @@ fn plain_solo5_guests_are_unaffected() {
 }
 
 /// `skiff run echo.hvt` with all three stdio piped, not yet fed.
-fn spawn_echo() -> std::process::Child {
-    Command::new(skiff())
-        .arg("run")
-        .arg(guest("echo"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn spawn_echo() -> ChildGuard {
+    ChildGuard::new(
+        Command::new(skiff())
+            .arg("run")
+            .arg(guest("echo"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// SIGTERM to `child`; it must exit 143 with skiff's one line, promptly.
-fn assert_sigterm_ends(mut child: std::process::Child, what: &str) {
+fn assert_sigterm_ends(mut child: ChildGuard, what: &str) {
+    wait_catching(child.id(), libc::SIGTERM);
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let start = std::time::Instant::now();
@@ -168,7 +171,7 @@ fn assert_sigterm_ends(mut child: std::process::Child, what: &str) {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if start.elapsed() > Duration::from_secs(10) {
+        if start.elapsed() > scaled(Duration::from_secs(10)) {
             let _ = child.kill();
             panic!("skiff hung after SIGTERM: {what}");
         }
@@ -182,13 +185,15 @@ fn assert_sigterm_ends(mut child: std::process::Child, what: &str) {
 
 #[test]
 fn a_streaming_function_answers_before_the_body_ends() {
-    let mut child = Command::new(skiff())
-        .args(["run", guest("echo").to_str().unwrap(), "stream"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::new(
+        Command::new(skiff())
+            .args(["run", guest("echo").to_str().unwrap(), "stream"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut sin = child.stdin.take().unwrap();
     let mut sout = child.stdout.take().unwrap();
     for piece in [&b"first "[..], b"second"] {

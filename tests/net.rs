@@ -85,7 +85,7 @@ impl Drop for Netns {
 
 /// A guest running in the background, its stdout collected as it comes.
 struct Running {
-    child: Child,
+    child: ChildGuard,
     out: std::sync::Arc<std::sync::Mutex<String>>,
     reader: std::thread::JoinHandle<()>,
 }
@@ -104,7 +104,11 @@ impl Running {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Self { child, out, reader }
+        Self {
+            child: ChildGuard::new(child),
+            out,
+            reader,
+        }
     }
 
     /// Waits until the guest has printed `n` lines containing `needle`.
@@ -122,7 +126,7 @@ impl Running {
 
     /// Waits for the guest to end; its status and whole stdout.
     fn finish(self) -> (Option<i32>, String) {
-        let o = wait(self.child);
+        let o = wait(self.child.into_inner());
         self.reader.join().unwrap();
         let out = self.out.lock().unwrap().clone();
         (o.status.code(), format!("{out}{}", stderr(&o)))

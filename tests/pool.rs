@@ -17,7 +17,10 @@ const MEM: &str = "--mem=64";
 fn eventually(what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        assert!(
+            start.elapsed() < scaled(Duration::from_secs(10)),
+            "never: {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -104,13 +107,15 @@ fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
     );
 
     // A caller whose stdin never ends: its guest waits in REQ_READ.
-    let mut caller = Command::new(skiff())
-        .arg("call")
-        .arg(&pool.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut caller = ChildGuard::new(
+        Command::new(skiff())
+            .arg("call")
+            .arg(&pool.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // The busy worker and, as none is left waiting, its replacement.
     eventually("a replacement worker", || children(pool.pid()).len() == 2);
     caller.kill().unwrap();

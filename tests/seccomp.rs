@@ -19,12 +19,14 @@ fn seccomp_mode(pid: u32) -> Option<String> {
 
 #[test]
 fn a_running_skiff_is_under_its_filter() {
-    let mut child = Command::new(skiff())
-        .args(["run", guest("spin").to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::new(
+        Command::new(skiff())
+            .args(["run", guest("spin").to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.id();
     // The filter goes on after the build, just before the guest starts.
     let t = Instant::now();
@@ -177,6 +179,23 @@ fn the_accelerator_policy_allows_ordinary_calls_and_kills_privileged_ones() {
         0
     });
     assert!(killed_by_sigsys(status), "ptrace: status {status:#x}");
+}
+
+#[test]
+fn the_agent_policy_kills_exec_and_keeps_the_accelerator_denylist() {
+    // `skiff agent` (src/agent/): accel.json's rules plus no execve.
+    for (name, nr) in [("execve", libc::SYS_execve), ("ptrace", libc::SYS_ptrace)] {
+        let status = in_child(|| {
+            if seccomp::install(Policy::Agent).is_err() {
+                return 100;
+            }
+            // SAFETY: never runs: both are on the agent's denylist (null
+            // arguments: execve would fail with EFAULT if it did run).
+            unsafe { libc::syscall(nr, 0, 0, 0, 0) };
+            0
+        });
+        assert!(killed_by_sigsys(status), "{name}: status {status:#x}");
+    }
 }
 
 #[test]

@@ -84,6 +84,17 @@ fn clock_answer(o: &std::process::Output) -> (i128, i128) {
     (field("derived"), field("fresh"))
 }
 
+/// How far the guest's derived time may be from a fresh WALLTIME: 1 ms,
+/// or SKIFF_TEST_CLOCK_SLACK_MS (the standard-KVM lane: under emulation
+/// the guest can be preempted between its two reads).
+fn clock_slack_ns() -> i128 {
+    let ms: i128 = std::env::var("SKIFF_TEST_CLOCK_SLACK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    ms * 1_000_000
+}
+
 fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -105,7 +116,7 @@ fn a_restored_guest_keeps_the_wall_time() {
         "1.5 s old snapshot: derived - fresh = {} us",
         (derived - fresh) / 1000
     );
-    assert!((derived - fresh).abs() < 1_000_000, "{}", stdout(&o));
+    assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
     assert!(before <= fresh && fresh <= after);
 
     // An hour-old snapshot (--backdate: the guest's boot WALLTIME and the
@@ -115,8 +126,9 @@ fn a_restored_guest_keeps_the_wall_time() {
     // guest an hour off.
     let old = snapshot(dir.path(), "clock", &["--backdate", "3600"], &[]);
     let o = run(Some(&old), "clock", &[], b"x");
-    if o.status.code() == Some(1) {
-        assert_refused(&o, "does not let skiff set the guest's TSC");
+    // Only kvm_pvm may refuse: every other KVM takes the TSC offset.
+    if o.status.code() == Some(1) && Path::new("/sys/module/kvm_pvm").exists() {
+        assert_refused(&o, "kvm_pvm does not let skiff set the guest's TSC");
         assert!(o.stdout.is_empty());
         println!("hour-old snapshot: refused (this KVM pins the guest TSC)");
     } else {
@@ -126,7 +138,26 @@ fn a_restored_guest_keeps_the_wall_time() {
             "hour-old snapshot: derived - fresh = {} us",
             (derived - fresh) / 1000
         );
-        assert!((derived - fresh).abs() < 1_000_000, "{}", stdout(&o));
+        assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
+    }
+}
+
+/// Linux KVM before 6.7 took a TSC write this close to a fresh vCPU's
+/// expected value for a vCPU sync and kept the new vCPU's clock: a restore
+/// at once after the snapshot must still give the guest the right time.
+#[test]
+fn a_snapshot_restored_at_once_keeps_the_wall_time() {
+    let dir = TempDir::new("snap-at-once");
+    let snap = snapshot(dir.path(), "clock", &[], &[]);
+    for _ in 0..3 {
+        let o = run(Some(&snap), "clock", &[], b"x");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let (derived, fresh) = clock_answer(&o);
+        println!(
+            "fresh snapshot: derived - fresh = {} us",
+            (derived - fresh) / 1000
+        );
+        assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
     }
 }
 
@@ -274,15 +305,17 @@ fn fifty_concurrent_restores_share_the_snapshots_pages() {
     let data_kib = std::fs::metadata(&snap).unwrap().len() / 1024;
     let mut kids = Vec::new();
     for _ in 0..50 {
-        let mut c = Command::new(skiff())
-            .args(["run", MEM, "--restore"])
-            .arg(&snap)
-            .arg(guest("echo"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut c = ChildGuard::new(
+            Command::new(skiff())
+                .args(["run", MEM, "--restore"])
+                .arg(&snap)
+                .arg(guest("echo"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         // Each answers one piece, then waits on stdin for the next: its
         // guest has run and touched its working set.
         c.stdin.as_mut().unwrap().write_all(b"ping\n").unwrap();

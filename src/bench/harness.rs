@@ -37,6 +37,8 @@ pub enum BenchError {
     NoMarks(String),
     #[error("cannot create a pipe: {0}")]
     Pipe(std::io::Error),
+    #[error(transparent)]
+    Plot(#[from] super::plot::PlotError),
 }
 
 impl BenchError {
@@ -92,6 +94,20 @@ pub struct Report {
     /// From having the request (`main`, or a pool worker's accept) to the
     /// guest's first instruction: a restore's own latency.
     pub request_to_first_instruction: Stat,
+    /// Every run's numbers, for `--plot` (not part of the JSON).
+    #[serde(skip)]
+    pub samples: Samples,
+}
+
+/// Per-run times in nanoseconds from exec, in run order.
+#[derive(Debug, Default)]
+pub struct Samples {
+    /// skiff's cumulative phase marks (as `marks::NAMES`) per run.
+    pub phases: Vec<[u64; super::marks::COUNT]>,
+    /// skiff's exec-to-exit per run.
+    pub total: Vec<u64>,
+    /// The compared tender's exec-to-exit per run.
+    pub other_total: Vec<u64>,
 }
 
 /// Pairs as a JSON object, in their order.
@@ -229,6 +245,11 @@ pub fn bench(cfg: &BenchConfig) -> Result<Report, BenchError> {
         compare,
         main_to_first_instruction: span(&mine, Mark::Main, Mark::FirstRun),
         request_to_first_instruction: span(&mine, Mark::Request, Mark::FirstRun),
+        samples: Samples {
+            phases: mine.iter().map(|s| s.phases.unwrap_or_default()).collect(),
+            total: mine.iter().map(|s| s.total).collect(),
+            other_total: theirs.iter().map(|s| s.total).collect(),
+        },
     })
 }
 

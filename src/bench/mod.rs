@@ -3,4 +3,5 @@
 
 pub mod harness;
 pub mod marks;
+pub mod plot;
 mod process;

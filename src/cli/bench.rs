@@ -21,6 +21,9 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(super) json: bool,
+    /// Also draw the runs as an SVG picture in FILE (phases, distribution).
+    #[arg(long, value_name = "FILE.svg")]
+    pub(super) plot: Option<PathBuf>,
     /// The exit status every run must have.
     #[arg(long, default_value_t = 0)]
     pub(super) expect_status: i32,
@@ -147,6 +150,9 @@ fn bench(skiff: &std::path::Path, b: BenchArgs) -> Result<(), BenchError> {
         interval: std::time::Duration::from_millis(b.interval),
     };
     let r = harness::bench(&cfg)?;
+    if let Some(path) = &b.plot {
+        crate::bench::plot::write(&r, path)?;
+    }
     if b.json {
         let _ = writeln!(
             std::io::stdout(),

@@ -11,6 +11,7 @@
 mod agent;
 mod bench;
 mod call;
+mod debug;
 mod hook;
 mod pool;
 mod run;

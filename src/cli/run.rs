@@ -16,6 +16,8 @@ pub struct RunArgs {
     pub mem: MemSize,
     #[command(flatten)]
     pub accel: crate::accel::config::AccelArgs,
+    #[command(flatten)]
+    pub debug: crate::debug::DebugArgs,
     /// Resume the function from this snapshot (`skiff snapshot`) instead of
     /// booting it; KERNEL and the flags must be the snapshot's.
     #[arg(long, value_name = "FILE")]
@@ -76,7 +78,11 @@ pub fn main(prog: &str, run: RunArgs) -> i32 {
     if let Some(Err(e)) = restore.as_deref().map(regular_file) {
         return refuse(prog, &e);
     }
+    let debug = run.debug.clone();
     match run.config_or_report(prog) {
+        Ok(cfg) if debug.any() || super::debug::log_env() => {
+            super::debug::run(prog, &cfg, restore.as_deref(), &debug)
+        }
         Ok(cfg) => run_guest(prog, &cfg, restore.as_deref()),
         Err(status) => status,
     }
@@ -113,16 +119,29 @@ fn run_guest(prog: &str, cfg: &RunConfig, restore: Option<&Path>) -> i32 {
     status
 }
 
-fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&Path>) -> i32 {
+/// Builds the guest (or restores it from a snapshot); on failure, the
+/// error is reported and its exit status returned.
+pub(super) fn build_vm(
+    prog: &str,
+    cfg: &RunConfig,
+    restore: Option<&Path>,
+) -> Result<crate::vmm::Vm, i32> {
     let built = match restore {
         Some(snap) => crate::snapshot::restore::restore(snap, cfg).map_err(|e| e.to_string()),
         None => crate::builder::build(cfg).map_err(|e| e.to_string()),
     };
-    let mut vm = match built {
-        Ok(vm) => vm,
+    match built {
+        Ok(vm) => Ok(vm),
         // A signal during the build (a FIFO, a slow plugin) ends it too.
-        Err(_) if crate::vcpu::signals::pending().is_some() => return signalled(prog),
-        Err(e) => return refuse(prog, &e),
+        Err(_) if crate::vcpu::signals::pending().is_some() => Err(signalled(prog)),
+        Err(e) => Err(refuse(prog, &e)),
+    }
+}
+
+fn build_and_run(prog: &str, cfg: &RunConfig, restore: Option<&Path>) -> i32 {
+    let mut vm = match build_vm(prog, cfg, restore) {
+        Ok(vm) => vm,
+        Err(status) => return status,
     };
     // Accelerator plugins (pocl's threads) need the looser policy.
     let policy = match cfg.accel.plugins {

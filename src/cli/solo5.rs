@@ -33,7 +33,8 @@ struct Solo5Hvt {
 pub fn value_flags(cmd: &clap::Command) -> Vec<String> {
     let mut out = Vec::new();
     for a in cmd.get_arguments() {
-        if a.is_positional() || !a.get_action().takes_values() {
+        // `--gdb[=ADDR]`: an optional value only ever comes after `=`.
+        if a.is_positional() || !a.get_action().takes_values() || a.is_require_equals_set() {
             continue;
         }
         if let Some(longs) = a.get_long_and_visible_aliases() {

@@ -114,6 +114,52 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Writes `bytes` at `addr` even where the range is read-only (text,
+    /// rodata): for a debugger's breakpoints and memory edits only. Such
+    /// pages are made writable for the copy and read-only again after it.
+    pub fn poke(&self, bytes: &[u8], addr: Gpa) -> Result<(), OutOfRange> {
+        let len = bytes.len() as u64;
+        let s = self.slice(addr, len)?;
+        let end = addr.0 + len;
+        let ro: Vec<(u64, u64)> = self
+            .read_only
+            .iter()
+            .filter(|&&(a, b)| addr.0 < b && a < end)
+            .map(|&(a, b)| (a.max(addr.0 & !4095), b.min(end.next_multiple_of(4096))))
+            .collect();
+        let prot = |prot| {
+            for &(a, b) in &ro {
+                // SAFETY: [a, b) is page-aligned and inside our own mapping
+                // (a sub-range of a protected range); no reference into it
+                // is held across the call.
+                let r = unsafe {
+                    libc::mprotect(
+                        self.host_base().add(a as usize).cast(),
+                        (b - a) as usize,
+                        prot,
+                    )
+                };
+                if r != 0 {
+                    return false;
+                }
+            }
+            true
+        };
+        let refused = OutOfRange {
+            addr: addr.0,
+            len,
+            size: self.size,
+        };
+        if !prot(libc::PROT_READ | libc::PROT_WRITE) {
+            return Err(refused);
+        }
+        s.copy_from(bytes);
+        if !prot(libc::PROT_READ) {
+            return Err(refused);
+        }
+        Ok(())
+    }
+
     /// The read-only ranges (for snapshots).
     pub fn read_only(&self) -> &[(u64, u64)] {
         &self.read_only

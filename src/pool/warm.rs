@@ -7,8 +7,8 @@
 
 use super::proto::{Reply, REQUEST_HEADER, VARS_MAX};
 use super::worker::{self, READY, TAKEN};
-use crate::diag::line as report;
 use crate::devices::function::NextRequest;
+use crate::diag::line as report;
 use std::cell::RefCell;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};

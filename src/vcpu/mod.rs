@@ -190,10 +190,22 @@ impl Vcpu {
     /// emulation. A guest on the tender's tables stays native.
     fn leave_native_on_own_tables(&mut self) -> Result<(), VcpuError> {
         let sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
-        if sregs.cr3 & !0xfff != BOOT_CR3 && pvm::unregister(&self.fd) {
-            self.pvm_native = false;
+        if sregs.cr3 & !0xfff != BOOT_CR3 {
+            self.leave_pvm_native();
         }
         Ok(())
+    }
+
+    /// Leaves kvm_pvm's native mode for good: the guest goes on under
+    /// kvm_pvm's emulator (a debugger's single steps and breakpoints need
+    /// it; benches compare the two, see docs/kvm-pvm.md). Returns whether
+    /// it was native.
+    pub fn leave_pvm_native(&mut self) -> bool {
+        if self.pvm_native && pvm::unregister(&self.fd) {
+            self.pvm_native = false;
+            return true;
+        }
+        false
     }
 
     /// A triple fault in kvm_pvm's native mode: the guest's exception could
@@ -216,8 +228,13 @@ impl Vcpu {
         self.run()
     }
 
-    /// The guest's instruction pointer, for fault messages.
-    pub fn rip(&self) -> u64 {
-        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    /// The guest's instruction pointer, for fault messages; `None` when
+    /// it is unknown: AMD SVM's KVM resets the vCPU on a triple fault, so
+    /// its registers then hold the reset state (RIP 0xfff0, RFLAGS 0x2),
+    /// where no skiff guest runs (its images load above 1 MiB).
+    pub fn fault_rip(&self) -> Option<u64> {
+        let r = self.fd.get_regs().ok()?;
+        let reset = r.rip == 0xfff0 && r.rflags == 0x2;
+        (!reset).then_some(r.rip)
     }
 }

@@ -26,6 +26,17 @@ pub fn solo5_hvt(dir: &Path) -> PathBuf {
     link
 }
 
+/// `d` times SKIFF_TEST_TIME_SCALE (default 1): the standard-KVM lane
+/// runs everything under emulation, tens of times slower, and stretches
+/// the time limits of tests that bound how long skiff takes.
+pub fn scaled(d: Duration) -> Duration {
+    let k: u32 = std::env::var("SKIFF_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    d * k.max(1)
+}
+
 /// Runs `cmd` with `stdin` as its input, killing it after `limit`;
 /// stdout and stderr are drained while it runs (a full pipe would stall it).
 pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
@@ -49,6 +60,7 @@ pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
+    let limit = scaled(limit);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -71,13 +83,16 @@ pub fn run_with(mut cmd: Command, stdin: &[u8], limit: Duration) -> Output {
 /// still be running), sends `sig` and asserts that skiff ends within 2 s
 /// with 128+sig and says so in one line.
 pub fn signal_running(args: &[&str], sig: i32) -> Output {
-    let mut child = Command::new(skiff())
-        .arg("run")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = ChildGuard::new(
+        Command::new(skiff())
+            .arg("run")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_catching(child.id(), sig);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -88,13 +103,37 @@ pub fn signal_running(args: &[&str], sig: i32) -> Output {
     let t = Instant::now();
     let o = child.wait_with_output().unwrap();
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < scaled(Duration::from_secs(2)),
         "took {:?}",
         t.elapsed()
     );
     assert_eq!(o.status.code(), Some(128 + sig));
     assert_eq!(stderr(&o), format!("skiff: exiting on signal {sig}\n"));
     o
+}
+
+/// Waits (up to 10 s) until process `pid` catches `sig`: sent before
+/// skiff has installed its handler (a slow start, as under emulation), the
+/// signal would kill it by default and the test would see no message.
+pub fn wait_catching(pid: u32, sig: i32) {
+    let bit = 1u64 << (sig - 1);
+    let start = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = s
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & bit != 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < scaled(Duration::from_secs(10)),
+            "process {pid} never caught signal {sig}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// `skiff ARGS...` with a 30 s limit and no input.
@@ -246,4 +285,45 @@ pub fn request_body(i: u64) -> Vec<u8> {
         _ => (i * 31_337) as usize % (3 << 20),
     };
     random_bytes(n, i + 1)
+}
+
+/// A child process killed and reaped when dropped, so a failing test
+/// (a panic before its own kill/wait) leaves no skiff running behind it.
+pub struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer guarded (for `wait_with_output` and the like).
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("child taken twice")
+    }
+
+    pub fn wait_with_output(self) -> std::io::Result<Output> {
+        self.into_inner().wait_with_output()
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("child taken")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("child taken")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -31,13 +31,15 @@ impl Pool {
             .spawn()
             .expect("spawn pool");
         let mut err = BufReader::new(child.stderr.take().unwrap());
+        // Made first, so a pool that fails to start is ended on drop.
+        let pool = Pool { child, socket };
         let mut line = String::new();
         err.read_line(&mut line).unwrap();
         assert!(line.contains("workers ready"), "pool said: {line:?}");
         // Keep draining (a worker's messages go to the pool's stderr until
         // it has a caller).
         std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-        Pool { child, socket }
+        pool
     }
 
     pub fn call(&self, body: &[u8], env: &[(&str, &str)]) -> Output {

@@ -209,11 +209,8 @@ impl Chroot {
             let p = fifos.path().join(name);
             let c = cstr(&p);
             // SAFETY: a NUL-terminated path.
-            assert_eq!(
-                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-                0,
-                "mkfifo {p:?}"
-            );
+            let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+            assert_eq!(rc, 0, "mkfifo {p:?}");
             p
         };
         let (fin, fout, ferr) = (fifo("stdin"), fifo("stdout"), fifo("stderr"));

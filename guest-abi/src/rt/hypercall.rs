@@ -144,12 +144,20 @@ pub fn net_read(handle: u64, buf: &mut [u8]) -> (i32, usize) {
 
 /// Ends the guest; the tender exits with `status`.
 pub fn exit(status: i32) -> ! {
+    halt(status, 0)
+}
+
+/// Ends the guest with `status`, handing the tender `cookie`: 0, or the
+/// address of a Solo5-style register dump (`struct trap_regs`) that a core
+/// file uses for the faulting instruction.
+pub(crate) fn halt(status: i32, cookie: u64) -> ! {
     let mut arg = HcHalt {
-        cookie: 0,
+        cookie,
         exit_status: status,
         _pad: 0,
     };
-    // SAFETY: `arg` is a HALT struct; a zero cookie names no buffer.
+    // SAFETY: `arg` is a HALT struct; its cookie is 0 or names a register
+    // dump that stays valid (we never return).
     unsafe { hypercall(Hypercall::Halt, &mut arg) };
     // HALT does not return. If a tender resumed us anyway, stop here: with
     // interrupts off, `hlt` exits to the tender again.

@@ -224,7 +224,19 @@ extern "C" fn trap(frame: &TrapFrame) -> ! {
         frame.rip,
         cr2,
     );
-    exit(255)
+    // Solo5's `struct trap_regs`, as the HALT cookie: a tender writing a
+    // core file puts the faulting rip/rsp in it, so the backtrace starts
+    // where the exception happened rather than here.
+    let regs = [
+        cr2,
+        frame.error_code,
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        frame.rsp,
+        frame.ss,
+    ];
+    super::hypercall::halt(255, regs.as_ptr() as u64)
 }
 
 /// Mnemonics of the exception vectors, as the SDM names them.

@@ -3,7 +3,8 @@
 //! touch of N fresh 4 KiB pages above the kernel), `cost spin N` (a loop
 //! of N register-only iterations). Prints `cost WHAT N ns=T per=P`, timed
 //! with the TSC. `cost loop-puts` and `cost loop-poll` make one-byte PUTS
-//! or zero-timeout POLL hypercalls forever, for in-process benchmarks.
+//! or zero-timeout POLL hypercalls forever, for in-process benchmarks;
+//! `cost loop-walltime` WALLTIME ones.
 #![no_std]
 #![no_main]
 
@@ -19,6 +20,9 @@ fn main(ctx: &Ctx) -> i32 {
     match what {
         "loop-puts" => loop {
             puts(b".");
+        },
+        "loop-walltime" => loop {
+            core::hint::black_box(walltime_ns());
         },
         "loop-poll" => loop {
             core::hint::black_box(poll(0));

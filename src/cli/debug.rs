@@ -1,0 +1,127 @@
+//! `skiff run` with `--gdb`, `--dumpcore` or `--trace` (src/debug/): the
+//! same build and run as a plain run, with the debugger in between and a
+//! core file after a fault.
+
+use super::report;
+use super::run::{build_vm, confine, outcome};
+use crate::config::RunConfig;
+use crate::debug::dumpcore::{self, Core};
+use crate::debug::gdb::{self, Outcome};
+use crate::debug::DebugArgs;
+use crate::vmm::RunError;
+use std::path::Path;
+
+/// Whether `SKIFF_LOG` asks for tracing on a run without debug flags.
+pub fn log_env() -> bool {
+    std::env::var_os("SKIFF_LOG").is_some_and(|v| !v.is_empty())
+}
+
+pub fn run(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &DebugArgs) -> i32 {
+    let status = build_and_debug(prog, cfg, restore, d);
+    crate::bench::marks::report();
+    status
+}
+
+fn build_and_debug(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &DebugArgs) -> i32 {
+    crate::debug::trace::init(d.trace);
+    // Bind first, so a bad or busy address fails before any work.
+    let listener = match d.gdb.map(gdb::listen).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
+    };
+    // The image again for the core's build id (read now: after the
+    // seccomp filter, opening files is no longer allowed).
+    let image = match &d.dumpcore {
+        Some(_) => std::fs::read(&cfg.kernel).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut vm = match build_vm(prog, cfg, restore) {
+        Ok(vm) => vm,
+        Err(status) => return status,
+    };
+    let stream = match &listener {
+        Some(l) => {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            report(prog, &format_args!("waiting for gdb on {addr}"));
+            match gdb::accept(l, &mut vm) {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    report(prog, &e);
+                    return 1;
+                }
+            }
+        }
+        None => None,
+    };
+    drop(listener);
+    let Some(confined) = confine(prog, crate::seccomp::Policy::Debug) else {
+        return super::REFUSED;
+    };
+    let result = match stream {
+        None => vm.run(),
+        Some((s, pvm)) => match gdb::serve(&mut vm, s, pvm) {
+            Ok(Outcome::Finished(r)) => r,
+            Ok(Outcome::Killed) => {
+                report(prog, &"guest killed by gdb");
+                return 128 + libc::SIGKILL;
+            }
+            Err(gdb::GdbError::Run(e)) => Err(e),
+            Err(e) => {
+                report(prog, &e);
+                return 1;
+            }
+        },
+    };
+    let status = match (&d.dumpcore, &result) {
+        (Some(dir), Ok(255)) => {
+            report(
+                prog,
+                &format_args!(
+                    "guest aborted (status 255); {}",
+                    dump(&vm, &image, cfg, dir, true)
+                ),
+            );
+            255
+        }
+        (Some(dir), Err(e @ RunError::Guest { .. })) => {
+            report(
+                prog,
+                &format_args!("{e}; {}", dump(&vm, &image, cfg, dir, false)),
+            );
+            1
+        }
+        _ => return finish(prog, vm, confined, result),
+    };
+    if confined != crate::seccomp::Installed::OuterFilter {
+        crate::teardown::defer(vm);
+    }
+    status
+}
+
+fn finish(
+    prog: &str,
+    vm: crate::vmm::Vm,
+    confined: crate::seccomp::Installed,
+    result: Result<i32, RunError>,
+) -> i32 {
+    if confined != crate::seccomp::Installed::OuterFilter {
+        crate::teardown::defer(vm);
+    }
+    outcome(prog, result)
+}
+
+/// Writes the core; the words for the one-line report either way.
+fn dump(vm: &crate::vmm::Vm, image: &[u8], cfg: &RunConfig, dir: &Path, halted: bool) -> String {
+    let name = cfg
+        .kernel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "guest".into());
+    match Core::gather(vm, image, &name, halted).and_then(|c| dumpcore::write(&c, &vm.mem, dir)) {
+        Ok(path) => format!("core dumped to {}", path.display()),
+        Err(e) => format!("no core: {e}"),
+    }
+}

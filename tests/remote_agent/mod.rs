@@ -1,0 +1,205 @@
+//! Shared by tests/remote.rs and tests/remote_wire.rs: a `skiff agent`
+//! child (killed on drop), a raw protocol client, and skiff runs.
+#![allow(dead_code)]
+
+use super::common::*;
+use protobuf::Message;
+use skiff::accel::remote::frame::{self, Header};
+use skiff::accel::remote::proto::{self, *};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// A running `skiff agent`, killed (and its socket removed) on drop.
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Agent {
+    /// `skiff agent -a ADDR FLAGS`; waits until it listens.
+    pub fn start(addr: &str, flags: &[&str]) -> Agent {
+        Agent::start_env(addr, flags, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_env(addr: &str, flags: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Agent {
+        let mut child = Command::new(skiff())
+            .args(["agent", "-a", addr])
+            .args(flags)
+            .envs(env.iter().copied())
+            .env_remove("VACCEL_PLUGINS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn skiff agent");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        assert!(
+            !line.is_empty(),
+            "agent did not start: {}",
+            stderr.join().unwrap()
+        );
+        Agent {
+            child,
+            addr: line.trim().to_string(),
+            stderr,
+        }
+    }
+
+    pub fn tcp(flags: &[&str]) -> Agent {
+        Agent::start("tcp://127.0.0.1:0", flags)
+    }
+
+    pub fn unix(dir: &Path, flags: &[&str]) -> Agent {
+        Agent::start(
+            &format!("unix://{}", dir.join("agent.sock").display()),
+            flags,
+        )
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Sends `sig` and waits for the agent to end; its status and stderr.
+    pub fn stop(mut self, sig: i32) -> (std::process::ExitStatus, String) {
+        self.signal(sig);
+        let st = self.child.wait().unwrap();
+        let err = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        // What the agent left behind is the test's to see: not removed.
+        self.addr.clear();
+        (st, err.join().unwrap())
+    }
+
+    /// A raw connection.
+    pub fn connect(&self) -> Conn {
+        let a: skiff::accel::remote::addr::Address = self.addr.parse().unwrap();
+        let s = a.connect().unwrap();
+        s.set_timeouts(Some(Duration::from_secs(20))).unwrap();
+        Conn { s, next: 1 }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(p) = self.addr.strip_prefix("unix://") {
+            if !p.starts_with('@') {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
+/// A raw protocol client for byte-level and hostile tests.
+pub struct Conn {
+    pub s: skiff::accel::remote::addr::Stream,
+    next: u32,
+}
+
+impl Conn {
+    pub fn send_raw(&mut self, b: &[u8]) {
+        self.s.write_all(b).unwrap();
+    }
+
+    pub fn read(&mut self) -> Option<(Header, Vec<u8>)> {
+        frame::read_frame(&mut self.s, frame::VACCEL_MAX, None, None).ok()
+    }
+
+    /// Calls `method` with `payload`: (status, reply payload).
+    pub fn call(&mut self, method: &str, payload: &impl Message) -> (Status, Vec<u8>) {
+        self.call_in(SERVICE, method, payload)
+    }
+
+    pub fn call_in(
+        &mut self,
+        service: &str,
+        method: &str,
+        payload: &impl Message,
+    ) -> (Status, Vec<u8>) {
+        let req = Request {
+            service: service.into(),
+            method: method.into(),
+            payload: payload.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
+        let body = req.write_to_bytes().unwrap();
+        let id = self.next;
+        self.next += 2;
+        let hd = Header {
+            len: body.len() as u32,
+            stream: id,
+            kind: frame::TYPE_REQUEST,
+            flags: 0,
+        };
+        frame::write_frame(&mut self.s, hd, &body).unwrap();
+        let (rh, rb) = self.read().expect("a response");
+        assert_eq!(
+            (rh.stream, rh.kind, rh.flags),
+            (id, frame::TYPE_RESPONSE, 0)
+        );
+        let r = Response::parse_from_bytes(&rb).unwrap();
+        (r.status.unwrap_or_default(), r.payload)
+    }
+
+    pub fn session(&mut self) -> i64 {
+        let (st, p) = self.call("CreateSession", &CreateSessionRequest::new());
+        assert_eq!(st.code, 0, "{}", st.message);
+        CreateSessionResponse::parse_from_bytes(&p)
+            .unwrap()
+            .session_id
+    }
+}
+
+pub fn remote_flag(a: &Agent) -> String {
+    format!("--accel-remote={}", a.addr)
+}
+
+/// `skiff run FLAGS GUEST ARGS` with no vAccel variables.
+pub fn run(flags: &[&str], guest_name: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(skiff());
+    cmd.arg("run").args(flags).arg(guest(guest_name)).args(args);
+    for v in ["VACCEL_PLUGINS", "VACCEL_RPC_ADDRESS", "VACCEL_RPC_ADDR"] {
+        cmd.env_remove(v);
+    }
+    run_with(cmd, b"", Duration::from_secs(120))
+}
+
+pub fn ok(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "{} {}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// The EXEC test library and an opaque model file.
+pub fn exec_fixture(tmp: &Path) -> (PathBuf, PathBuf) {
+    let lib = tmp.join("libskiffexec.so");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/accel/execlib.c");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(src)
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let model = tmp.join("model.bin");
+    std::fs::write(&model, b"model bytes").unwrap();
+    (lib, model)
+}
+
+/// The vAccel error a status carries: (code, message, ffi errno).
+pub fn err_of(st: &Status) -> (i32, String, i32) {
+    (st.code, st.message.clone(), proto::errno_of(st))
+}
