@@ -10,7 +10,7 @@ type Source = (&'static str, &'static str);
 
 /// (file, filter name inside it, Rust constant emitted, the policy whose
 /// rules it extends)
-const POLICIES: [(&str, &str, &str, Option<Source>); 5] = [
+const POLICIES: [(&str, &str, &str, Option<Source>); 6] = [
     ("seccomp/run.json", "run", "RUN", None),
     ("seccomp/accel.json", "accel", "ACCEL", None),
     (
@@ -19,6 +19,7 @@ const POLICIES: [(&str, &str, &str, Option<Source>); 5] = [
         "POOL",
         Some(("seccomp/run.json", "run")),
     ),
+    ("seccomp/serve.json", "serve", "SERVE", None),
     (
         "seccomp/agent.json",
         "agent",

@@ -73,6 +73,8 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
     let (devices, manifest) = attach(&img, &cfg.devices, &cfg.accel)?;
     let features = guest_abi::skiff::SKIFF_FEATURE_EXT
         | guest_abi::skiff::SKIFF_FEATURE_FUNCTION
+        | guest_abi::skiff::SKIFF_FEATURE_RESP_HEAD
+        | guest_abi::skiff::SKIFF_FEATURE_REQ_NEXT
         | devices
             .accel
             .as_ref()
@@ -140,6 +142,7 @@ pub(crate) fn attach(
     accel: &crate::accel::config::AccelConfig,
 ) -> Result<(Devices, Vec<MftEntry>), BuildError> {
     let (mut devices, manifest) = crate::devices::attach::attach(&img.manifest, bindings)?;
+    devices.console = crate::devices::console::Console::for_image(img.function);
     devices.accel = crate::accel::Accel::build(accel)?;
     Ok((devices, manifest))
 }

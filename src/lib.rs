@@ -19,6 +19,7 @@ pub mod memory;
 pub mod oci;
 pub mod pool;
 pub mod seccomp;
+pub mod serve;
 pub mod snapshot;
 pub mod teardown;
 pub mod vcpu;

@@ -37,6 +37,9 @@ pub enum Policy {
     /// `seccomp/pool.json` plus run's rules: a pool worker, which also
     /// takes its request from a socket (src/pool/).
     Pool,
+    /// `seccomp/serve.json`: `skiff serve`'s HTTP front (src/serve/), which
+    /// runs no guest: sockets, pipes, epoll, memory.
+    Serve,
     /// `seccomp/debug.json` plus run's rules: a run with `--gdb`,
     /// `--dumpcore` or `--trace` (src/debug/).
     Debug,
@@ -52,6 +55,7 @@ impl Policy {
             Policy::Run => &bpf::RUN,
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
+            Policy::Serve => &bpf::SERVE,
             Policy::Debug => &bpf::DEBUG,
             Policy::Agent => &bpf::AGENT,
         }

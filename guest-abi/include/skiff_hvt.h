@@ -45,6 +45,8 @@ enum skiff_hvt_hypercall {
     SKIFF_HC_RESP_WRITE = 17,
     SKIFF_HC_REQ_META = 18,
     SKIFF_HC_ACCEL_OP = 19,
+    SKIFF_HC_RESP_HEAD = 20,
+    SKIFF_HC_REQ_NEXT = 21,
 };
 
 /* Result codes in `ret` fields (solo5_result_t). */
@@ -57,6 +59,8 @@ enum skiff_hvt_hypercall {
 #define SKIFF_HVT_FEATURE_RING_IO (1U << 0)
 #define SKIFF_FEATURE_EXT (1U << 16)
 #define SKIFF_FEATURE_FUNCTION (1U << 17)
+#define SKIFF_FEATURE_RESP_HEAD (1U << 19)
+#define SKIFF_FEATURE_REQ_NEXT (1U << 20)
 #define SKIFF_FEATURE_ACCEL (1U << 18)
 
 /* Boot info at SKIFF_HVT_BOOT_INFO_BASE; rdi points at it on entry. */
@@ -181,9 +185,11 @@ struct skiff_abi1_note {
     struct skiff_note_header h;
     uint32_t abi_target;  /* SKIFF_ABI_TARGET_HVT */
     uint32_t abi_version; /* SKIFF_HVT_ABI_VERSION */
-    uint32_t reserved0;
+    uint32_t reserved0;   /* SKIFF_ABI_FLAG_FUNCTION or 0 */
     uint32_t reserved1;
 };
+/* The guest is a function: skiff sends its console to stderr. */
+#define SKIFF_ABI_FLAG_FUNCTION (1U << 0)
 
 /* The MFT1 note with N entries: the manifest starts 8-aligned, 4 bytes after
  * the header, and those 4 bytes count in n_descsz:
@@ -215,6 +221,22 @@ struct skiff_req_meta {
     uint64_t name_len;
     uint64_t data;
     uint64_t len; /* IN buffer size, OUT value size */
+    int32_t ret;
+    uint32_t pad;
+};
+
+/* RESP_HEAD (SKIFF_FEATURE_RESP_HEAD): before the first RESP_WRITE. */
+struct skiff_resp_head {
+    uint64_t content_type; /* visible ASCII and spaces */
+    uint64_t type_len;     /* 0: keep the default; at most 256 */
+    uint32_t status;       /* 100..599 */
+    int32_t ret;
+};
+_Static_assert(sizeof(struct skiff_resp_head) == 24, "resp_head size");
+
+/* REQ_NEXT: end this response, wait for the next request (skiff serve
+ * --warm only; elsewhere ret is EUNSPEC and the guest should halt). */
+struct skiff_req_next {
     int32_t ret;
     uint32_t pad;
 };

@@ -26,6 +26,12 @@ pub struct NoteHeader {
     pub name: [u8; 8],
 }
 
+/// `AbiDesc::reserved0` flag (a skiff extension; Solo5 writes 0 and never
+/// reads it): the guest is a function. Its response is what it writes with
+/// RESP_WRITE, so its console is a log: skiff sends the console to stderr
+/// instead of stdout, and console text never enters a response.
+pub const ABI_FLAG_FUNCTION: u32 = 1 << 0;
+
 /// The ABI1 descriptor.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +51,13 @@ pub struct AbiNote {
 }
 
 impl AbiNote {
+    /// The note of an hvt function (see [`ABI_FLAG_FUNCTION`]).
+    pub const fn hvt_function() -> Self {
+        let mut n = Self::hvt();
+        n.desc.reserved0 = ABI_FLAG_FUNCTION;
+        n
+    }
+
     /// The note of an hvt guest of this ABI version.
     pub const fn hvt() -> Self {
         Self {

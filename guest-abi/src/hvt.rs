@@ -5,7 +5,7 @@
 //! IN are written by the guest, OUT by the tender.
 
 use crate::accel::HcAccel;
-use crate::skiff::{HcReqMeta, HcReqRead, HcRespWrite};
+use crate::skiff::{HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite};
 use core::mem::{offset_of, size_of};
 
 /// The first hypercall port; hypercall `nr` is at `HYPERCALL_PIO_BASE + nr`.
@@ -100,6 +100,10 @@ hypercalls! {
     ReqMeta = 18, "REQ_META", HcReqMeta, "SKIFF_HC_REQ_META", "devices/function.rs";
     /// skiff: accelerator generic operation.
     AccelOp = 19, "ACCEL_OP", HcAccel, "SKIFF_HC_ACCEL_OP", "accel/mod.rs";
+    /// skiff: set the response's HTTP status and content type.
+    RespHead = 20, "RESP_HEAD", HcRespHead, "SKIFF_HC_RESP_HEAD", "devices/function.rs";
+    /// skiff: end this request's response and wait for the next request.
+    ReqNext = 21, "REQ_NEXT", HcReqNext, "SKIFF_HC_REQ_NEXT", "devices/function.rs";
 }
 
 impl Hypercall {

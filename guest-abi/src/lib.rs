@@ -35,6 +35,6 @@ mod host {
         )*};
     }
     byte_valued!(BootInfo, HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, MftEntry, MftHeader);
-    byte_valued!(HcReqRead, HcRespWrite, HcReqMeta);
+    byte_valued!(HcReqRead, HcRespWrite, HcReqMeta, HcRespHead, HcReqNext);
     byte_valued!(HcAccel, AccelArg);
 }

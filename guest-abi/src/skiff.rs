@@ -18,6 +18,15 @@ pub const SKIFF_FEATURE_FUNCTION: u32 = 1 << 17;
 /// served: the operator started skiff with `--accel`.
 pub const SKIFF_FEATURE_ACCEL: u32 = 1 << 18;
 
+/// Host feature: RESP_HEAD ([`HcRespHead`]) is served: a function may set
+/// its response's HTTP status and content type (`skiff serve` uses them;
+/// `skiff run` and `skiff call` accept and ignore them).
+pub const SKIFF_FEATURE_RESP_HEAD: u32 = 1 << 19;
+
+/// Host feature: REQ_NEXT ([`HcReqNext`]) is known (it still answers
+/// EUNSPEC unless the server keeps warm guests: `skiff serve --warm`).
+pub const SKIFF_FEATURE_REQ_NEXT: u32 = 1 << 20;
+
 /// skiff-specific result codes, after Solo5's (`crate::hvt::ret`).
 pub mod ret {
     /// REQ_META: no such metadata item.
@@ -78,9 +87,42 @@ pub struct HcReqMeta {
     pub _pad: u32,
 }
 
+/// RESP_HEAD (nr 20): sets the response's HTTP status (100 to 599) and,
+/// with `type_len` > 0, its content type (visible ASCII and spaces, at most
+/// [`RESP_HEAD_TYPE_MAX`] bytes). Only before the first RESP_WRITE: the
+/// head goes out ahead of the body. IN `status`, `content_type`,
+/// `type_len`. OUT `ret`: OK or EINVAL (bad status or type, or a body
+/// byte already written).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcRespHead {
+    pub content_type: u64,
+    pub type_len: u64,
+    pub status: u32,
+    pub ret: i32,
+}
+
+/// REQ_NEXT (nr 21): this request's response is complete (as if the guest
+/// had halted with 0); wait for the next request and make it the current
+/// one for REQ_READ, REQ_META, RESP_HEAD and RESP_WRITE. Served only by
+/// `skiff serve --warm`, which keeps such a guest (and its memory) across
+/// requests of its function; anywhere else it returns EUNSPEC and the
+/// guest should halt. OUT `ret`: OK (a new request is current) or EUNSPEC.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HcReqNext {
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// The longest content type RESP_HEAD accepts.
+pub const RESP_HEAD_TYPE_MAX: u64 = 256;
+
 /// The longest metadata name REQ_META accepts.
 pub const REQ_META_NAME_MAX: u64 = 256;
 
 crate::hvt::layout!(HcReqRead, 32, data @ 0, len @ 8, limit @ 16, ret @ 24, flags @ 28);
 crate::hvt::layout!(HcRespWrite, 24, data @ 0, len @ 8, ret @ 16);
+crate::hvt::layout!(HcReqNext, 8, ret @ 0);
+crate::hvt::layout!(HcRespHead, 24, content_type @ 0, type_len @ 8, status @ 16, ret @ 20);
 crate::hvt::layout!(HcReqMeta, 40, name @ 0, name_len @ 8, data @ 16, len @ 24, ret @ 32);

@@ -7,7 +7,7 @@
 use guest_abi::accel::{AccelArg, HcAccel};
 use guest_abi::hvt::*;
 use guest_abi::manifest::{MftEntry, MftHeader};
-use guest_abi::skiff::{self, HcReqMeta, HcReqRead, HcRespWrite};
+use guest_abi::skiff::{self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -24,6 +24,8 @@ fn structs() -> Vec<(&'static str, usize)> {
         ("skiff_req_read", size_of::<HcReqRead>()),
         ("skiff_resp_write", size_of::<HcRespWrite>()),
         ("skiff_req_meta", size_of::<HcReqMeta>()),
+        ("skiff_resp_head", size_of::<HcRespHead>()),
+        ("skiff_req_next", size_of::<HcReqNext>()),
         ("skiff_accel", size_of::<HcAccel>()),
         ("skiff_accel_arg", size_of::<AccelArg>()),
         ("skiff_mft_entry", size_of::<MftEntry>()),
@@ -53,6 +55,18 @@ fn constants() -> Vec<(&'static str, i64)> {
             skiff::SKIFF_FEATURE_FUNCTION.into(),
         ),
         ("SKIFF_FEATURE_ACCEL", skiff::SKIFF_FEATURE_ACCEL.into()),
+        (
+            "SKIFF_FEATURE_RESP_HEAD",
+            skiff::SKIFF_FEATURE_RESP_HEAD.into(),
+        ),
+        (
+            "SKIFF_FEATURE_REQ_NEXT",
+            skiff::SKIFF_FEATURE_REQ_NEXT.into(),
+        ),
+        (
+            "SKIFF_ABI_FLAG_FUNCTION",
+            guest_abi::elf::ABI_FLAG_FUNCTION.into(),
+        ),
         ("SKIFF_R_NOT_FOUND", skiff::ret::NOT_FOUND.into()),
         ("SKIFF_R_TOO_SMALL", skiff::ret::TOO_SMALL.into()),
         ("SKIFF_REQ_META_NAME_MAX", skiff::REQ_META_NAME_MAX as i64),
@@ -133,6 +147,8 @@ fn every_hypercall_argument_size_matches_its_c_struct() {
         Hypercall::ReqRead => "skiff_req_read",
         Hypercall::RespWrite => "skiff_resp_write",
         Hypercall::ReqMeta => "skiff_req_meta",
+        Hypercall::RespHead => "skiff_resp_head",
+        Hypercall::ReqNext => "skiff_req_next",
         Hypercall::AccelOp => "skiff_accel",
     };
     for &h in Hypercall::ALL {

@@ -15,6 +15,7 @@ mod debug;
 mod hook;
 mod pool;
 mod run;
+mod serve;
 mod snapshot;
 mod solo5;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Keep guests restored from a snapshot ready on a unix socket:
     /// skiff pool --socket PATH --restore FILE [run flags] KERNEL
     Pool(pool::PoolArgs),
+    /// Serve HTTP: every request gets a fresh guest (restored from
+    /// --restore FILE, or booted cold): skiff serve --listen ADDR KERNEL
+    Serve(serve::ServeArgs),
     /// Serve one request with a pool's ready guest: skiff call PATH
     /// (stdin, stdout, stderr and Http_* variables go to the guest)
     Call(call::CallArgs),
@@ -122,6 +126,7 @@ pub fn main() -> i32 {
         Ok(Command::Snapshot(s)) => snapshot::main(&prog, s),
         Ok(Command::Pool(p)) => pool::main(&prog, p),
         Ok(Command::Call(c)) => call::main(&prog, c),
+        Ok(Command::Serve(s)) => serve::main(&prog, s),
         Ok(Command::Hook) => hook::main(&prog),
         Ok(Command::Agent(a)) => agent::main(&prog, a),
         Err(e) => clap_exit(transposed_subcommand(e)),

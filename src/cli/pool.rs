@@ -37,7 +37,7 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
     let pool = Pool {
         prog,
         cfg: &cfg,
-        snapshot: &snapshot,
+        snapshot: Some(&snapshot),
         socket: &a.socket,
         workers: a.workers,
     };

@@ -28,6 +28,9 @@ fn sample(id: &str) -> &'static str {
         "compare" => "/bin/true",
         "stdin" => "body",
         "pool" => "p.sock",
+        "listen" => "127.0.0.1:8080",
+        "metrics" => "127.0.0.1:9100",
+        "max_body" | "timeout" | "queue" | "drain" => "100",
         "remote" => "127.0.0.1:9",
         "remote_timeout" => "2",
         "gdb" => "127.0.0.1:0",
@@ -66,6 +69,7 @@ fn check(cmd: Command, argv: &[String]) {
         Command::Run(r) => (r.kernel, r.args),
         Command::Snapshot(s) => (s.run.kernel, s.run.args),
         Command::Pool(p) => (p.run.kernel, p.run.args),
+        Command::Serve(s) => (s.run.kernel, s.run.args),
         Command::Bench(b) => {
             assert_eq!(b.args, os(&["--mem=64", "k.hvt", "--x=y"]), "{argv:?}");
             return;

@@ -10,7 +10,11 @@ use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::signals;
 use guest_abi::hvt::ret;
-use guest_abi::skiff::{self, HcReqMeta, HcReqRead, HcRespWrite, REQ_META_NAME_MAX, REQ_READ_FILL};
+use guest_abi::skiff::{
+    self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_META_NAME_MAX,
+    REQ_READ_FILL, RESP_HEAD_TYPE_MAX,
+};
+use std::ffi::OsString;
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use thiserror::Error;
@@ -41,6 +45,44 @@ pub struct Function {
     eof: bool,
     /// `Http_*` variables at start-up, prefix removed: (name, value).
     meta: Vec<(Vec<u8>, Vec<u8>)>,
+    /// stdout starts with a head frame ([`head_frame`]): `skiff serve`
+    /// asked for it, to learn the status and type before the body.
+    framed: bool,
+    /// The head is settled: RESP_HEAD was called, or a body byte written.
+    head_done: bool,
+    /// How to end this request and take the next (REQ_NEXT); `None`:
+    /// guests are not kept warm here.
+    next: Option<NextRequest>,
+}
+
+/// Ends the current request (its response is complete) and waits for the
+/// next one, whose stdio it puts on fds 0-2: that request's variables, or
+/// `None` when there will be none (the server is stopping).
+pub struct NextRequest(pub Box<dyn FnMut() -> Option<Vars>>);
+
+/// Request variables (`Http_*` and the pool's own), as name and value.
+pub type Vars = Vec<(OsString, OsString)>;
+
+impl std::fmt::Debug for NextRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NextRequest")
+    }
+}
+
+/// The head frame that starts a framed response: `SKH1`, status (u16 LE,
+/// 0: not set), content type length (u16 LE), content type.
+pub const HEAD_MAGIC: [u8; 4] = *b"SKH1";
+/// The fixed part of a head frame.
+pub const HEAD_FIXED: usize = 8;
+
+/// A head frame for `status` (0: the default) and `content_type`.
+pub fn head_frame(status: u16, content_type: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(HEAD_FIXED + content_type.len());
+    f.extend_from_slice(&HEAD_MAGIC);
+    f.extend_from_slice(&status.to_le_bytes());
+    f.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
+    f.extend_from_slice(content_type);
+    f
 }
 
 fn io_error(e: VolatileMemoryError) -> std::io::Error {
@@ -151,6 +193,74 @@ impl Function {
         }
     }
 
+    /// Keeps the guest warm: REQ_NEXT ends the request through `next`.
+    pub fn warm(mut self, next: NextRequest) -> Self {
+        self.next = Some(next);
+        self
+    }
+
+    /// REQ_NEXT: this response is complete; the next request becomes the
+    /// current one (fresh body, metadata and head; same framing and hook).
+    pub fn req_next(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
+        let call = "REQ_NEXT";
+        let mut req: HcReqNext = mem
+            .read_obj(arg)
+            .map_err(|err| GuestFault::BadArgument { call, err })?;
+        let next = self.next.as_mut().and_then(|n| (n.0)());
+        req.ret = match next {
+            Some(vars) => {
+                let fresh = Function::from_vars(vars.into_iter());
+                self.meta = fresh.meta;
+                (self.read, self.limit, self.eof, self.head_done) = (0, 0, false, false);
+                ret::OK
+            }
+            None => ret::EUNSPEC,
+        };
+        Ok(write_back(mem, call, arg, req)?)
+    }
+
+    /// Starts stdout with a head frame (see [`head_frame`]).
+    pub fn framed(mut self) -> Self {
+        self.framed = true;
+        self
+    }
+
+    /// Settles the head: in framed mode, writes its frame to stdout.
+    fn send_head(&mut self, status: u16, content_type: &[u8]) -> Result<(), Stop> {
+        self.head_done = true;
+        if !self.framed {
+            return Ok(());
+        }
+        let frame = head_frame(status, content_type);
+        // SAFETY: `frame` is a live, initialised buffer of its length.
+        let buf = unsafe { VolatileSlice::new(frame.as_ptr() as *mut u8, frame.len()) };
+        write_all(1, &buf).map(|_| ()).map_err(Stop::Stdout)
+    }
+
+    /// RESP_HEAD: the response's status and content type, once, before
+    /// its first body byte.
+    pub fn resp_head(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
+        let call = "RESP_HEAD";
+        let mut req: HcRespHead = mem
+            .read_obj(arg)
+            .map_err(|err| GuestFault::BadArgument { call, err })?;
+        let mut ctype = [0u8; RESP_HEAD_TYPE_MAX as usize];
+        let ok = !self.head_done
+            && (100..=599).contains(&req.status)
+            && req.type_len <= RESP_HEAD_TYPE_MAX;
+        let ctype = &mut ctype[..if ok { req.type_len as usize } else { 0 }];
+        req.ret = if !ok
+            || mem.read_bytes(ctype, Gpa(req.content_type)).is_err()
+            || !ctype.iter().all(|c| (b' '..=b'~').contains(c))
+        {
+            ret::EINVAL
+        } else {
+            self.send_head(req.status as u16, ctype)?;
+            ret::OK
+        };
+        Ok(write_back(mem, call, arg, req)?)
+    }
+
     /// REQ_READ: read(2) from stdin straight into the guest's buffer, once
     /// or (REQ_READ_FILL) until it is full or the body ends.
     pub fn req_read(&mut self, mem: &GuestMemory, arg: Gpa) -> Result<(), Stop> {
@@ -219,7 +329,12 @@ impl Function {
             .map_err(|err| GuestFault::BadArgument { call, err })?;
         req.ret = match mem.slice(Gpa(req.data), req.len) {
             Err(_) => ret::EINVAL,
-            Ok(buf) => write_all(1, &buf).map_err(Stop::Stdout)?,
+            Ok(buf) => {
+                if !self.head_done {
+                    self.send_head(0, b"")?;
+                }
+                write_all(1, &buf).map_err(Stop::Stdout)?
+            }
         };
         Ok(write_back(mem, call, arg, req)?)
     }

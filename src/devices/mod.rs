@@ -80,6 +80,8 @@ impl Devices {
                 Hypercall::ReqRead => self.function.req_read(mem, arg)?,
                 Hypercall::RespWrite => self.function.resp_write(mem, arg)?,
                 Hypercall::ReqMeta => self.function.req_meta(mem, arg)?,
+                Hypercall::RespHead => self.function.resp_head(mem, arg)?,
+                Hypercall::ReqNext => self.function.req_next(mem, arg)?,
                 Hypercall::AccelOp => crate::accel::hypercall(self.accel.as_mut(), mem, arg)?,
                 Hypercall::Walltime
                 | Hypercall::Puts

@@ -143,6 +143,8 @@ pub fn decode(exit: &Exit, mem: &GuestMemory) -> Result<Option<Request>, GuestFa
         nr @ (Hypercall::ReqRead
         | Hypercall::RespWrite
         | Hypercall::ReqMeta
+        | Hypercall::RespHead
+        | Hypercall::ReqNext
         | Hypercall::AccelOp) => Request::Extension { nr, arg },
     }))
 }

@@ -70,7 +70,12 @@ fn every_hypercalls_argument_struct_is_checked_whole() {
         let straddling = decode(&out(call as u16, (MEM - size + 1) as u32), &mem);
         let fits = decode(&out(call as u16, (MEM - size) as u32), &mem);
         match call {
-            Hypercall::ReqRead | Hypercall::RespWrite | Hypercall::ReqMeta | Hypercall::AccelOp => {
+            Hypercall::ReqRead
+            | Hypercall::RespWrite
+            | Hypercall::ReqMeta
+            | Hypercall::RespHead
+            | Hypercall::ReqNext
+            | Hypercall::AccelOp => {
                 assert!(
                     matches!(straddling, Ok(Some(Request::Extension { nr, .. })) if nr == call)
                 );

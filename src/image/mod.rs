@@ -53,6 +53,9 @@ pub struct Image<'a> {
     /// End of the highest segment, aligned up to its `p_align`.
     pub kernel_end: u64,
     pub manifest: Manifest,
+    /// The ABI1 note marks the guest a function (`ABI_FLAG_FUNCTION`): its
+    /// console is a log, never part of its response.
+    pub function: bool,
 }
 
 /// The most an image may ask skiff to read: the largest guest memory
@@ -163,7 +166,7 @@ impl<'a> Image<'a> {
     /// for a guest of `mem_size` bytes.
     pub fn parse(bytes: &'a [u8], mem_size: u64) -> Result<Self, ImageError> {
         let elf = elf::Elf::parse(bytes)?;
-        notes::check_abi(&elf)?;
+        let flags = notes::check_abi(&elf)?;
         let manifest = Manifest::parse(notes::manifest_desc(&elf)?)?;
         let (segments, kernel_end) = elf.segments(mem_size)?;
         if elf.entry < crate::memory::KERNEL_BASE || elf.entry >= mem_size {
@@ -177,6 +180,7 @@ impl<'a> Image<'a> {
             segments,
             kernel_end,
             manifest,
+            function: flags & guest_abi::elf::ABI_FLAG_FUNCTION != 0,
         })
     }
 

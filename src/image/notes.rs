@@ -37,8 +37,9 @@ fn find<'a>(elf: &Elf<'a>, kind: u32, max: u64, skip: u64) -> Result<Option<&'a 
     Ok(None)
 }
 
-/// Refuses images that are not for hvt, ABI version 2.
-pub(super) fn check_abi(elf: &Elf<'_>) -> Result<(), ImageError> {
+/// Refuses images that are not for hvt, ABI version 2; returns the note's
+/// `reserved0` word (skiff's `ABI_FLAG_*`; 0 from Solo5's toolchain).
+pub(super) fn check_abi(elf: &Elf<'_>) -> Result<u32, ImageError> {
     let d = find(elf, NOTE_TYPE_ABI, ABI_DESC_SIZE, 0)?.ok_or(ImageError::NoAbiNote)?;
     if d.len() != ABI_DESC_SIZE as usize {
         return Err(ImageError::Invalid("ABI1 note has the wrong size".into()));
@@ -60,7 +61,7 @@ pub(super) fn check_abi(elf: &Elf<'_>) -> Result<(), ImageError> {
     if version != guest_abi::HVT_ABI_VERSION {
         return Err(ImageError::WrongAbiVersion(version));
     }
-    Ok(())
+    Ok(u32::from_le_bytes([d[8], d[9], d[10], d[11]]))
 }
 
 /// The manifest bytes (header and entries) from the MFT1 note.

@@ -16,6 +16,7 @@
 
 pub mod call;
 pub mod proto;
+mod warm;
 mod worker;
 
 use crate::config::RunConfig;
@@ -27,6 +28,8 @@ use thiserror::Error;
 
 /// Most workers a pool keeps.
 pub const WORKERS_MAX: usize = 64;
+/// Failed worker starts in a row (after the pool was ready) that end it.
+const FAILURES_MAX: u32 = 8;
 
 /// Why a pool did not start, or ended.
 #[derive(Debug, Error)]
@@ -78,7 +81,9 @@ struct Worker {
 pub struct Pool<'a> {
     pub prog: &'a str,
     pub cfg: &'a RunConfig,
-    pub snapshot: &'a Path,
+    /// `None`: each guest is built cold up to its first instruction
+    /// (`skiff serve` without a snapshot).
+    pub snapshot: Option<&'a Path>,
     pub socket: &'a Path,
     pub workers: usize,
 }
@@ -121,14 +126,14 @@ impl Pool<'_> {
 /// restore with accelerators starts plugin threads, and the pool must stay
 /// single-threaded to fork its workers), which sends its reason back on a
 /// pipe.
-fn restores_here(cfg: &RunConfig, snap: &Path) -> Result<(), PoolError> {
+fn restores_here(cfg: &RunConfig, snap: Option<&Path>) -> Result<(), PoolError> {
     let (r, w) = pipe().map_err(PoolError::Fork)?;
     // SAFETY: single-threaded here; the child only restores and exits.
     match unsafe { libc::fork() } {
         -1 => Err(PoolError::Fork(std::io::Error::last_os_error())),
         0 => {
             drop(r);
-            let r = crate::snapshot::restore::prepare(snap, cfg).and_then(|p| p.check_clock());
+            let r = worker::Ready::new(cfg, snap);
             if let Err(e) = &r {
                 let _ = (&std::fs::File::from(w)).write_all(e.to_string().as_bytes());
             }
@@ -270,6 +275,8 @@ fn supervise(p: &Pool, listener: &UnixListener, ready: &dyn Fn()) -> PoolError {
     set_stop_signals(libc::SIG_BLOCK);
     let mut workers: Vec<Worker> = Vec::new();
     let mut announced = false;
+    let mut failures = 0;
+    let p_prog = p.prog;
     let status = 'serve: loop {
         // A replacement starts when a busy worker has finished (its restore
         // would otherwise compete with the running request for the CPU),
@@ -319,8 +326,22 @@ fn supervise(p: &Pool, listener: &UnixListener, ready: &dyn Fn()) -> PoolError {
             let got = unsafe { libc::read(p.fd, (&mut byte as *mut u8).cast(), 1) };
             let w = &mut workers[i];
             match (got, byte) {
-                (1, worker::READY) => w.state = State::Ready,
+                (1, worker::READY) => {
+                    w.state = State::Ready;
+                    failures = 0;
+                }
                 (1, worker::TAKEN) => w.state = State::Busy,
+                // Once the pool has been ready, a failed restore (e.g. the
+                // clock check losing a race with a loaded host) costs one
+                // worker, which is replaced; only a run of them ends it.
+                _ if w.state == State::Starting && announced && failures < FAILURES_MAX => {
+                    failures += 1;
+                    crate::diag::line(
+                        p_prog,
+                        &"pool: a worker could not restore the snapshot (see above); replacing it",
+                    );
+                    gone.push(i);
+                }
                 _ if w.state == State::Starting => break 'serve PoolError::WorkerFailed,
                 _ => gone.push(i),
             }

@@ -16,6 +16,15 @@ pub const VARS_MAX: usize = 64 << 10;
 /// The fds a request carries: stdin, stdout, stderr.
 pub const FDS: usize = 3;
 
+/// A request variable (not `Http_*`, so `skiff call` never sends it and the
+/// guest never sees it) asking for a framed response: stdout starts with
+/// the head frame of `devices::function::head_frame` (`skiff serve`).
+pub const FRAMED_VAR: &str = "SKIFF_FRAMED";
+
+/// A request variable (as [`FRAMED_VAR`]: `skiff serve --warm` only)
+/// letting the guest keep its worker for later requests (REQ_NEXT).
+pub const WARM_VAR: &str = "SKIFF_WARM";
+
 /// `SKIFFST1`, status (i32 LE), 4 zero bytes, the worker's marks and exit
 /// count (u64 LE each).
 pub const REPLY_MAGIC: [u8; 8] = *b"SKIFFST1";

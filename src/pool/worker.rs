@@ -13,6 +13,7 @@ use crate::diag::line as report;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
 use crate::vmm::RunError;
+use crate::vmm::Vm;
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,7 +31,7 @@ pub(super) const READY: u8 = b'R';
 pub(super) const TAKEN: u8 = b'A';
 
 #[derive(Debug, Error)]
-enum RequestError {
+pub(super) enum RequestError {
     #[error("pool request: {0}")]
     Io(#[from] std::io::Error),
     #[error("pool request: {0}")]
@@ -41,7 +42,7 @@ enum RequestError {
     Short,
 }
 
-fn tell(pipe: RawFd, what: u8) {
+pub(super) fn tell(pipe: RawFd, what: u8) {
     // SAFETY: one byte from our stack to our own pipe.
     unsafe { libc::write(pipe, (&what as *const u8).cast(), 1) };
 }
@@ -50,7 +51,7 @@ fn tell(pipe: RawFd, what: u8) {
 pub(super) fn serve(
     prog: &str,
     cfg: &RunConfig,
-    snap: &Path,
+    snap: Option<&Path>,
     listener: &UnixListener,
     pipe: RawFd,
     pool: libc::pid_t,
@@ -65,7 +66,7 @@ pub(super) fn serve(
     if unsafe { libc::getppid() } != pool {
         return 0; // the pool died before PDEATHSIG was set
     }
-    let prepared = match restore::prepare(snap, cfg).and_then(|p| p.check_clock().map(|()| p)) {
+    let prepared = match Ready::new(cfg, snap) {
         Ok(p) => p,
         Err(e) => {
             report(prog, &e);
@@ -78,6 +79,9 @@ pub(super) fn serve(
         Some(_) => Policy::Accel,
         None => Policy::Pool,
     };
+    // A warm guest's worker (skiff serve --warm) takes more requests from
+    // this socket and parks its stdio on its own stderr between them.
+    let warm_fds = super::warm::Fds::new(listener);
     match crate::seccomp::install(policy) {
         Ok(i) => i.note().into_iter().for_each(|n| report(prog, &n)),
         Err(e) => {
@@ -86,14 +90,98 @@ pub(super) fn serve(
         }
     }
     tell(pipe, READY);
-    // SIGINT/SIGTERM (the pool ending, or PDEATHSIG) are blocked except
-    // inside ppoll, so one that came during the restore is seen here and
-    // one that comes later interrupts the wait. The listening socket is
-    // non-blocking: the workers that woke for a connection but lost it
-    // to another wait again.
-    let conn = loop {
+    let conn = match accept_one(prog, listener) {
+        Ok(Some(c)) => c,
+        Ok(None) => return 0,
+        Err(status) => return status,
+    };
+    // From here SIGINT/SIGTERM stop the guest, as in `skiff run`.
+    super::set_stop_signals(libc::SIG_UNBLOCK);
+    tell(pipe, TAKEN);
+    marks::set_from(Mark::Main, &[0; COUNT], 0);
+    marks::mark(Mark::Request);
+    let vars = match receive(&conn, &mut buf) {
+        Ok(v) => v,
+        Err(e) => {
+            report(prog, &e);
+            return 1;
+        }
+    };
+    // From here on stdio is the caller's.
+    if !watch_hangup(&conn) {
+        return 0;
+    }
+    // The VM lives until the reply is sent: tearing it down takes longer
+    // than the guest's whole run (it goes when the process exits).
+    let framed = vars.iter().any(|(k, _)| k == proto::FRAMED_VAR);
+    let warm = vars.iter().any(|(k, _)| k == proto::WARM_VAR);
+    let mut function = Function::from_vars(vars.into_iter());
+    if framed {
+        function = function.framed();
+    }
+    let conn = std::rc::Rc::new(std::cell::RefCell::new(conn));
+    if let (true, Some(w)) = (warm, warm_fds) {
+        function = function.warm(super::warm::next_request(
+            prog.to_string(),
+            conn.clone(),
+            w,
+            pipe,
+        ));
+    }
+    let (status, _vm) = match prepared.start(function) {
+        Ok(mut vm) => {
+            let result = vm.run();
+            match &result {
+                Ok(_) => {}
+                // SIGIO: the caller hung up (watch_hangup), not a signal
+                // anyone sent.
+                Err(RunError::Signal(libc::SIGIO)) => {
+                    report(prog, &"pool: the caller hung up; its guest was stopped")
+                }
+                Err(e) => report(prog, e),
+            }
+            (crate::vmm::exit_status(&result), Some(vm))
+        }
+        Err(e) => {
+            report(prog, &e);
+            (1, None)
+        }
+    };
+    // The guest is over: the caller hanging up after the reply must not
+    // run the vCPU's SIGIO handler while the VM is being torn down (it
+    // would write to the unmapped kvm_run page).
+    // SAFETY: a valid sigset built in place; changes only our mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    // The caller's readers see EOF once it exits, not when we do.
+    for fd in 0..3 {
+        // SAFETY: closing the caller's stdio, which nothing uses any more.
+        unsafe { libc::close(fd) };
+    }
+    let (m, exits) = marks::taken();
+    let reply = Reply {
+        status,
+        marks: m,
+        exits,
+    };
+    // A caller that has gone cannot be answered; nothing else to do.
+    let _ = (&*conn.borrow()).write_all(&reply.encode());
+    0
+}
+
+/// Waits for the next connection on `listener` with SIGINT/SIGTERM
+/// unblocked only inside ppoll (so one that came earlier is seen here,
+/// and one that comes later interrupts the wait); `None` when one came.
+/// The listening socket is non-blocking: the workers that woke for a
+/// connection but lost it to another wait again. `Err`: exit status.
+pub(super) fn accept_one(prog: &str, listener: &UnixListener) -> Result<Option<UnixStream>, i32> {
+    loop {
         if crate::vcpu::signals::pending().is_some() {
-            return 0;
+            return Ok(None);
         }
         let mut p = libc::pollfd {
             fd: listener.as_raw_fd(),
@@ -117,7 +205,7 @@ pub(super) fn serve(
         };
         if fd >= 0 {
             // SAFETY: accept4 returned a fresh fd that we now own.
-            break unsafe { UnixStream::from_raw_fd(fd) };
+            return Ok(Some(unsafe { UnixStream::from_raw_fd(fd) }));
         }
         let e = std::io::Error::last_os_error();
         if !matches!(
@@ -125,65 +213,53 @@ pub(super) fn serve(
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
         ) {
             report(prog, &format_args!("pool: accept: {e}"));
-            return 1;
+            return Err(1);
         }
-    };
-    // From here SIGINT/SIGTERM stop the guest, as in `skiff run`.
-    super::set_stop_signals(libc::SIG_UNBLOCK);
-    tell(pipe, TAKEN);
-    marks::set_from(Mark::Main, &[0; COUNT], 0);
-    marks::mark(Mark::Request);
-    let vars = match receive(&conn, &mut buf) {
-        Ok(v) => v,
-        Err(e) => {
-            report(prog, &e);
-            return 1;
-        }
-    };
-    // From here on stdio is the caller's.
-    if !watch_hangup(&conn) {
-        return 0;
     }
-    // The VM lives until the reply is sent: tearing it down takes longer
-    // than the guest's whole run (it goes when the process exits).
-    let (status, _vm) = match prepared.resume(Function::from_vars(vars.into_iter())) {
-        Ok(mut vm) => {
-            let result = vm.run();
-            match &result {
-                Ok(_) => {}
-                // SIGIO: the caller hung up (watch_hangup), not a signal
-                // anyone sent.
-                Err(RunError::Signal(libc::SIGIO)) => {
-                    report(prog, &"pool: the caller hung up; its guest was stopped")
-                }
-                Err(e) => report(prog, e),
+}
+
+/// What a worker holds before its request: a guest restored from the
+/// snapshot up to its clock, or (no snapshot: `skiff serve` cold) one
+/// built from the image up to its first instruction.
+// The VM is large but there is exactly one per worker.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Ready {
+    Restored(restore::Prepared),
+    Cold(Vm),
+}
+
+impl Ready {
+    /// Everything that does not depend on the request.
+    pub(crate) fn new(cfg: &RunConfig, snap: Option<&Path>) -> Result<Self, String> {
+        match snap {
+            Some(snap) => restore::prepare(snap, cfg)
+                .and_then(|p| p.check_clock().map(|()| Ready::Restored(p)))
+                .map_err(|e| e.to_string()),
+            None => crate::builder::build(cfg)
+                .map(Ready::Cold)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Hands the guest its request: it can run.
+    fn start(self, function: Function) -> Result<Vm, String> {
+        match self {
+            Ready::Restored(p) => p.resume(function).map_err(|e| e.to_string()),
+            Ready::Cold(mut vm) => {
+                vm.devices.function = function;
+                crate::devices::function::widen_pipes();
+                Ok(vm)
             }
-            (crate::vmm::exit_status(&result), Some(vm))
         }
-        Err(e) => {
-            report(prog, &e);
-            (1, None)
-        }
-    };
-    // The caller's readers see EOF once it exits, not when we do.
-    for fd in 0..3 {
-        // SAFETY: closing the caller's stdio, which nothing uses any more.
-        unsafe { libc::close(fd) };
     }
-    let (m, exits) = marks::taken();
-    let reply = Reply {
-        status,
-        marks: m,
-        exits,
-    };
-    // A caller that has gone cannot be answered; nothing else to do.
-    let _ = (&conn).write_all(&reply.encode());
-    0
 }
 
 /// Reads the request and puts the caller's stdin, stdout and stderr on
 /// fds 0, 1 and 2; returns its variables.
-fn receive(conn: &UnixStream, buf: &mut [u8]) -> Result<Vec<(OsString, OsString)>, RequestError> {
+pub(super) fn receive(
+    conn: &UnixStream,
+    buf: &mut [u8],
+) -> Result<Vec<(OsString, OsString)>, RequestError> {
     conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut fds = [-1; FDS + 1];
     let mut iov = [libc::iovec {
@@ -238,7 +314,7 @@ fn fill(
 
 /// Arranges SIGIO when the caller hangs up (it was killed, or gave up),
 /// which stops the guest as SIGTERM would. False if it already has.
-fn watch_hangup(conn: &UnixStream) -> bool {
+pub(super) fn watch_hangup(conn: &UnixStream) -> bool {
     let fd = conn.as_raw_fd();
     let mut byte = 0u8;
     // SAFETY: fcntl on our own socket; recv peeks one byte into `byte`.

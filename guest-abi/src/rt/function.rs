@@ -6,7 +6,8 @@ use super::hypercall::hypercall;
 use super::Ctx;
 use crate::hvt::{ret, Hypercall};
 use crate::skiff::{
-    self, HcReqMeta, HcReqRead, HcRespWrite, REQ_READ_FILL, SKIFF_FEATURE_FUNCTION,
+    self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_READ_FILL,
+    SKIFF_FEATURE_FUNCTION, SKIFF_FEATURE_REQ_NEXT, SKIFF_FEATURE_RESP_HEAD,
 };
 
 /// Does the tender serve the function I/O hypercalls?
@@ -83,6 +84,43 @@ pub fn resp_write(buf: &[u8]) -> Result<(), i32> {
         ret::OK => Ok(()),
         code => Err(code),
     }
+}
+
+/// Sets the response's HTTP status and (if not empty) content type, before
+/// the first [`resp_write`]. A tender without RESP_HEAD (an older skiff)
+/// is left alone: the function still answers, with the default head.
+pub fn resp_head(ctx: &Ctx, status: u16, content_type: &str) -> Result<(), i32> {
+    if ctx.host_features() & SKIFF_FEATURE_RESP_HEAD == 0 {
+        return Ok(());
+    }
+    let mut arg = HcRespHead {
+        content_type: content_type.as_ptr() as usize as u64,
+        type_len: content_type.len() as u64,
+        status: u32::from(status),
+        ret: ret::EUNSPEC,
+    };
+    // SAFETY: `arg` is a RESP_HEAD struct naming `content_type` (readable).
+    unsafe { hypercall(Hypercall::RespHead, &mut arg) };
+    match arg.ret {
+        ret::OK => Ok(()),
+        code => Err(code),
+    }
+}
+
+/// Ends this request's response and waits for the next request: `true`
+/// when one is now current (only under `skiff serve --warm`), `false`
+/// when the tender keeps no warm guests: return from main then.
+pub fn req_next(ctx: &Ctx) -> bool {
+    if ctx.host_features() & SKIFF_FEATURE_REQ_NEXT == 0 {
+        return false;
+    }
+    let mut arg = HcReqNext {
+        ret: ret::EUNSPEC,
+        _pad: 0,
+    };
+    // SAFETY: `arg` is a REQ_NEXT struct.
+    unsafe { hypercall(Hypercall::ReqNext, &mut arg) };
+    arg.ret == ret::OK
 }
 
 /// Why [`req_meta`] found no value.

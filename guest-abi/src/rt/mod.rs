@@ -196,14 +196,25 @@ pub fn panic(info: &PanicInfo<'_>) -> ! {
 /// ABI1 note, the `#[panic_handler]` and the C memory functions (`memcpy`,
 /// `memmove`, `memset`, `memcmp`, `bcmp`) that compiled code calls. Pair it
 /// with one [`manifest!`](crate::manifest!).
+///
+/// `entry!(main, function)` marks the guest a function in its ABI1 note
+/// ([`crate::elf::ABI_FLAG_FUNCTION`]): its response is what it writes
+/// with RESP_WRITE, and skiff sends its console (panic messages included)
+/// to stderr, never into the response.
 #[macro_export]
 macro_rules! entry {
+    ($main:path, function) => {
+        $crate::entry!(@with $main, $crate::elf::AbiNote::hvt_function());
+    };
     ($main:path) => {
+        $crate::entry!(@with $main, $crate::elf::AbiNote::hvt());
+    };
+    (@with $main:path, $note:expr) => {
         // At module level, not in a `const _` block: global_asm! must be.
         #[no_mangle]
         #[used]
         #[link_section = ".note.solo5.abi"]
-        static __SKIFF_ABI1_NOTE: $crate::elf::AbiNote = $crate::elf::AbiNote::hvt();
+        static __SKIFF_ABI1_NOTE: $crate::elf::AbiNote = $note;
 
         // The tender enters here with rdi = boot info and rsp =
         // mem_size - 8. Clear rbp to end backtraces, give the callee

@@ -8,7 +8,7 @@
 use guest_abi::rt::{function, Ctx};
 
 guest_abi::manifest!();
-guest_abi::entry!(main);
+guest_abi::entry!(main, function);
 
 /// Up to 1 MiB per hypercall: few exits and few first-touch page faults
 /// (a larger buffer measured no faster).

@@ -8,7 +8,7 @@ use guest_abi::rt::function::{self, MetaError};
 use guest_abi::rt::Ctx;
 
 guest_abi::manifest!();
-guest_abi::entry!(main);
+guest_abi::entry!(main, function);
 
 const BODY_MAX: usize = 64 << 10;
 
