@@ -13,13 +13,6 @@ use skiff::memory::{Gpa, GuestMemory};
 use std::process::Command;
 use std::time::Instant;
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// (min, mean) ns per call of `plugin.sgemm` on n x n x n.
 fn direct(plugin: &mut dyn Plugin, n: usize, iters: usize) -> (f64, f64) {
     let a = vec![0.0f32; n * n];
@@ -158,14 +151,15 @@ fn via_hypercall(plugin: &str, args: &[&str]) -> Option<(f64, f64)> {
     r
 }
 
+mod common;
+use common::env_num;
+
 fn gflops(n: usize, ns: f64) -> f64 {
     2.0 * (n as f64).powi(3) / ns
 }
 
 fn main() {
-    // `cargo bench` passes --bench; `cargo test --benches` does not: then
-    // only check that the bench runs, on a tiny shape.
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = common::quick();
     let n = if quick {
         16
     } else {

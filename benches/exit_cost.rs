@@ -10,33 +10,10 @@
 //!
 //! Numbers and what skiff makes of them: docs/kvm-pvm.md.
 
-use skiff::config::{MemSize, RunConfig};
+mod common;
+
 use std::process::Command;
 use std::time::Instant;
-
-/// Round trips timed per row (ROUNDS to change).
-fn rounds() -> u32 {
-    std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5000)
-}
-
-fn vm_running(mode: &str) -> skiff::vmm::Vm {
-    let cfg = RunConfig {
-        mem: MemSize::from_mib("32").unwrap(),
-        kernel: guest_images::image("cost"),
-        cmdline: mode.as_bytes().to_vec(),
-        ..Default::default()
-    };
-    let mut vm = skiff::builder::build(&cfg).expect("build the cost guest");
-    let devnull = std::fs::File::options()
-        .write(true)
-        .open("/dev/null")
-        .unwrap();
-    vm.set_console(std::os::fd::IntoRawFd::into_raw_fd(devnull));
-    vm
-}
 
 /// Average ns per `step` over `n` steps, after 500 unmeasured ones (the
 /// first exits touch fresh pages).
@@ -68,10 +45,11 @@ fn guest_view(tender: &str, args: &[&str], what: &str, n: u64) -> String {
 }
 
 fn main() {
-    let n = rounds();
+    // Round trips timed per row.
+    let n: u32 = common::env_num("ROUNDS", 5000);
     println!("exit cost, in process, {n} round trips each (ns per round trip):");
     for (kind, mode) in [("PUTS 1 byte", "loop-puts"), ("WALLTIME", "loop-walltime")] {
-        let mut vm = vm_running(mode);
+        let mut vm = common::cost_vm(mode);
         let native = per_step(&mut vm, n);
         let emulated = vm.leave_pvm_native().then(|| per_step(&mut vm, n));
         match emulated {

@@ -4,23 +4,13 @@
 //! end to end through a skiff process (stdin -> guest -> stdout).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use skiff::config::{MemSize, RunConfig};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+mod common;
+
 fn vm_running(mode: &str) -> skiff::vmm::Vm {
-    let cfg = RunConfig {
-        mem: MemSize::from_mib("32").unwrap(),
-        kernel: guest_images::image("cost"),
-        cmdline: mode.as_bytes().to_vec(),
-        ..Default::default()
-    };
-    let mut vm = skiff::builder::build(&cfg).expect("build the cost guest");
-    let devnull = std::fs::File::options()
-        .write(true)
-        .open("/dev/null")
-        .unwrap();
-    vm.set_console(std::os::fd::IntoRawFd::into_raw_fd(devnull));
+    let mut vm = common::cost_vm(mode);
     // Past start-up: the first exits touch fresh pages.
     for _ in 0..1000 {
         vm.step().unwrap();

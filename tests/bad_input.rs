@@ -26,6 +26,18 @@ fn refused_with(mutate: impl FnOnce(&mut Vec<u8>), needle: &str) {
     assert_refused(&run_bytes(&tmp, &b), needle);
 }
 
+/// Sets the u32 at byte `at` of the `kind` note's header and expects
+/// `needle` in the refusal.
+fn note_u32_refused(kind: u32, at: usize, value: u32, needle: &str) {
+    refused_with(
+        |b| {
+            let n = note(b, kind);
+            put_u32(b, n + at, value)
+        },
+        needle,
+    );
+}
+
 #[test]
 fn the_unmodified_image_runs() {
     let tmp = TempDir::new("good");
@@ -80,81 +92,21 @@ fn wrong_class_machine_and_type() {
 
 #[test]
 fn abi_note_problems() {
-    refused_with(
-        |b| {
-            let n = note(b, ABI1);
-            put_u32(b, n + 8, 0x1234)
-        },
-        "no Solo5 ABI1 note",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, ABI1);
-            put_u32(b, n + 20, 2)
-        },
-        "for the Solo5 spt target, not hvt",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, ABI1);
-            put_u32(b, n + 20, 3)
-        },
-        "for the Solo5 virtio target",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, ABI1);
-            put_u32(b, n + 24, 3)
-        },
-        "unsupported ABI version 3",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, ABI1);
-            put_u32(b, n + 4, 4000)
-        },
-        "invalid size",
-    );
+    note_u32_refused(ABI1, 8, 0x1234, "no Solo5 ABI1 note");
+    note_u32_refused(ABI1, 20, 2, "for the Solo5 spt target, not hvt");
+    note_u32_refused(ABI1, 20, 3, "for the Solo5 virtio target");
+    note_u32_refused(ABI1, 24, 3, "unsupported ABI version 3");
+    note_u32_refused(ABI1, 4, 4000, "invalid size");
 }
 
 #[test]
 fn manifest_problems() {
-    refused_with(
-        |b| {
-            let n = note(b, MFT1);
-            put_u32(b, n + 8, 0x99)
-        },
-        "no Solo5 manifest",
-    );
+    note_u32_refused(MFT1, 8, 0x99, "no Solo5 manifest");
     // Header at note+24: version, entries.
-    refused_with(
-        |b| {
-            let n = note(b, MFT1);
-            put_u32(b, n + 24, 7)
-        },
-        "invalid Solo5 manifest: version 7",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, MFT1);
-            put_u32(b, n + 28, 0)
-        },
-        "bad entry count 0",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, MFT1);
-            put_u32(b, n + 28, 2)
-        },
-        "does not match 2 entries",
-    );
-    refused_with(
-        |b| {
-            let n = note(b, MFT1);
-            put_u32(b, n + 28, 65)
-        },
-        "bad entry count 65",
-    );
+    note_u32_refused(MFT1, 24, 7, "invalid Solo5 manifest: version 7");
+    note_u32_refused(MFT1, 28, 0, "bad entry count 0");
+    note_u32_refused(MFT1, 28, 2, "does not match 2 entries");
+    note_u32_refused(MFT1, 28, 65, "bad entry count 65");
     // Entry 0 at note+32: its name must be empty and NUL-terminated.
     refused_with(
         |b| {

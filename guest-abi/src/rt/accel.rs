@@ -3,7 +3,7 @@
 //! helpers for the ops skiff serves. Every call returns `Err(errno)` on
 //! failure. Check [`available`] first: only skiff offers the hypercall.
 
-use super::hypercall::hypercall;
+use super::hypercall::{gpa, hypercall};
 use crate::accel::*;
 use crate::hvt::Hypercall;
 use core::slice::from_ref;
@@ -17,7 +17,7 @@ pub fn available(ctx: &super::Ctx) -> bool {
 /// the request (not a temporary such as `&[x]` of a non-constant `x`).
 pub fn arg<T>(ty: u32, buf: &[T]) -> AccelArg {
     AccelArg {
-        gpa: buf.as_ptr() as usize as u64,
+        gpa: gpa(buf.as_ptr()),
         size: core::mem::size_of_val(buf) as u64,
         ty,
         custom: 0,
@@ -118,8 +118,8 @@ impl Session {
                 session: self.id,
                 flags,
                 resource,
-                read_args: read.as_ptr() as usize as u64,
-                write_args: write.as_ptr() as usize as u64,
+                read_args: gpa(read.as_ptr()),
+                write_args: gpa(write.as_ptr()),
                 nr_read: read.len() as u32,
                 nr_write: write.len() as u32,
                 ..HcAccel::default()

@@ -2,7 +2,7 @@
 //! look up request metadata. Only when [`available`] says the tender
 //! serves them (skiff sets [`SKIFF_FEATURE_FUNCTION`]).
 
-use super::hypercall::hypercall;
+use super::hypercall::{gpa, hypercall};
 use super::Ctx;
 use crate::hvt::{ret, Hypercall};
 use crate::skiff::{
@@ -33,7 +33,7 @@ pub fn req_read_fill(buf: &mut [u8], limit: u64) -> Result<usize, i32> {
 fn read_with(buf: &mut [u8], limit: u64, flags: u32) -> Result<usize, i32> {
     loop {
         let mut arg = HcReqRead {
-            data: buf.as_mut_ptr() as usize as u64,
+            data: gpa(buf.as_mut_ptr()),
             len: buf.len() as u64,
             limit,
             ret: ret::EUNSPEC,
@@ -73,7 +73,7 @@ pub fn req_read_all(buf: &mut [u8]) -> Result<usize, i32> {
 /// Appends `buf` to the response (the tender's stdout), all of it.
 pub fn resp_write(buf: &[u8]) -> Result<(), i32> {
     let mut arg = HcRespWrite {
-        data: buf.as_ptr() as usize as u64,
+        data: gpa(buf.as_ptr()),
         len: buf.len() as u64,
         ret: ret::EUNSPEC,
         _pad: 0,
@@ -139,9 +139,9 @@ pub enum MetaError {
 /// returns the value.
 pub fn req_meta<'a>(name: &str, buf: &'a mut [u8]) -> Result<&'a [u8], MetaError> {
     let mut arg = HcReqMeta {
-        name: name.as_ptr() as usize as u64,
+        name: gpa(name.as_ptr()),
         name_len: name.len() as u64,
-        data: buf.as_mut_ptr() as usize as u64,
+        data: gpa(buf.as_mut_ptr()),
         len: buf.len() as u64,
         ret: ret::EUNSPEC,
         _pad: 0,

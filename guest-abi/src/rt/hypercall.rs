@@ -37,7 +37,7 @@ pub unsafe fn hypercall<T>(nr: Hypercall, arg: *mut T) {
 // success.
 
 /// Guest address of a buffer, as the hypercall structs carry it.
-fn gpa<T>(p: *const T) -> u64 {
+pub(crate) fn gpa<T>(p: *const T) -> u64 {
     p as usize as u64
 }
 
@@ -75,51 +75,89 @@ pub fn poll(timeout_ns: u64) -> (u64, i32) {
     (arg.ready_set, arg.ret)
 }
 
-/// Writes `buf` to block device `handle` at byte `offset`; both must be
-/// multiples of the device's block size. Returns the result code.
-pub fn block_write(handle: u64, offset: u64, buf: &[u8]) -> i32 {
+/// BLOCK_WRITE or BLOCK_READ (`call`) of `len` bytes at guest address
+/// `data`; returns the result code.
+///
+/// # Safety
+///
+/// `data` must be readable (BLOCK_WRITE) or writable (BLOCK_READ) for `len`
+/// bytes; the tender touches at most that many.
+unsafe fn block_io(call: Hypercall, handle: u64, offset: u64, data: u64, len: usize) -> i32 {
     let mut arg = HcBlock {
         handle,
         offset,
-        data: gpa(buf.as_ptr()),
-        len: buf.len() as u64,
+        data,
+        len: len as u64,
         ret: ret::EUNSPEC,
         _pad: 0,
     };
-    // SAFETY: `arg` is a BLOCK_WRITE struct naming `buf`, which is readable.
-    unsafe { hypercall(Hypercall::BlockWrite, &mut arg) };
+    // SAFETY: `arg` is a BLOCK_* struct; the caller vouches for its buffer.
+    unsafe { hypercall(call, &mut arg) };
     arg.ret
+}
+
+/// Writes `buf` to block device `handle` at byte `offset`; both must be
+/// multiples of the device's block size. Returns the result code.
+pub fn block_write(handle: u64, offset: u64, buf: &[u8]) -> i32 {
+    // SAFETY: `buf` is readable for its length.
+    unsafe {
+        block_io(
+            Hypercall::BlockWrite,
+            handle,
+            offset,
+            gpa(buf.as_ptr()),
+            buf.len(),
+        )
+    }
 }
 
 /// Reads `buf.len()` bytes of block device `handle` at byte `offset` into
 /// `buf`; both must be multiples of the block size. Returns the result code.
 pub fn block_read(handle: u64, offset: u64, buf: &mut [u8]) -> i32 {
-    let mut arg = HcBlock {
+    // SAFETY: `buf` is writable for its length.
+    unsafe {
+        block_io(
+            Hypercall::BlockRead,
+            handle,
+            offset,
+            gpa(buf.as_mut_ptr()),
+            buf.len(),
+        )
+    }
+}
+
+/// NET_WRITE or NET_READ (`call`) on a `len`-byte buffer at guest address
+/// `data`; returns the result code and the `len` the tender reported back.
+///
+/// # Safety
+///
+/// `data` must be readable (NET_WRITE) or writable (NET_READ) for `len`
+/// bytes; the tender touches at most that many.
+unsafe fn net_io(call: Hypercall, handle: u64, data: u64, len: usize) -> (i32, u64) {
+    let mut arg = HcNet {
         handle,
-        offset,
-        data: gpa(buf.as_mut_ptr()),
-        len: buf.len() as u64,
+        data,
+        len: len as u64,
         ret: ret::EUNSPEC,
         _pad: 0,
     };
-    // SAFETY: `arg` is a BLOCK_READ struct naming `buf`, which is writable
-    // for `len` bytes; the tender writes at most that many.
-    unsafe { hypercall(Hypercall::BlockRead, &mut arg) };
-    arg.ret
+    // SAFETY: `arg` is a NET_* struct; the caller vouches for its buffer.
+    unsafe { hypercall(call, &mut arg) };
+    (arg.ret, arg.len)
 }
 
 /// Sends one Ethernet frame on net device `handle`. Returns the result code.
 pub fn net_write(handle: u64, frame: &[u8]) -> i32 {
-    let mut arg = HcNet {
-        handle,
-        data: gpa(frame.as_ptr()),
-        len: frame.len() as u64,
-        ret: ret::EUNSPEC,
-        _pad: 0,
-    };
-    // SAFETY: `arg` is a NET_WRITE struct naming `frame`, which is readable.
-    unsafe { hypercall(Hypercall::NetWrite, &mut arg) };
-    arg.ret
+    // SAFETY: `frame` is readable for its length.
+    unsafe {
+        net_io(
+            Hypercall::NetWrite,
+            handle,
+            gpa(frame.as_ptr()),
+            frame.len(),
+        )
+    }
+    .0
 }
 
 /// Receives one frame from net device `handle` into `buf`.
@@ -127,19 +165,12 @@ pub fn net_write(handle: u64, frame: &[u8]) -> i32 {
 /// Returns the result code (`AGAIN` when nothing is waiting) and the frame
 /// length, which is meaningful only when the code is `OK`.
 pub fn net_read(handle: u64, buf: &mut [u8]) -> (i32, usize) {
-    let mut arg = HcNet {
-        handle,
-        data: gpa(buf.as_mut_ptr()),
-        len: buf.len() as u64,
-        ret: ret::EUNSPEC,
-        _pad: 0,
-    };
-    // SAFETY: `arg` is a NET_READ struct naming `buf`, which is writable for
-    // `len` bytes; the tender writes at most that many.
-    unsafe { hypercall(Hypercall::NetRead, &mut arg) };
+    // SAFETY: `buf` is writable for its length.
+    let (code, len) =
+        unsafe { net_io(Hypercall::NetRead, handle, gpa(buf.as_mut_ptr()), buf.len()) };
     // The tender never reports more than the buffer it was given; clamp so a
     // misbehaving host cannot make the caller slice out of bounds.
-    (arg.ret, (arg.len as usize).min(buf.len()))
+    (code, (len as usize).min(buf.len()))
 }
 
 /// Ends the guest; the tender exits with `status`.

@@ -96,30 +96,20 @@ fn main(ctx: &Ctx) -> i32 {
         "sgemm_wrong_size={}",
         code(s.genop(&bad, &[w(arg::FLOAT32_ARRAY, &mut out)]))
     );
-    let huge = [1i64 << 62, 4, 4, 1 << 62, 4, 4];
-    let hr = sgemm_read(&huge, &one, &x, &y);
-    println!(
-        "sgemm_overflow={}",
-        code(s.genop(&hr, &[w(arg::FLOAT32_ARRAY, &mut out)]))
-    );
-    let big = [64i64, 64, 64, 64, 64, 64];
-    let br = sgemm_read(&big, &one, &x, &y);
-    println!(
-        "sgemm_too_big={}",
-        code(s.genop(&br, &[w(arg::FLOAT32_ARRAY, &mut out)]))
-    );
-    let neg = [-1i64, 4, 4, 4, 4, 4];
-    let nr = sgemm_read(&neg, &one, &x, &y);
-    println!(
-        "sgemm_negative={}",
-        code(s.genop(&nr, &[w(arg::FLOAT32_ARRAY, &mut out)]))
-    );
-    let small_ld = [4i64, 4, 4, 2, 4, 4];
-    let lr = sgemm_read(&small_ld, &one, &x, &y);
-    println!(
-        "sgemm_small_ld={}",
-        code(s.genop(&lr, &[w(arg::FLOAT32_ARRAY, &mut out)]))
-    );
+    // Well-formed requests with bad dimensions (M N K LDA LDB LDC).
+    for (name, dims) in [
+        ("overflow", [1i64 << 62, 4, 4, 1 << 62, 4, 4]),
+        ("too_big", [64, 64, 64, 64, 64, 64]),
+        ("negative", [-1, 4, 4, 4, 4, 4]),
+        ("small_ld", [4, 4, 4, 2, 4, 4]),
+    ] {
+        let r = sgemm_read(&dims, &one, &x, &y);
+        println!(
+            "sgemm_{}={}",
+            name,
+            code(s.genop(&r, &[w(arg::FLOAT32_ARRAY, &mut out)]))
+        );
+    }
     let mut bad = rd;
     bad[5].gpa = mem - 8;
     bad[5].size = 64;

@@ -1,0 +1,39 @@
+//! Helpers the benches share (each bench includes this with `mod common;`
+//! and uses only some of it, hence the `dead_code` allowance).
+#![allow(dead_code)]
+
+use skiff::config::{MemSize, RunConfig};
+use std::str::FromStr;
+
+/// `name` from the environment, parsed, or `default` when unset or unparsable.
+pub fn env_num<T: FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// True under `cargo test --benches`, which (unlike `cargo bench`) passes
+/// no `--bench`: then a bench only checks that it runs, on a tiny shape.
+pub fn quick() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
+/// A VM of the `cost` guest in `mode` (its command line: `loop-puts`,
+/// `loop-poll`, `loop-walltime`), built but not yet run, its console on
+/// /dev/null so the loop's output costs nothing.
+pub fn cost_vm(mode: &str) -> skiff::vmm::Vm {
+    let cfg = RunConfig {
+        mem: MemSize::from_mib("32").unwrap(),
+        kernel: guest_images::image("cost"),
+        cmdline: mode.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let mut vm = skiff::builder::build(&cfg).expect("build the cost guest");
+    let devnull = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    vm.set_console(std::os::fd::IntoRawFd::into_raw_fd(devnull));
+    vm
+}
