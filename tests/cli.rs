@@ -359,3 +359,70 @@ fn only_cli_and_main_use_crate_cli() {
         "library modules use crate::cli: {offenders:?}"
     );
 }
+
+#[test]
+fn a_second_pool_on_a_live_socket_leaves_the_first_alone() {
+    let dir = TempDir::new("cli-pool-live");
+    let snap = make_snapshot(dir.path(), "echo", "--mem=64", &[], &[]);
+    let sock = dir.path().join("live.sock");
+    let log = dir.path().join("first.err");
+    let pool_args = |extra: &[&str]| {
+        let mut v: Vec<String> = ["pool", "--socket", sock.to_str().unwrap(), "--workers", "1"]
+            .map(String::from)
+            .to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(
+            [
+                "--mem=64",
+                "--restore",
+                snap.to_str().unwrap(),
+                guest("echo").to_str().unwrap(),
+            ]
+            .map(String::from),
+        );
+        v
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = Kill(
+        Command::new(skiff())
+            .args(pool_args(&[]))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("workers ready")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the first pool never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let args = pool_args(&[]);
+    let o = skiff_run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_refused(&o, "a pool is already serving there");
+    // The first pool's worker was not taken by the check, and serves.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = Command::new(skiff());
+    c.arg("call").arg(&sock);
+    let o = run_with(c, b"still mine", Duration::from_secs(30));
+    assert_eq!(o.stdout, b"still mine", "{}", stderr(&o));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.0.id() as i32, libc::SIGTERM) };
+    first.0.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !err.contains("hung up"),
+        "the first pool was disturbed: {err}"
+    );
+}

@@ -213,7 +213,14 @@ fn ctrl_c_stops_a_spinning_guest() {
     );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut gdb = cmd.spawn().expect("spawn gdb");
-    std::thread::sleep(Duration::from_secs(2));
+    // Once gdb is connected (its SIGINT handler is in place by then) and
+    // has had time to send `continue`.
+    let line = stub
+        .stderr
+        .recv_timeout(Duration::from_secs(60))
+        .expect("skiff reports gdb's connection");
+    assert!(line.contains("gdb connected from 127.0.0.1:"), "{line}");
+    std::thread::sleep(common::scaled(Duration::from_secs(2)));
     assert!(
         gdb.try_wait().unwrap().is_none(),
         "gdb ended while the guest spins"

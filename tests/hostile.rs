@@ -125,7 +125,8 @@ fn writes_to_read_only_memory_fault() {
 
 /// kvm_pvm, the nested KVM of skiff's own machines, runs guests natively
 /// once skiff registers them (src/vcpu/pvm.rs), and there HLT never exits
-/// to the tender.
+/// to the tender: kvm_pvm returns to the guest at once, with nothing skiff
+/// could act on (docs/kvm-pvm.md, "HLT").
 fn on_kvm_pvm() -> bool {
     std::path::Path::new("/sys/module/kvm_pvm").exists()
 }

@@ -66,7 +66,7 @@ fn minmax_exec_and_every_errno_match_local() {
     );
     assert_eq!(stderr(&o), "");
     let (st, err) = agent.stop(libc::SIGTERM);
-    assert_eq!(st.code(), Some(0), "{err}");
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{err}");
     // The backend failure is the agent operator's to see.
     assert!(
         err.contains("skiff: accel: cpu: EXEC function failed: testlib:always_fails returned 7\n"),
@@ -296,8 +296,11 @@ fn a_restarted_agent_serves_new_runs() {
     let again = Agent::unix(tmp.path(), &[]);
     assert_eq!(ok(&run(&["--accel=remote", &flag], "sgemm", &[])), want);
     let (st, err) = again.stop(libc::SIGTERM);
-    assert_eq!(st.code(), Some(0), "{err}");
-    assert!(err.ends_with("skiff: agent: stopped\n"), "{err}");
+    assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(
+        err.ends_with("skiff: agent: stopped on signal 15\n"),
+        "{err}"
+    );
     assert!(
         !tmp.path().join("agent.sock").exists(),
         "socket left behind"

@@ -51,8 +51,9 @@ pub enum AgentError {
 /// The open connections, to shut them down on SIGTERM.
 type Open = Arc<Mutex<Vec<(u64, Stream)>>>;
 
-/// SIGTERM and SIGINT as a readable fd (blocked for every thread, which
-/// inherit the mask from here).
+/// The stop signals (SIGTERM, SIGINT, SIGHUP, SIGQUIT: as every skiff
+/// subcommand) as a readable fd (blocked for every thread, which inherit
+/// the mask from here).
 fn signal_fd() -> std::io::Result<OwnedFd> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -62,6 +63,8 @@ fn signal_fd() -> std::io::Result<OwnedFd> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGQUIT);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
     };
@@ -72,11 +75,12 @@ fn signal_fd() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Binds, starts the plugins, confines itself, then serves until SIGTERM
-/// or SIGINT. `ready` gets the bound address (tcp: the real port) and the
-/// plugins, once clients can connect.
-pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<(), AgentError> {
+/// Binds, starts the plugins, confines itself, then serves until a stop
+/// signal, which it returns. `ready` gets the bound address (tcp: the real
+/// port) and the plugins, once clients can connect.
+pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<i32, AgentError> {
     let sig = signal_fd().map_err(AgentError::Signals)?;
+    crate::accel::remote::keep_buffers();
     let listener = listen(&cfg.address).map_err(|err| AgentError::Listen {
         addr: cfg.address.clone(),
         err,
@@ -93,9 +97,9 @@ pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<(),
     let open: Open = Arc::default();
     let live = Arc::new(AtomicUsize::new(0));
     let mut next = 0u64;
-    loop {
-        if !wait(&listener, &sig) {
-            break;
+    let stopped_by = loop {
+        if let Some(signal) = wait(&listener, &sig) {
+            break signal;
         }
         let Ok(s) = listener.accept() else { continue };
         if live.load(Ordering::Relaxed) >= cfg.max_connections {
@@ -120,13 +124,13 @@ pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<(),
             live.fetch_sub(1, Ordering::Relaxed);
             lock(&open).retain(|(i, _)| *i != id);
         }
-    }
+    };
     // Clean shutdown: every client sees its connection end (their calls
     // fail with EIO); sessions die with the process.
     for (_, s) in lock(&open).iter() {
         s.shutdown();
     }
-    Ok(())
+    Ok(stopped_by)
 }
 
 /// Listens on `a`; a unix socket file left by an agent that died (nobody
@@ -151,7 +155,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Waits for a connection (true) or a stop signal (false).
-fn wait(l: &Listener, sig: &OwnedFd) -> bool {
+fn wait(l: &Listener, sig: &OwnedFd) -> Option<i32> {
     let mut fds = [
         libc::pollfd {
             fd: l.raw_fd(),
@@ -171,14 +175,34 @@ fn wait(l: &Listener, sig: &OwnedFd) -> bool {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return false;
+            return Some(libc::SIGTERM);
         }
         if fds[1].revents != 0 {
-            return false;
+            return Some(read_signal(sig));
         }
         if fds[0].revents != 0 {
-            return true;
+            return None;
         }
+    }
+}
+
+/// The signal waiting on the signalfd (SIGTERM if it cannot be read).
+fn read_signal(sig: &OwnedFd) -> i32 {
+    // SAFETY: signalfd_siginfo is plain data; all zeros is a valid value.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let len = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is a writable buffer of `len` bytes.
+    let n = unsafe {
+        libc::read(
+            sig.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            len,
+        )
+    };
+    if n == len as isize {
+        info.ssi_signo as i32
+    } else {
+        libc::SIGTERM
     }
 }
 

@@ -60,9 +60,10 @@ pub fn main(prog: &str, a: AgentArgs) -> i32 {
         super::report(prog, &format_args!("agent: serving {addr} with {plugins}"));
     };
     match crate::agent::serve(cfg, ready) {
-        Ok(()) => {
-            super::report(prog, &"agent: stopped");
-            0
+        // A stop signal N is 128+N, as for every subcommand (docs/cli.md).
+        Ok(signal) => {
+            super::report(prog, &format_args!("agent: stopped on signal {signal}"));
+            128 + signal
         }
         Err(e) => {
             super::report(prog, &e);

@@ -47,7 +47,15 @@ fn build_and_debug(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &Debu
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             report(prog, &format_args!("waiting for gdb on {addr}"));
             match gdb::accept(l, &mut vm) {
-                Ok(conn) => Some(conn),
+                Ok(conn) => {
+                    let peer = conn
+                        .0
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    report(prog, &format_args!("gdb connected from {peer}"));
+                    Some(conn)
+                }
                 Err(e) => {
                     report(prog, &e);
                     return 1;
@@ -120,7 +128,13 @@ fn dump(vm: &crate::vmm::Vm, image: &[u8], cfg: &RunConfig, dir: &Path, halted: 
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "guest".into());
-    match Core::gather(vm, image, &name, halted).and_then(|c| dumpcore::write(&c, &vm.mem, dir)) {
+    let core = Core::gather(vm, image, &name, halted);
+    let lost = core.as_ref().is_ok_and(|c| c.regs_lost);
+    match core.and_then(|c| dumpcore::write(&c, &vm.mem, dir)) {
+        Ok(path) if lost => format!(
+            "core dumped to {} (memory only: KVM had reset the vCPU's registers)",
+            path.display()
+        ),
         Ok(path) => format!("core dumped to {}", path.display()),
         Err(e) => format!("no core: {e}"),
     }

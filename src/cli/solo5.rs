@@ -55,7 +55,29 @@ struct Split {
     kernel: Option<Vec<OsString>>,
 }
 
-fn split(args: impl IntoIterator<Item = OsString>, value_flags: &[String]) -> Split {
+/// Whether `flag` (`--name` or `-c`, no value attached) is one of `cmd`'s
+/// options that take a value. Allocation-free: it runs for every option
+/// on every start-up.
+fn takes_value(cmd: &clap::Command, flag: &[u8]) -> bool {
+    let long = flag.strip_prefix(b"--");
+    let short = match flag {
+        [b'-', c] if *c != b'-' => Some(char::from(*c)),
+        _ => None,
+    };
+    // `--gdb[=ADDR]`: an optional value only ever comes after `=`.
+    cmd.get_arguments().any(|a| {
+        !a.is_positional()
+            && a.get_action().takes_values()
+            && !a.is_require_equals_set()
+            && (long.is_some_and(|l| {
+                a.get_long().is_some_and(|x| x.as_bytes() == l)
+                    || a.get_visible_aliases()
+                        .is_some_and(|v| v.iter().any(|x| x.as_bytes() == l))
+            }) || short.is_some_and(|c| a.get_short() == Some(c)))
+    })
+}
+
+fn split(args: impl IntoIterator<Item = OsString>, cmd: &clap::Command) -> Split {
     let mut options = Vec::new();
     let mut args = args.into_iter();
     while let Some(a) = args.next() {
@@ -69,7 +91,7 @@ fn split(args: impl IntoIterator<Item = OsString>, value_flags: &[String]) -> Sp
             let kernel = Some(std::iter::once(a).chain(args).collect());
             return Split { options, kernel };
         }
-        let takes_value = |f: &[u8]| value_flags.iter().any(|v| v.as_bytes() == f);
+        let takes_value = |f: &[u8]| takes_value(cmd, f);
         // `--block:NAME=PATH` -> `--block`, `NAME=PATH`.
         if let Some(colon) = b.iter().position(|&c| c == b':') {
             if b.starts_with(b"--") && takes_value(&b[..colon]) {
@@ -92,29 +114,25 @@ fn split(args: impl IntoIterator<Item = OsString>, value_flags: &[String]) -> Sp
 
 /// `-mem=64` (one dash, a long option's name): clap would see `-m` and
 /// say only that; this says what was meant.
-fn one_dash_long(sub: &str, options: &[OsString]) -> Option<clap::Error> {
-    // An error path: the command is built here, with full usage names.
-    let top = super::skiff_command();
-    let cmd = top.find_subcommand(sub)?;
-    options.iter().find_map(|o| {
+fn one_dash_long(sub: &clap::Command, options: &[OsString]) -> Option<clap::Error> {
+    let given = options.iter().find(|o| {
         let b = o.as_bytes();
         if b.len() < 3 || b.starts_with(b"--") || !b.starts_with(b"-") {
-            return None;
+            return false;
         }
-        let name_end = b.iter().position(|&c| c == b'=' || c == b':');
-        let name = String::from_utf8_lossy(&b[1..name_end.unwrap_or(b.len())]).into_owned();
-        cmd.get_arguments()
-            .any(|a| a.get_long() == Some(name.as_str()))
-            .then(|| {
-                let given = o.to_string_lossy();
-                let mut cmd = cmd.clone();
-                clap::Error::raw(
-                    ErrorKind::UnknownArgument,
-                    format!("unexpected argument '{given}' found\n\n  tip: long options take two dashes: '-{given}'"),
-                )
-                .format(&mut cmd)
-            })
-    })
+        let end = b.iter().position(|&c| c == b'=' || c == b':');
+        let name = &b[1..end.unwrap_or(b.len())];
+        sub.get_arguments()
+            .any(|a| a.get_long().is_some_and(|l| l.as_bytes() == name))
+    })?;
+    // The error path only: the command is built here, for its usage line.
+    let top = super::skiff_command();
+    let mut cmd = top.find_subcommand(sub.get_name())?.clone();
+    let given = given.to_string_lossy();
+    let msg = format!(
+        "unexpected argument '{given}' found\n\n  tip: long options take two dashes: '-{given}'"
+    );
+    Some(clap::Error::raw(ErrorKind::UnknownArgument, msg).format(&mut cmd))
 }
 
 /// The rule for `skiff SUBCOMMAND ...`: for subcommands that take a
@@ -130,8 +148,8 @@ pub fn kernel_rule(top: &clap::Command, argv: Vec<OsString>) -> Result<Vec<OsStr
     };
     let mut argv = argv.into_iter();
     let head: Vec<OsString> = argv.by_ref().take(2).collect();
-    let s = split(argv, &value_flags(sub));
-    if let Some(e) = one_dash_long(sub.get_name(), &s.options) {
+    let s = split(argv, sub);
+    if let Some(e) = one_dash_long(sub, &s.options) {
         return Err(e);
     }
     Ok(rebuild(head, s))
@@ -154,7 +172,7 @@ pub fn parse(prog: &str, argv: Vec<OsString>) -> Result<RunArgs, i32> {
     let cmd = Solo5Hvt::command();
     let mut argv = argv.into_iter();
     let head: Vec<OsString> = argv.by_ref().take(1).collect();
-    let s = split(argv, &value_flags(&cmd));
+    let s = split(argv, &cmd);
     if s.options.iter().any(|o| o == "--help") {
         return Err(usage(prog));
     }
@@ -247,6 +265,10 @@ mod tests {
         let f = flags();
         for want in ["--mem", "--restore", "--block", "--net", "--accel-lib"] {
             assert!(f.iter().any(|x| x == want), "{want} missing from {f:?}");
+            assert!(takes_value(&Solo5Hvt::command(), want.as_bytes()));
+        }
+        for not in ["--help", "--version", "--bogus", "-x", "--"] {
+            assert!(!takes_value(&Solo5Hvt::command(), not.as_bytes()), "{not}");
         }
     }
 
@@ -264,7 +286,7 @@ mod tests {
                 "--block:no=rewrite",
                 "--help",
             ]),
-            &flags(),
+            &Solo5Hvt::command(),
         );
         assert_eq!(
             s.options,
@@ -282,9 +304,12 @@ mod tests {
             s.kernel,
             Some(v(&["k.hvt", "--mem=64", "--block:no=rewrite", "--help"]))
         );
-        let s = split(v(&["--", "--odd-kernel", "a"]), &flags());
+        let s = split(v(&["--", "--odd-kernel", "a"]), &Solo5Hvt::command());
         assert_eq!(s.kernel, Some(v(&["--odd-kernel", "a"])));
-        assert_eq!(split(v(&["--mem=2", "--"]), &flags()).kernel, None);
-        assert_eq!(split(v(&["--mem=2"]), &flags()).kernel, None);
+        assert_eq!(
+            split(v(&["--mem=2", "--"]), &Solo5Hvt::command()).kernel,
+            None
+        );
+        assert_eq!(split(v(&["--mem=2"]), &Solo5Hvt::command()).kernel, None);
     }
 }

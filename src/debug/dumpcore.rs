@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 const PAGE: u64 = 4096;
+const CR0_PG: u64 = 1 << 31;
 const EHDR: u64 = 64;
 const PHDR: u64 = 56;
 const PT_LOAD: u32 = 1;
@@ -65,6 +66,9 @@ pub struct Core {
     pub name: String,
     /// The signal gdb is told ended the guest.
     pub signal: i32,
+    /// KVM had reset the vCPU (paging off): the registers say nothing
+    /// about where the guest was.
+    pub regs_lost: bool,
 }
 
 impl Core {
@@ -76,7 +80,15 @@ impl Core {
             regs: fd.get_regs().map_err(DumpError::Regs)?,
             sregs: fd.get_sregs().map_err(DumpError::Regs)?,
         };
-        let cr3 = regs.sregs.cr3;
+        // A vCPU KVM reset at a triple fault (AMD's KVM does) has paging
+        // off and the reset rip: its registers are lost, but memory is
+        // still mapped by the boot tables the guest started on.
+        let regs_lost = regs.sregs.cr0 & CR0_PG == 0;
+        let cr3 = if regs_lost {
+            crate::memory::BOOT_CR3
+        } else {
+            regs.sregs.cr3
+        };
         if halted {
             apply_cookie(&vm.mem, cr3, &mut regs.regs);
         }
@@ -92,6 +104,7 @@ impl Core {
             name: name.to_string(),
             // SIGABRT for an abort HALT, SIGSEGV for a fault.
             signal: if halted { libc::SIGABRT } else { libc::SIGSEGV },
+            regs_lost,
         })
     }
 }
@@ -424,6 +437,7 @@ mod tests {
             image_sha256: [7; 32],
             name: "test.hvt".into(),
             signal: libc::SIGSEGV,
+            regs_lost: false,
         }
     }
 

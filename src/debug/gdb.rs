@@ -431,8 +431,10 @@ impl HwBreakpoint for Debuggee<'_> {
 
 impl SwBreakpoint for Debuggee<'_> {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.hw_only {
-            return Ok(self.add_slot(addr));
+        // The first four in debug registers everywhere (they need no write
+        // into the guest's text); `int3` beyond that, except on kvm_pvm.
+        if self.add_slot(addr) || self.hw_only {
+            return Ok(self.slots.contains(&Some(addr)));
         }
         if self.breakpoints.contains_key(&addr) {
             return Ok(true);
@@ -449,8 +451,8 @@ impl SwBreakpoint for Debuggee<'_> {
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.hw_only {
-            return Ok(self.remove_slot(addr));
+        if self.remove_slot(addr) || self.hw_only {
+            return Ok(true);
         }
         let Some(orig) = self.breakpoints.remove(&addr) else {
             return Ok(false);

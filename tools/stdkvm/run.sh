@@ -6,9 +6,10 @@
 #
 #   tools/stdkvm/run.sh [TEST...]      default: $DEFAULT_TESTS below
 #
-# Environment: STDKVM_MODES ("npt shadow"), STDKVM_THREADS (2),
+# Environment: STDKVM_MODES ("npt shadow"), STDKVM_CPUS (1), STDKVM_THREADS (2),
 # STDKVM_SKIP (libtest --skip names), STDKVM_FILTER (a libtest filter),
-# STDKVM_TIMEOUT (per test binary, s), STDKVM_LIMIT (whole VM, s).
+# STDKVM_TIMEOUT (per test binary, s), STDKVM_LIMIT (whole VM, s),
+# STDKVM_OUT (work directory, target/stdkvm).
 # Prints one line per test and mode, then
 # "stdkvm: N passed, M failed"; exits 1 if any failed or never ran.
 # Debian packages: qemu-system-x86 busybox-static (tools/test.sh installs
@@ -16,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-out=$repo/target/stdkvm
+out=${STDKVM_OUT:-$repo/target/stdkvm}
 DEFAULT_TESTS="core hostile function block snapshot pool bad_input"
 # Too slow under TCG: 50 concurrent restores (a page-sharing measure) and
 # 200 sequential warm/cold runs (restored_meta covers a restore's I/O).
@@ -103,6 +104,22 @@ for b in "${bins[@]}"; do
         [ -e "$root$lib" ] || { mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; }
     done
 done
+# tests/gdb.rs and tests/dumpcore.rs drive Debian's gdb (apt-get install gdb).
+if grep -qE '^(gdb|dumpcore) ' "$out/tests.txt"; then
+    gdb=$(command -v gdb) || { echo "stdkvm: gdb is missing (apt-get install gdb)" >&2; exit 1; }
+    # At its own path (it finds Python's prefix from it), on PATH as /bin/gdb.
+    mkdir -p "$root/usr/bin" && cp -L "$gdb" "$root/usr/bin/gdb" && ln -sf /usr/bin/gdb "$root/bin/gdb"
+    ldd "$gdb" | grep -o '/[^ ]*' | while read -r lib; do
+        [ -e "$root$lib" ] || { mkdir -p "$root$(dirname "$lib")"; cp -L "$lib" "$root$lib"; }
+    done
+    # gdb embeds Python: its standard library and gdb's own data directory.
+    # (Debian's Python, the one gdb links, not whichever python3 is on PATH.)
+    py=$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+    for d in "$py" /usr/share/gdb; do
+        mkdir -p "$root$d" && (cd "$d" && tar -c --exclude=__pycache__ --exclude=test \
+            --exclude=dist-packages --exclude=site-packages . ) | tar -x -C "$root$d"
+    done
+fi
 mkdir -p "$root$guests" && cp "$guests"/*.hvt "$root$guests/"
 cp "$out/tests.txt" "$root/stdkvm/tests"
 cat >"$root/stdkvm/config" <<CFG
@@ -113,13 +130,14 @@ FILTER="${STDKVM_FILTER:-} $(for s in ${STDKVM_SKIP-$DEFAULT_SKIP}; do printf --
 CFG
 (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null) >"$out/initramfs.cpio"
 
-# 4. Boot it and run the tests: TCG (no host KVM needed) with the host's
-# cores as vCPUs; the whole run is bounded.
+# 4. Boot it and run the tests: TCG (no host KVM needed), one vCPU (on a
+# shared 2-core host a second one mostly spins on locks its descheduled
+# sibling holds); the whole run is bounded.
 log=$out/console.log
 echo "stdkvm: booting $(basename "$vmlinuz") under TCG ($modes): $tests"
 start=$SECONDS
 qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
-    -smp "${STDKVM_CPUS:-2}" -m 4G -display none -monitor none -serial "file:$log" \
+    -smp "${STDKVM_CPUS:-1}" -m 4G -display none -monitor none -serial "file:$log" \
     -no-reboot -nic none -kernel "$vmlinuz" -initrd "$out/initramfs.cpio" \
     -append "console=ttyS0 quiet panic=-1 tsc=reliable" </dev/null &
 qemu=$!
