@@ -101,7 +101,19 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM (so the server removes its pool's socket directory), then
+    /// SIGKILL if it has not ended within 3 s; its pool and workers end
+    /// with it either way (PDEATHSIG).
     fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
