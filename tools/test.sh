@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # (accel, classify), runc (oci), ip and ping (net), libseccomp (seccomp's
 # cross-check), gdb (debugging), QEMU and busybox (the standard-KVM lane).
 PACKAGES=(pocl-opencl-icd ocl-icd-opencl-dev runc iproute2 iputils-ping
-    libseccomp-dev gdb qemu-system-x86 busybox-static)
+    libseccomp-dev gdb qemu-system-x86 busybox-static curl)
 
 if [ "$(id -u)" != 0 ]; then
     echo "tools/test.sh: run me as root: the tests use /dev/kvm, TAPs, network namespaces and runc, and I install Debian packages (${PACKAGES[*]})" >&2
