@@ -142,7 +142,7 @@ qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
     -append "console=ttyS0 quiet panic=-1 tsc=reliable" </dev/null &
 qemu=$!
 # The VM never outlives this script (Ctrl-C, CI's own timeout, the limit).
-trap 'kill $qemu 2>/dev/null' EXIT
+trap 'kill $qemu 2>/dev/null || true' EXIT
 deadline=$((SECONDS + ${STDKVM_LIMIT:-2400}))
 while kill -0 $qemu 2>/dev/null; do
     if [ $SECONDS -gt "$deadline" ]; then
