@@ -85,7 +85,7 @@ pub fn accept(listener: &TcpListener, vm: &mut Vm) -> Result<(TcpStream, bool), 
     vm.vcpu.arm_signals();
     let pvm = vm.vcpu.leave_pvm_native();
     stream.set_nodelay(true).map_err(GdbError::Socket)?;
-    super::kick::arm(&stream, vm.vcpu.fd_mut().get_kvm_run()).map_err(GdbError::Socket)?;
+    super::kick::arm(&stream).map_err(GdbError::Socket)?;
     Ok((stream, pvm))
 }
 

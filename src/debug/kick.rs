@@ -4,9 +4,7 @@
 //! KVM_RUN returns (EINTR) even if the byte lands just before entry. The
 //! stub then finds the byte waiting on the socket.
 
-use kvm_bindings::kvm_run;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// The signal the socket raises; nothing else in skiff uses it.
 const KICK: libc::c_int = libc::SIGUSR1;
@@ -23,21 +21,14 @@ struct OwnerEx {
     pid: libc::pid_t,
 }
 
-static KVM_RUN: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
-
 extern "C" fn on_kick(_: libc::c_int) {
-    let run = KVM_RUN.load(Ordering::SeqCst);
-    if !run.is_null() {
-        // SAFETY: `run` points at the vCPU's mmap'd kvm_run, which lives
-        // as long as the Vm the stub borrows; a byte store is
-        // async-signal-safe.
-        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
-    }
+    // The vCPU's own pointer, which it clears before its kvm_run goes.
+    crate::vcpu::signals::interrupt_run();
 }
 
-/// Arms `sock` to kick the calling thread's KVM_RUN on incoming bytes.
-pub fn arm(sock: &impl AsRawFd, run: &mut kvm_run) -> std::io::Result<()> {
-    KVM_RUN.store(run, Ordering::SeqCst);
+/// Arms `sock` to kick the calling thread's KVM_RUN on incoming bytes (the
+/// vCPU's signals must be armed: `Vcpu::arm_signals`).
+pub fn arm(sock: &impl AsRawFd) -> std::io::Result<()> {
     let fd = sock.as_raw_fd();
     let check = |r: libc::c_int| {
         if r < 0 {

@@ -48,6 +48,17 @@ pub struct Vcpu {
     pvm_native: bool,
 }
 
+impl Drop for Vcpu {
+    fn drop(&mut self) {
+        // Before the fd (and its kvm_run mapping) goes: a later signal must
+        // find no kvm_run to write into.
+        // (The pvm watchdog's CPU limit stays: lifting it would need
+        // prlimit64, which the seccomp policies leave out, and its SIGXCPU
+        // is harmless once nothing points at a kvm_run.)
+        signals::clear_kvm_run();
+    }
+}
+
 impl Vcpu {
     /// Creates vCPU 0 with the host's supported CPUID.
     pub fn new(kvm: &Kvm, vm: &VmFd) -> Result<Self, VcpuError> {

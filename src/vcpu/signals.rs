@@ -15,10 +15,18 @@ static KVM_RUN: AtomicPtr<kvm_run> = AtomicPtr::new(std::ptr::null_mut());
 
 extern "C" fn on_signal(sig: libc::c_int) {
     PENDING.store(sig, Ordering::SeqCst);
+    interrupt_run();
+}
+
+/// Makes the vCPU's next (or current) `KVM_RUN` return at once. Async-
+/// signal-safe: for signal handlers (here, and the debugger's socket
+/// kick), which must not keep a kvm_run pointer of their own.
+pub fn interrupt_run() {
     let run = KVM_RUN.load(Ordering::SeqCst);
     if !run.is_null() {
-        // SAFETY: `run` points at the vCPU's mmap'd kvm_run, which lives
-        // until the process exits; a byte store is async-signal-safe.
+        // SAFETY: `run` points at the live vCPU's mmap'd kvm_run: the
+        // vCPU clears it (`clear_kvm_run`) before its mapping goes, so a
+        // signal after that finds null; a byte store is async-signal-safe.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
 }
@@ -50,11 +58,7 @@ pub fn watch(sig: libc::c_int) {
 
 extern "C" fn on_kick(_sig: libc::c_int) {
     KICKED.store(true, Ordering::SeqCst);
-    let run = KVM_RUN.load(Ordering::SeqCst);
-    if !run.is_null() {
-        // SAFETY: as in `on_signal`.
-        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
-    }
+    interrupt_run();
 }
 
 /// Makes `sig` interrupt a running guest so skiff can look at it (kvm_pvm's
@@ -77,6 +81,13 @@ pub(super) fn take_kick() -> bool {
 
 pub(super) fn set_kvm_run(run: &mut kvm_run) {
     KVM_RUN.store(run, Ordering::SeqCst);
+}
+
+/// Forgets the kvm_run (its vCPU is going): a signal that arrives later
+/// (a stop signal, the pvm watchdog's SIGXCPU, gdb's socket) must not write
+/// into an unmapped page.
+pub(super) fn clear_kvm_run() {
+    KVM_RUN.store(std::ptr::null_mut(), Ordering::SeqCst);
 }
 
 /// The terminating signal received so far, if any.
