@@ -13,12 +13,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::env_num;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -106,7 +102,7 @@ fn best(rounds: usize, mut f: impl FnMut() -> (f64, f64)) -> (f64, f64) {
 }
 
 fn main() {
-    let quick = !std::env::args().any(|a| a == "--bench");
+    let quick = common::quick();
     let n = if quick {
         16
     } else {

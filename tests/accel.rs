@@ -165,21 +165,10 @@ fn selection_follows_the_hint_then_the_operators_order() {
     );
 }
 
-/// A scratch dir with the EXEC test library (compiled from
-/// tests/accel/execlib.c) and a model file.
+/// A scratch dir with the EXEC test library and a model file.
 fn exec_fixture() -> (TempDir, PathBuf, PathBuf) {
     let tmp = TempDir::new("accel");
-    let lib = tmp.path().join("libskiffexec.so");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/accel/execlib.c");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&lib)
-        .arg(src)
-        .status()
-        .expect("cc");
-    assert!(st.success(), "cannot compile {src}");
-    let model = tmp.path().join("model.bin");
-    std::fs::write(&model, b"model bytes").unwrap();
+    let (lib, model) = common::exec_fixture(tmp.path());
     (tmp, lib, model)
 }
 

@@ -327,3 +327,20 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// The EXEC test library (compiled from tests/accel/execlib.c) and an
+/// opaque model file, in `tmp`.
+pub fn exec_fixture(tmp: &Path) -> (PathBuf, PathBuf) {
+    let lib = tmp.join("libskiffexec.so");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/accel/execlib.c");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(src)
+        .status()
+        .expect("cc");
+    assert!(st.success(), "cannot compile {src}");
+    let model = tmp.join("model.bin");
+    std::fs::write(&model, b"model bytes").unwrap();
+    (lib, model)
+}

@@ -7,7 +7,7 @@ use protobuf::Message;
 use skiff::accel::remote::frame::{self, Header};
 use skiff::accel::remote::proto::{self, *};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -181,22 +181,6 @@ pub fn run(flags: &[&str], guest_name: &str, args: &[&str]) -> Output {
 pub fn ok(o: &Output) -> String {
     assert_eq!(o.status.code(), Some(0), "{} {}", stdout(o), stderr(o));
     stdout(o)
-}
-
-/// The EXEC test library and an opaque model file.
-pub fn exec_fixture(tmp: &Path) -> (PathBuf, PathBuf) {
-    let lib = tmp.join("libskiffexec.so");
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/accel/execlib.c");
-    let st = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&lib)
-        .arg(src)
-        .status()
-        .expect("cc");
-    assert!(st.success());
-    let model = tmp.join("model.bin");
-    std::fs::write(&model, b"model bytes").unwrap();
-    (lib, model)
 }
 
 /// The vAccel error a status carries: (code, message, ffi errno).
