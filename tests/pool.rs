@@ -95,9 +95,22 @@ fn concurrent_calls_each_get_their_own_guest() {
 
 #[test]
 fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
+    for fresh in [false, true] {
+        hangup(fresh);
+    }
+}
+
+/// With `fresh` (`--fresh-process`) the pool starts a replacement as soon
+/// as its only worker is busy; a rewinding pool keeps `--workers` guests.
+fn hangup(fresh: bool) {
     let dir = TempDir::new("pool-hangup");
     let snap = make_snapshot(dir.path(), "echo", MEM, &[], &[]);
-    let pool = Pool::start(dir.path(), "echo", &snap, 1, &[MEM]);
+    let flags: &[&str] = if fresh {
+        &[MEM, "--fresh-process"]
+    } else {
+        &[MEM]
+    };
+    let pool = Pool::start(dir.path(), "echo", &snap, 1, flags);
     let idle = children(pool.pid());
     assert_eq!(idle.len(), 1, "{idle:?}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", idle[0])).unwrap();
@@ -116,8 +129,14 @@ fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
             .spawn()
             .unwrap(),
     );
-    // The busy worker and, as none is left waiting, its replacement.
-    eventually("a replacement worker", || children(pool.pid()).len() == 2);
+    if fresh {
+        // The busy worker and, as none is left waiting, its replacement.
+        eventually("a replacement worker", || children(pool.pid()).len() == 2);
+    } else {
+        // The worker takes the call (its guest waits for the body).
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(children(pool.pid()), idle, "a rewinding pool grew");
+    }
     caller.kill().unwrap();
     caller.wait().unwrap();
     eventually("the busy worker's exit", || {
@@ -126,6 +145,46 @@ fn workers_are_confined_and_a_caller_that_goes_away_stops_its_guest() {
     assert_eq!(children(pool.pid()).len(), 1);
     let o = pool.call(b"still serving", &[]);
     assert_eq!(o.stdout, b"still serving", "{}", stderr(&o));
+}
+
+#[test]
+fn a_worker_rewinds_its_guest_and_the_next_call_finds_nothing_of_the_last() {
+    // `residue` answers with what it finds in memory (a static, a page
+    // past its image), SSE register xmm7, debug register DR0 and two MSRs,
+    // then leaves the request's number in all of them.
+    let dir = TempDir::new("pool-rewind");
+    let snap = make_snapshot(dir.path(), "residue", MEM, &[], &[]);
+    let mut cold = Command::new(skiff());
+    cold.args(["run", MEM]).arg(guest("residue"));
+    let cold = run_with(cold, b"7", Duration::from_secs(60));
+    assert_eq!(cold.status.code(), Some(0), "{}", stderr(&cold));
+    let pristine = stdout(&cold);
+    assert!(
+        pristine.starts_with("static=0 memory=0 xmm7="),
+        "{pristine}"
+    );
+    for fresh in [false, true] {
+        let flags: &[&str] = if fresh {
+            &[MEM, "--fresh-process"]
+        } else {
+            &[MEM]
+        };
+        let pool = Pool::start(dir.path(), "residue", &snap, 1, flags);
+        let mut served_by = Vec::new();
+        for i in 1..=6u64 {
+            served_by.push(children(pool.pid()));
+            let o = pool.call((i * 1000 + 5).to_string().as_bytes(), &[]);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+            assert_eq!(stdout(&o), pristine, "call {i} (fresh process: {fresh})");
+        }
+        served_by.dedup();
+        match fresh {
+            // One worker served every call: its guest was rewound each time.
+            false => assert_eq!(served_by.len(), 1, "{served_by:?}"),
+            // One process per call: the workers change.
+            true => assert!(served_by.len() > 1, "{served_by:?}"),
+        }
+    }
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub struct PoolArgs {
     /// How many restored guests to keep ready (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub workers: usize,
+    /// One worker process (and VM) per request, instead of workers that
+    /// rewind their guest to the snapshot between requests.
+    #[arg(long)]
+    pub fresh_process: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -40,6 +44,7 @@ pub fn main(prog: &str, a: PoolArgs) -> i32 {
         snapshot: Some(&snapshot),
         socket: &a.socket,
         workers: a.workers,
+        fresh_process: a.fresh_process,
     };
     let ready = || {
         report(

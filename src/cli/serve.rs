@@ -40,6 +40,11 @@ pub struct ServeArgs {
     /// memory (one function only: a server serves one image).
     #[arg(long)]
     pub warm: bool,
+    /// One worker process (and VM) per request, instead of workers that
+    /// rewind their guest to the snapshot between requests: slower, but a
+    /// guest that escaped KVM finds no earlier request in its process.
+    #[arg(long)]
+    pub fresh_process: bool,
     // With --restore (a run flag) every guest is restored from that
     // snapshot; without it each guest boots cold.
     #[command(flatten)]
@@ -79,6 +84,7 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
         drain: Duration::from_millis(a.drain),
         restore,
         warm: a.warm,
+        fresh_process: a.fresh_process,
     };
     match crate::serve::run(prog, cfg, run) {
         Ok(()) => 0,

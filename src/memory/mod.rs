@@ -160,6 +160,33 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Drops every page of guest memory, as if it had just been reserved:
+    /// one MAP_FIXED anonymous mapping over the whole reservation, so the
+    /// pages a guest wrote (and the file mappings of a restore) are gone at
+    /// once and the next access sees zeroes. KVM's memory slot keeps the
+    /// same host address; its MMU notifier drops the old translations. For
+    /// a worker putting a snapshot's guest back (snapshot/rewind.rs).
+    pub fn discard(&mut self) -> std::io::Result<()> {
+        // SAFETY: replaces our own reservation, same address and length,
+        // with a fresh one; nothing in skiff holds a reference into guest
+        // memory between runs.
+        let p = unsafe {
+            libc::mmap(
+                self.host_base().cast(),
+                self.size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.read_only.clear();
+        Ok(())
+    }
+
     /// The read-only ranges (for snapshots).
     pub fn read_only(&self) -> &[(u64, u64)] {
         &self.read_only

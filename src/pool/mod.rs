@@ -10,9 +10,14 @@
 //! - `worker.rs`: one worker's life (restore, confine, accept, run, reply)
 //! - `call.rs`: `skiff call`
 //!
-//! Each worker serves one request and exits, so no guest ever sees another
-//! request's state. The pool forks a replacement when a worker finishes,
-//! or at once when no other worker is left waiting (see `supervise`).
+//! No guest ever sees another request's state. By default a worker keeps
+//! its VM and, after each request, rewinds the guest to the snapshot
+//! (snapshot/rewind.rs: all of guest memory and vCPU state) before it takes
+//! the next: a new VM per request costs more than the request. With
+//! `fresh_process` (`--fresh-process`), and always for cold guests, with
+//! accelerators or with a network device, a worker serves one request and
+//! exits; the pool forks a replacement when a worker finishes, or at once
+//! when no other worker is left waiting (see `supervise`).
 
 pub mod call;
 pub mod proto;
@@ -86,6 +91,21 @@ pub struct Pool<'a> {
     pub snapshot: Option<&'a Path>,
     pub socket: &'a Path,
     pub workers: usize,
+    /// One process per request, never rewound (`--fresh-process`).
+    pub fresh_process: bool,
+}
+
+impl Pool<'_> {
+    /// Whether workers rewind their guest and take another request (see
+    /// the module's notes): only a restored guest whose whole state is
+    /// the VM's. An accelerator runtime's sessions and a TAP's queue live
+    /// in the worker, not in the VM.
+    fn rewinds(&self) -> bool {
+        !self.fresh_process
+            && self.snapshot.is_some()
+            && self.cfg.accel.plugins.is_none()
+            && self.cfg.devices.net.is_empty()
+    }
 }
 
 impl Pool<'_> {
@@ -254,7 +274,15 @@ fn spawn(p: &Pool, listener: &UnixListener) -> std::io::Result<Worker> {
         -1 => Err(std::io::Error::last_os_error()),
         0 => {
             drop(r);
-            let status = worker::serve(p.prog, p.cfg, p.snapshot, listener, w.as_raw_fd(), pool);
+            let status = worker::serve(
+                p.prog,
+                p.cfg,
+                p.snapshot,
+                listener,
+                w.as_raw_fd(),
+                pool,
+                p.rewinds(),
+            );
             std::process::exit(status)
         }
         pid => Ok(Worker {
@@ -269,6 +297,7 @@ fn spawn(p: &Pool, listener: &UnixListener) -> std::io::Result<Worker> {
 /// worker fails to start (its message is on stderr).
 fn supervise(p: &Pool, listener: &UnixListener, ready: &dyn Fn()) -> PoolError {
     let n = p.workers;
+    let rewinds = p.rewinds();
     // Busy workers are not waited for: the kernel reaps them.
     // SAFETY: setting a standard disposition.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
@@ -280,8 +309,10 @@ fn supervise(p: &Pool, listener: &UnixListener, ready: &dyn Fn()) -> PoolError {
     let status = 'serve: loop {
         // A replacement starts when a busy worker has finished (its restore
         // would otherwise compete with the running request for the CPU),
-        // or at once when no other worker is left waiting.
-        while workers.len() < n || workers.iter().all(|w| w.state == State::Busy) {
+        // or at once when no other worker is left waiting, unless workers
+        // come back by themselves (they rewind): then there are never more
+        // than `n`.
+        while workers.len() < n || (!rewinds && workers.iter().all(|w| w.state == State::Busy)) {
             match spawn(p, listener) {
                 Ok(w) => workers.push(w),
                 Err(e) => break 'serve PoolError::Spawn(e),

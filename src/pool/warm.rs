@@ -31,6 +31,11 @@ impl Fds {
             park: std::io::stderr().as_fd().try_clone_to_owned().ok()?,
         })
     }
+
+    /// The fd that stands in for 0-2 between requests.
+    pub(super) fn park_fd(&self) -> RawFd {
+        self.park.as_raw_fd()
+    }
 }
 
 /// The REQ_NEXT hook for the guest of the request on `conn`.

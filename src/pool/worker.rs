@@ -2,8 +2,10 @@
 //! snapshot up to the guest's clock (VM, memory slot, vCPU state, devices),
 //! confines itself, and only then waits for a request. The request brings
 //! the caller's stdin/stdout/stderr and Http_* variables; the worker sets
-//! the TSC, runs the guest to its HALT, replies with the exit status and
-//! exits. One request per worker: no guest state survives into another.
+//! the TSC, runs the guest to its HALT and replies with the exit status.
+//! Then it exits, or (a restored guest that halted) rewinds the guest to
+//! the snapshot and waits for the next request: no guest state survives
+//! into another request either way.
 
 use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
 use crate::bench::marks::{self, Mark, COUNT};
@@ -12,6 +14,7 @@ use crate::devices::function::Function;
 use crate::diag::line as report;
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
+use crate::snapshot::rewind::Origin;
 use crate::vmm::RunError;
 use crate::vmm::Vm;
 use std::ffi::OsString;
@@ -47,7 +50,9 @@ pub(super) fn tell(pipe: RawFd, what: u8) {
     unsafe { libc::write(pipe, (&what as *const u8).cast(), 1) };
 }
 
-/// The worker's life; returns its exit status.
+/// The worker's life; returns its exit status. With `rewinds`, after each
+/// request that ended in a HALT the guest is rewound to the snapshot
+/// (snapshot/rewind.rs) and the worker takes another.
 pub(super) fn serve(
     prog: &str,
     cfg: &RunConfig,
@@ -55,6 +60,7 @@ pub(super) fn serve(
     listener: &UnixListener,
     pipe: RawFd,
     pool: libc::pid_t,
+    rewinds: bool,
 ) -> i32 {
     // SAFETY: prctl/signal only change this process's dispositions: an idle
     // worker does not outlive its pool, and SIGCHLD is no longer ignored.
@@ -66,12 +72,24 @@ pub(super) fn serve(
     if unsafe { libc::getppid() } != pool {
         return 0; // the pool died before PDEATHSIG was set
     }
-    let prepared = match Ready::new(cfg, snap) {
+    let mut ready = match Ready::new(cfg, snap) {
         Ok(p) => p,
         Err(e) => {
             report(prog, &e);
             return 1;
         }
+    };
+    // The guest as restored, recorded while KVM_GET_* are still allowed;
+    // without it the worker serves one request.
+    let origin = match (&ready, rewinds) {
+        (Ready::Restored(p), true) => match Origin::capture(p) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                report(prog, &format_args!("pool: one request per worker: {e}"));
+                None
+            }
+        },
+        _ => None,
     };
     crate::vcpu::signals::watch(libc::SIGIO);
     let mut buf = vec![0u8; REQUEST_HEADER + VARS_MAX];
@@ -80,8 +98,9 @@ pub(super) fn serve(
         None => Policy::Pool,
     };
     // A warm guest's worker (skiff serve --warm) takes more requests from
-    // this socket and parks its stdio on its own stderr between them.
-    let warm_fds = super::warm::Fds::new(listener);
+    // this socket and parks its stdio on its own stderr between them; so
+    // does a worker that rewinds.
+    let mut park = super::warm::Fds::new(listener);
     match crate::seccomp::install(policy) {
         Ok(i) => i.note().into_iter().for_each(|n| report(prog, &n)),
         Err(e) => {
@@ -89,27 +108,77 @@ pub(super) fn serve(
             return 1;
         }
     }
+    loop {
+        let (status, vm, again) =
+            match one_request(prog, listener, pipe, &mut buf, ready, &mut park) {
+                Served::Done(status) => return status,
+                Served::Ran { status, vm, again } => (status, vm, again),
+            };
+        let (Some(origin), Some(vm), true) = (&origin, vm, again && status.is_some()) else {
+            return 0;
+        };
+        // Only a guest that ended by itself, with nothing pending that was
+        // meant for it, is rewound.
+        if crate::vcpu::signals::pending().is_some() || sigio_pending() {
+            return 0;
+        }
+        ready = match origin.rewind(vm) {
+            Ok(p) => Ready::Restored(p),
+            Err(e) => {
+                report(prog, &format_args!("pool: cannot rewind the guest: {e}"));
+                return 1;
+            }
+        };
+        set_sigio(libc::SIG_UNBLOCK);
+    }
+}
+
+/// How a request went: `Done` ends the worker with that status; `Ran`
+/// gives the guest's status (`None`: it did not halt by itself), its VM
+/// and whether the worker may rewind it for another request.
+// The VM is large but there is exactly one, moved once per request.
+#[allow(clippy::large_enum_variant)]
+enum Served {
+    Done(i32),
+    Ran {
+        status: Option<i32>,
+        vm: Option<Vm>,
+        again: bool,
+    },
+}
+
+/// Announces the worker ready, takes one request and runs `ready`'s guest
+/// for it.
+fn one_request(
+    prog: &str,
+    listener: &UnixListener,
+    pipe: RawFd,
+    buf: &mut [u8],
+    ready: Ready,
+    park: &mut Option<super::warm::Fds>,
+) -> Served {
+    super::set_stop_signals(libc::SIG_BLOCK);
     tell(pipe, READY);
     let conn = match accept_one(prog, listener) {
         Ok(Some(c)) => c,
-        Ok(None) => return 0,
-        Err(status) => return status,
+        Ok(None) => return Served::Done(0),
+        Err(status) => return Served::Done(status),
     };
     // From here SIGINT/SIGTERM stop the guest, as in `skiff run`.
     super::set_stop_signals(libc::SIG_UNBLOCK);
     tell(pipe, TAKEN);
     marks::set_from(Mark::Main, &[0; COUNT], 0);
     marks::mark(Mark::Request);
-    let vars = match receive(&conn, &mut buf) {
+    let vars = match receive(&conn, buf) {
         Ok(v) => v,
         Err(e) => {
             report(prog, &e);
-            return 1;
+            return Served::Done(1);
         }
     };
     // From here on stdio is the caller's.
     if !watch_hangup(&conn) {
-        return 0;
+        return Served::Done(0);
     }
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
@@ -120,7 +189,8 @@ pub(super) fn serve(
         function = function.framed();
     }
     let conn = std::rc::Rc::new(std::cell::RefCell::new(conn));
-    if let (true, Some(w)) = (warm, warm_fds) {
+    // A warm guest's hook takes the parking fds: its worker ends with it.
+    if let Some(w) = park.take_if(|_| warm) {
         function = function.warm(super::warm::next_request(
             prog.to_string(),
             conn.clone(),
@@ -128,7 +198,7 @@ pub(super) fn serve(
             pipe,
         ));
     }
-    let (status, _vm) = match prepared.start(function) {
+    let (status, halted, vm) = match ready.start(function) {
         Ok(mut vm) => {
             let result = vm.run();
             match &result {
@@ -140,27 +210,32 @@ pub(super) fn serve(
                 }
                 Err(e) => report(prog, e),
             }
-            (crate::vmm::exit_status(&result), Some(vm))
+            (crate::vmm::exit_status(&result), result.ok(), Some(vm))
         }
         Err(e) => {
             report(prog, &e);
-            (1, None)
+            (1, None, None)
         }
     };
     // The guest is over: the caller hanging up after the reply must not
-    // run the vCPU's SIGIO handler while the VM is being torn down (it
-    // would write to the unmapped kvm_run page).
-    // SAFETY: a valid sigset built in place; changes only our mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGIO);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    // The caller's readers see EOF once it exits, not when we do.
+    // run the vCPU's SIGIO handler (while the VM is torn down, it would
+    // write to the unmapped kvm_run page; before a rewound guest runs, it
+    // would stop the next request's guest).
+    set_sigio(libc::SIG_BLOCK);
+    let conn = conn.borrow();
+    // SAFETY: fcntl clears O_ASYNC on our own socket: no SIGIO from it
+    // from here on.
+    unsafe { libc::fcntl(conn.as_raw_fd(), libc::F_SETFL, 0) };
+    // The caller's readers see EOF once it exits, not when we do: its
+    // stdio is closed (or replaced by our own stderr, so the next accept
+    // cannot land on fds 0-2).
     for fd in 0..3 {
-        // SAFETY: closing the caller's stdio, which nothing uses any more.
-        unsafe { libc::close(fd) };
+        match park {
+            // SAFETY: dup2 replaces the caller's stdio with our stderr.
+            Some(p) => unsafe { libc::dup2(p.park_fd(), fd) },
+            // SAFETY: closing the caller's stdio, which nothing uses any more.
+            None => unsafe { libc::close(fd) },
+        };
     }
     let (m, exits) = marks::taken();
     let reply = Reply {
@@ -169,8 +244,34 @@ pub(super) fn serve(
         exits,
     };
     // A caller that has gone cannot be answered; nothing else to do.
-    let _ = (&*conn.borrow()).write_all(&reply.encode());
-    0
+    let answered = (&*conn).write_all(&reply.encode()).is_ok();
+    Served::Ran {
+        status: halted,
+        vm,
+        again: answered && !warm && park.is_some(),
+    }
+}
+
+/// Blocks or unblocks SIGIO (a caller's hang-up) for this thread.
+fn set_sigio(how: libc::c_int) {
+    // SAFETY: a valid sigset built in place; changes only our mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Whether a SIGIO came while it was blocked (a hang-up raced the end of
+/// the guest): it was meant for the last request, so the worker does not
+/// take another.
+fn sigio_pending() -> bool {
+    // SAFETY: sigpending writes a valid sigset into `set`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGIO) == 1
+    }
 }
 
 /// Waits for the next connection on `listener` with SIGINT/SIGTERM

@@ -50,6 +50,8 @@ pub struct ServeConfig {
     /// A guest that asks for the next request (REQ_NEXT) keeps serving
     /// this function's requests (`--warm`; see docs/serve.md).
     pub warm: bool,
+    /// One worker process per request, never rewound (`--fresh-process`).
+    pub fresh_process: bool,
 }
 
 #[derive(Debug, Error)]
@@ -184,6 +186,7 @@ fn fork_pool(
                 snapshot: cfg.restore.as_deref(),
                 socket: sock,
                 workers: cfg.workers,
+                fresh_process: cfg.fresh_process,
             };
             let ready = || {
                 // SAFETY: one byte from our stack to our own pipe.

@@ -6,8 +6,11 @@
 //! - `vcpu.rs`: vCPU state out and in (registers, XSAVE, MSRs, TSC)
 //! - `save.rs`: boot to the first REQ_READ, write the file
 //! - `restore.rs`: check, map, restore, resume
+//! - `rewind.rs`: put a restored guest back to the snapshot after a run
+//!   (a pool worker's next request)
 
 pub mod format;
 pub mod restore;
+pub mod rewind;
 pub mod save;
 mod vcpu;

@@ -9,6 +9,7 @@
 //! run, nothing per page and nothing per byte of guest memory.
 
 use super::format::{self, FormatError, Header, Meta, HEADER_LEN, PAGE};
+use super::rewind::Pages;
 use super::vcpu::{self, StateError};
 use crate::builder::{self, BuildError};
 use crate::config::RunConfig;
@@ -155,9 +156,31 @@ pub struct Prepared {
     tsc_hz: u64,
     guest_tsc: u64,
     saved_at_ns: u64,
+    /// Where its pages came from (for a worker's [`Origin`]); `None` once
+    /// rewound (the origin keeps them).
+    pages: Option<Pages>,
 }
 
 impl Prepared {
+    pub(super) fn parts(&self) -> (&Vm, Option<&Pages>) {
+        (&self.vm, self.pages.as_ref())
+    }
+
+    /// (TSC Hz, the snapshot's guest TSC, when it was saved in ns).
+    pub(super) fn tsc_plan(&self) -> (u64, u64, u64) {
+        (self.tsc_hz, self.guest_tsc, self.saved_at_ns)
+    }
+
+    pub(super) fn from_parts(vm: Vm, tsc_hz: u64, guest_tsc: u64, saved_at_ns: u64) -> Self {
+        Prepared {
+            vm,
+            tsc_hz,
+            guest_tsc,
+            saved_at_ns,
+            pages: None,
+        }
+    }
+
     /// The guest TSC due at wall time `now` (ns): the snapshot's, moved
     /// on by the real time since.
     fn tsc_at(&self, now: u64) -> u64 {
@@ -231,7 +254,7 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
 
     // 3. Memory: the saved pages, copy-on-write.
     let mut mem = GuestMemory::new(h.mem_size)?;
-    map_runs(&mem, &f, &h, &meta).map_err(RestoreError::Map)?;
+    map_runs(&mem, &f, h.data_offset, &meta.runs).map_err(RestoreError::Map)?;
     for &(a, b) in &meta.read_only {
         mem.protect(a, b).map_err(RestoreError::Map)?;
     }
@@ -259,12 +282,24 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
         tsc_hz: h.tsc_hz,
         guest_tsc: h.guest_tsc,
         saved_at_ns: h.saved_at_ns,
+        pages: Some(Pages {
+            file: f,
+            data_offset: h.data_offset,
+            runs: meta.runs,
+            read_only: meta.read_only,
+            pending_req_read: meta.pending_req_read,
+        }),
     })
 }
 
 /// One MAP_FIXED|MAP_PRIVATE file mapping per run, over the reservation.
-fn map_runs(mem: &GuestMemory, f: &std::fs::File, h: &Header, m: &Meta) -> std::io::Result<()> {
-    for r in &m.runs {
+pub(super) fn map_runs(
+    mem: &GuestMemory,
+    f: &std::fs::File,
+    data_offset: u64,
+    runs: &[format::Run],
+) -> std::io::Result<()> {
+    for r in runs {
         // In range: format::decode checked every run against mem_size and
         // the file's data pages.
         // SAFETY: the target lies inside our own reservation (replacing
@@ -276,7 +311,7 @@ fn map_runs(mem: &GuestMemory, f: &std::fs::File, h: &Header, m: &Meta) -> std::
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
                 f.as_raw_fd(),
-                (h.data_offset + r.file_page * PAGE) as libc::off_t,
+                (data_offset + r.file_page * PAGE) as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {

@@ -19,7 +19,7 @@ const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
 /// What the guest's code can have changed: SYSCALL/SYSENTER targets,
 /// segment bases (FS/GS also live in sregs), KERNEL_GS_BASE, TSC_AUX, PAT,
 /// MISC_ENABLE, and kvm_pvm's registration. EFER is part of sregs.
-const MSRS: [u32; 14] = [
+pub(super) const MSRS: [u32; 14] = [
     0x174,       // SYSENTER_CS
     0x175,       // SYSENTER_ESP
     0x176,       // SYSENTER_EIP
@@ -167,7 +167,7 @@ pub fn restore(fd: &VcpuFd, m: &super::format::Meta) -> Result<bool, StateError>
         .any(|&(i, v)| i == MSR_PVM_REGISTER && v & 1 != 0))
 }
 
-fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError> {
+pub(super) fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError> {
     let msrs = Msrs::from_entries(entries).map_err(|_| StateError::Size("MSR list"))?;
     let set = fd
         .set_msrs(&msrs)

@@ -190,10 +190,17 @@ impl Vcpu {
     /// Whether kvm_pvm runs the guest natively (after a boot or restore);
     /// arms the watchdog that notices own page tables there.
     pub(crate) fn set_pvm_native(&mut self, on: bool) {
+        // Once per process: a pool worker sets it again for each request,
+        // confined by then (no prlimit64), with the watchdog still armed.
+        static WATCHDOG: std::sync::Once = std::sync::Once::new();
         self.pvm_native = on;
         if on {
-            pvm::arm_watchdog();
+            WATCHDOG.call_once(pvm::arm_watchdog);
         }
+    }
+
+    pub(crate) fn pvm_native(&self) -> bool {
+        self.pvm_native
     }
 
     /// The watchdog kicked a native guest: if it runs on page tables of its
