@@ -1,7 +1,8 @@
 //! `skiff serve` against the classic watchdog's model (fork+exec of
 //! `skiff run` per request), both driven by wrk (Debian's `wrk`) on
 //! loopback in the same run: echo of a 1 KiB POST at 1, 2 and 8
-//! connections; p50, p99 and requests/s. Prints a table and writes the
+//! connections; p50, p99 and requests/s (also `--fresh-process` and
+//! `--warm`). Prints a table and writes the
 //! latency plot to docs/serve-latency.svg.
 //!
 //! `cargo bench --bench serve` (needs `wrk` on PATH; SKIFF_BENCH_SECS sets
@@ -145,11 +146,11 @@ fn serve_fork_exec(c: TcpStream, kernel: &Path) {
 }
 
 /// `skiff serve` on an ephemeral port; its address once it listens.
-fn start_serve(snap: &Path, kernel: &Path, workers: usize, warm: bool) -> (Child, String) {
+fn start_serve(snap: &Path, kernel: &Path, workers: usize, flags: &[&str]) -> (Child, String) {
     let mut child = Command::new(skiff())
         .args(["serve", "--listen", "127.0.0.1:0", "--workers"])
         .arg(workers.to_string())
-        .args(warm.then_some("--warm"))
+        .args(flags)
         .args([MEM, "--restore"])
         .arg(snap)
         .arg(kernel)
@@ -178,6 +179,7 @@ fn plot(
     serve: &[Run],
     fork: &[Run],
     warm: &[Run],
+    fresh: &[Run],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -185,6 +187,7 @@ fn plot(
         .iter()
         .chain(fork)
         .chain(warm)
+        .chain(fresh)
         .map(|r| r.p99_ms)
         .fold(1.0f64, f64::max)
         * 1.3;
@@ -206,6 +209,18 @@ fn plot(
     let series = [
         ("skiff serve p50", serve, false, BLUE),
         ("skiff serve p99", serve, true, RGBColor(120, 150, 255)),
+        (
+            "serve --fresh-process p50",
+            fresh,
+            false,
+            RGBColor(0, 140, 0),
+        ),
+        (
+            "serve --fresh-process p99",
+            fresh,
+            true,
+            RGBColor(120, 200, 120),
+        ),
         ("fork+exec skiff run p50", fork, false, RED),
         (
             "fork+exec skiff run p99",
@@ -265,7 +280,7 @@ fn main() {
     )
     .unwrap();
 
-    let (mut server, addr) = start_serve(&snap, &kernel, 4, false);
+    let (mut server, addr) = start_serve(&snap, &kernel, 4, &[]);
     let fork_addr = fork_exec_server(kernel.clone());
     let serve_url = format!("http://{addr}/");
     let fork_url = format!("http://{fork_addr}/");
@@ -292,7 +307,17 @@ fn main() {
         .status()
         .unwrap();
     assert!(st.success(), "snapshot failed");
-    let (mut wserver, waddr) = start_serve(&wsnap, &wkernel, 4, true);
+    // One process and VM per request (--fresh-process).
+    let (mut fserver, faddr) = start_serve(&snap, &kernel, 4, &["--fresh-process"]);
+    let furl = format!("http://{faddr}/");
+    wrk(&furl, 1, 1, &script);
+    let fresh: Vec<Run> = CONNS
+        .iter()
+        .map(|&c| wrk(&furl, c, secs, &script))
+        .collect();
+    let _ = fserver.kill();
+    let _ = fserver.wait();
+    let (mut wserver, waddr) = start_serve(&wsnap, &wkernel, 4, &["--warm"]);
     let wurl = format!("http://{waddr}/");
     wrk(&wurl, 1, 1, &script);
     let warm: Vec<Run> = CONNS
@@ -320,6 +345,16 @@ fn main() {
             s.rps / f.rps
         );
     }
+    println!("skiff serve --fresh-process (a process and VM per request):");
+    for ((c, r), f) in CONNS.iter().zip(&fresh).zip(&fork) {
+        println!(
+            "{c:>5}  {:>7.3} / {:>7.3} {:>6.0}/s  {:>32.1}x",
+            r.p50_ms,
+            r.p99_ms,
+            r.rps,
+            r.rps / f.rps
+        );
+    }
     println!("skiff serve --warm (guests kept across requests, REQ_NEXT):");
     for (c, w) in CONNS.iter().zip(&warm) {
         println!(
@@ -328,7 +363,7 @@ fn main() {
         );
     }
     let svg = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/serve-latency.svg");
-    match plot(&svg, &serve, &fork, &warm) {
+    match plot(&svg, &serve, &fork, &warm, &fresh) {
         Ok(()) => println!("plot: {}", svg.display()),
         Err(e) => eprintln!("serve bench: cannot draw {}: {e}", svg.display()),
     }

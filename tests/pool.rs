@@ -15,11 +15,17 @@ const MEM: &str = "--mem=64";
 
 /// Waits up to 10 s for `cond`.
 fn eventually(what: &str, cond: impl Fn() -> bool) {
+    eventually_or(what, &cond, &String::new)
+}
+
+/// [`eventually`], with `state()` in the message when it never comes.
+fn eventually_or(what: &str, cond: &dyn Fn() -> bool, state: &dyn Fn() -> String) {
     let start = Instant::now();
     while !cond() {
         assert!(
             start.elapsed() < scaled(Duration::from_secs(10)),
-            "never: {what}"
+            "never: {what}\n{}",
+            state()
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -139,8 +145,17 @@ fn hangup(fresh: bool) {
     }
     caller.kill().unwrap();
     caller.wait().unwrap();
-    eventually("the busy worker's exit", || {
-        !children(pool.pid()).contains(&idle[0])
+    let what = format!("the busy worker's exit (fresh process: {fresh})");
+    eventually_or(&what, &|| !children(pool.pid()).contains(&idle[0]), &|| {
+        children(pool.pid())
+            .iter()
+            .map(|p| {
+                let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                let wchan = std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
+                format!("{p}: {stat} wchan {wchan}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     });
     assert_eq!(children(pool.pid()).len(), 1);
     let o = pool.call(b"still serving", &[]);

@@ -20,7 +20,7 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (any path).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
-    /// Guests kept ready, each for one request (at most 64).
+    /// Guests kept ready, each serving one request at a time (at most 64).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub workers: usize,
     /// Largest request body accepted; larger gets 413.

@@ -1,6 +1,7 @@
 //! `skiff serve`: an HTTP/1.1 function server where every request gets a
-//! fresh guest, restored from a snapshot (or booted cold) in its own
-//! confined process, and never reused.
+//! fresh guest, restored from a snapshot (or booted cold) in a confined
+//! worker process: rewound to the snapshot after each request, or (with
+//! `--fresh-process`) a process per request (src/pool/).
 //!
 //! Two kinds of process (see docs/serve.md for why):
 //! - the front (this process): hyper on one tokio thread; parses requests,
@@ -10,7 +11,8 @@
 //!   keeps `--workers` processes each holding a guest ready and confined
 //!   (`seccomp/pool.json`), waiting on a private unix socket. A request is
 //!   handed to one of them with its pipes and `Http_*` variables
-//!   (`guest.rs`); the worker runs the guest to its HALT and exits.
+//!   (`guest.rs`); the worker runs the guest to its HALT, then rewinds
+//!   it for the next request or exits.
 //!
 //! - `handler.rs`: one request, from head to log line
 //! - `guest.rs`: one request's worker
