@@ -139,8 +139,12 @@ fn hangup(fresh: bool) {
         // The busy worker and, as none is left waiting, its replacement.
         eventually("a replacement worker", || children(pool.pid()).len() == 2);
     } else {
-        // The worker takes the call (its guest waits for the body).
-        std::thread::sleep(Duration::from_millis(300));
+        // The worker takes the call: the caller's stdin (a pipe) becomes
+        // its fd 0, and its guest waits for the body. No worker is added.
+        eventually("the worker takes the call", || {
+            std::fs::read_link(format!("/proc/{}/fd/0", idle[0]))
+                .is_ok_and(|l| l.to_string_lossy().starts_with("pipe:"))
+        });
         assert_eq!(children(pool.pid()), idle, "a rewinding pool grew");
     }
     caller.kill().unwrap();

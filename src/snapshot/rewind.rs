@@ -33,6 +33,9 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 
+/// KVM refuses a KVM_GET/SET_MSRS of 256 MSRs or more (E2BIG).
+const MSRS_PER_CALL: usize = 128;
+
 /// kvm_pvm's registration MSR (vcpu/pvm.rs): set last, it re-registers.
 const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
 
@@ -160,7 +163,8 @@ impl Origin {
 }
 
 /// Every MSR this vCPU can read *and* have set back, with its value now:
-/// KVM's save/restore list, the MTRRs and the snapshot's list, minus the
+/// KVM's save/restore list, the MTRRs, the paravirtual range and the
+/// snapshot's list, minus the
 /// TSC (set per request) and those KVM refuses to set from the host
 /// (read-only ones, which no guest can change either). kvm_pvm's
 /// registration goes last.
@@ -170,6 +174,8 @@ fn settable_msrs(kvm: &Kvm, fd: &VcpuFd) -> Result<Vec<kvm_msr_entry>, RestoreEr
         .map(|l| l.as_slice().to_vec())
         .unwrap_or_default();
     want.extend(mtrrs());
+    // KVM's paravirtual MSRs and kvm_pvm's, where the list leaves them out.
+    want.extend(0x4b56_4d00..0x4b56_4d20);
     want.extend(super::vcpu::MSRS);
     want.sort_unstable();
     want.dedup();
@@ -197,7 +203,7 @@ fn readable(fd: &VcpuFd, mut want: Vec<u32>) -> Result<Vec<kvm_msr_entry>, State
     while !want.is_empty() {
         let chunk: Vec<kvm_msr_entry> = want
             .iter()
-            .take(kvm_bindings::KVM_MAX_MSR_ENTRIES)
+            .take(MSRS_PER_CALL)
             .map(|&index| kvm_msr_entry {
                 index,
                 ..Default::default()
@@ -215,6 +221,6 @@ fn readable(fd: &VcpuFd, mut want: Vec<u32>) -> Result<Vec<kvm_msr_entry>, State
 
 fn set_all(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError> {
     entries
-        .chunks(kvm_bindings::KVM_MAX_MSR_ENTRIES)
+        .chunks(MSRS_PER_CALL)
         .try_for_each(|chunk| super::vcpu::set_msrs(fd, chunk))
 }
