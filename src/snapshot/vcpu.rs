@@ -299,8 +299,11 @@ fn vcpu_attr(fd: &VcpuFd, nr: u64, attr: &kvm_device_attr) -> std::io::Result<()
     }
 }
 
+/// `SKIFF_TSC_BY_MSR` (any value) takes the older KVMs' way on a new one:
+/// how the tests check that way on the standard-KVM lane's Linux 6.1.
 fn has_tsc_offset(fd: &VcpuFd) -> bool {
-    vcpu_attr(fd, 0xe3, &tsc_offset_attr(0)).is_ok()
+    std::env::var_os("SKIFF_TSC_BY_MSR").is_none()
+        && vcpu_attr(fd, 0xe3, &tsc_offset_attr(0)).is_ok()
 }
 
 /// The offset KVM would add to the host's TSC, unscaled, for the guest
