@@ -66,12 +66,19 @@ pub struct Conn<'a> {
     bytes: u64,
 }
 
+/// A connection keeps its frame buffer between requests up to this size
+/// (a steady stream of large frames then costs no fresh pages); a larger
+/// one is freed after its request.
+pub const KEEP_BUFFER: usize = 16 << 20;
+
 /// Serves `s` until the client leaves, breaks the protocol, or the agent
 /// shuts the socket down.
 pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
     let mut c = Conn::new(cfg, exec);
+    let mut buf = Vec::new();
     loop {
-        let (hd, body) = match frame::read_frame(&mut s, cfg.max_frame, None, Some(BODY_TIME)) {
+        let r = frame::read_frame_into(&mut s, cfg.max_frame, None, Some(BODY_TIME), &mut buf);
+        let hd = match r {
             Ok(x) => x,
             Err(FrameError::TooBig { len, max, stream }) => {
                 // Say why before hanging up: the body is never read.
@@ -79,7 +86,7 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
                     CODE_RESOURCE_EXHAUSTED,
                     format!("frame of {len} bytes is over this agent's limit of {max}"),
                 );
-                let _ = respond(&mut s, stream, error_response(st));
+                let _ = respond(&mut s, stream, &error_response(st));
                 break;
             }
             Err(_) => break,
@@ -87,9 +94,11 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
         if hd.kind != frame::TYPE_REQUEST {
             break;
         }
-        let reply = c.handle(&body);
-        drop(body);
-        if respond(&mut s, hd.stream, reply).is_err() {
+        let reply = c.reply(&buf[..hd.len as usize]);
+        if buf.len() > KEEP_BUFFER {
+            buf = Vec::new();
+        }
+        if reply.write(&mut s, hd.stream).is_err() {
             break;
         }
     }
@@ -99,14 +108,39 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
 /// gRPC's RESOURCE_EXHAUSTED, for a frame over the limit.
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 
-fn respond(s: &mut Stream, stream: u32, body: Vec<u8>) -> std::io::Result<()> {
+fn respond(s: &mut Stream, stream: u32, body: &[u8]) -> std::io::Result<()> {
     let hd = Header {
         len: body.len() as u32,
         stream,
         kind: frame::TYPE_RESPONSE,
         flags: 0,
     };
-    frame::write_frame(s, hd, &body)
+    frame::write_frame(s, hd, body)
+}
+
+/// A response: a body, or a Genop reply encoded straight to the socket
+/// from its buffers (a large sgemm's result is not copied once more).
+pub enum Reply {
+    Body(Vec<u8>),
+    Genop(GenopResponse),
+}
+
+impl Reply {
+    fn write(&self, s: &mut Stream, stream: u32) -> std::io::Result<()> {
+        match self {
+            Reply::Body(b) => respond(s, stream, b),
+            Reply::Genop(g) => {
+                frame::write_envelope(s, stream, frame::TYPE_RESPONSE, &ok_envelope(g))
+            }
+        }
+    }
+
+    pub fn into_body(self) -> Vec<u8> {
+        match self {
+            Reply::Body(b) => b,
+            Reply::Genop(g) => reply(&g).unwrap_or_else(error_response),
+        }
+    }
 }
 
 fn parse<M: Message>(payload: &[u8]) -> Result<M, Failure> {
@@ -137,34 +171,37 @@ impl<'a> Conn<'a> {
 
     /// One request body to one response body.
     pub fn handle(&mut self, body: &[u8]) -> Vec<u8> {
-        let r = match Request::parse_from_bytes(body) {
-            Ok(req) => self.dispatch(req),
+        self.reply(body).into_body()
+    }
+
+    /// One request body to its response.
+    pub fn reply(&mut self, body: &[u8]) -> Reply {
+        // The payload is decoded from the frame itself: not copied first.
+        let r = match proto::split::<Request>(body, 3) {
+            Ok((req, p)) => self.dispatch(req, &body[p]),
             Err(e) => Err(status(
                 CODE_INVALID_ARGUMENT,
                 format!("cannot decode the request envelope: {e}"),
             )),
         };
-        r.unwrap_or_else(error_response)
+        r.unwrap_or_else(|st| Reply::Body(error_response(st)))
     }
 
-    fn dispatch(&mut self, mut req: Request) -> Result<Vec<u8>, Failure> {
-        let p = std::mem::take(&mut req.payload);
+    fn dispatch(&mut self, req: Request, p: &[u8]) -> Result<Reply, Failure> {
         if req.service != SERVICE {
             return Err(unknown(&req));
         }
-        match req.method.as_str() {
-            "CreateSession" => self.create(parse(&p)?),
-            "UpdateSession" => self.update(parse(&p)?),
-            "DestroySession" => self.destroy(parse(&p)?),
-            "RegisterResource" => self.register(parse(&p)?),
-            "UnregisterResource" => self.unregister(parse(&p)?),
-            "Genop" => {
-                drop(req);
-                self.genop(parse(&p)?)
-            }
-            "ImageClassification" => self.classify(parse(&p)?),
+        let body = match req.method.as_str() {
+            "CreateSession" => self.create(parse(p)?),
+            "UpdateSession" => self.update(parse(p)?),
+            "DestroySession" => self.destroy(parse(p)?),
+            "RegisterResource" => self.register(parse(p)?),
+            "UnregisterResource" => self.unregister(parse(p)?),
+            "Genop" => return self.genop(parse(p)?).map(Reply::Genop),
+            "ImageClassification" => self.classify(parse(p)?),
             _ => Err(unknown(&req)),
-        }
+        };
+        body.map(Reply::Body)
     }
 
     fn session(&mut self, id: i64) -> Result<&mut Session, Failure> {
@@ -324,14 +361,14 @@ impl<'a> Conn<'a> {
         Ok((hint, model))
     }
 
-    fn genop(&mut self, mut r: GenopRequest) -> Result<Vec<u8>, Failure> {
+    fn genop(&mut self, mut r: GenopRequest) -> Result<GenopResponse, Failure> {
         let (hint, model) = self.session_state(r.session_id)?;
         let mut read = self.bufs(&mut r.read_args)?;
         let write = self.bufs(&mut r.write_args)?;
         drop(r);
         self.exec_library(&mut read)?;
         let done = self.run(hint, model, read, write)?;
-        let out = GenopResponse {
+        Ok(GenopResponse {
             write_args: done
                 .write
                 .into_iter()
@@ -344,8 +381,7 @@ impl<'a> Conn<'a> {
                 })
                 .collect(),
             ..Default::default()
-        };
-        reply(&out)
+        })
     }
 
     /// Moves the client's arguments into aligned buffers, checking each

@@ -4,8 +4,8 @@
 //! later call fails at once (EIO): a lost agent never hangs the caller.
 
 use super::addr::{Address, Stream};
-use super::frame::{self, FrameError, Header};
-use super::proto;
+use super::frame::{self, FrameError};
+use super::proto::{self, Encode};
 use protobuf::Message;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -40,6 +40,8 @@ pub struct Client {
     stream: Option<Stream>,
     next: u32,
     timeout: Duration,
+    /// Reply frames, reused: large replies cost no fresh pages per call.
+    buf: Vec<u8>,
 }
 
 impl Client {
@@ -52,6 +54,7 @@ impl Client {
             stream: Some(s),
             next: 1,
             timeout,
+            buf: Vec::new(),
         })
     }
 
@@ -63,29 +66,35 @@ impl Client {
     }
 
     /// One call: `method` with `req`, the reply decoded as `R`.
-    pub fn call<R: Message>(&mut self, method: &str, req: &impl Message) -> Result<R, CallError> {
-        let body = proto::request(method, req).map_err(|e| CallError::Malformed(e.to_string()))?;
-        let len = u32::try_from(body.len())
-            .ok()
-            .filter(|&l| l <= frame::VACCEL_MAX)
-            .ok_or_else(|| CallError::Malformed(format!("request of {} bytes", body.len())))?;
+    pub fn call<R: Message>(&mut self, method: &str, req: &impl Encode) -> Result<R, CallError> {
+        let payload = self.exchange(method, req)?;
+        R::parse_from_bytes(payload).map_err(|e| CallError::Malformed(e.to_string()))
+    }
+
+    /// Sends `method` with `req` and waits for the reply: its payload (a
+    /// slice of the connection's reused receive buffer) on success.
+    fn exchange(&mut self, method: &str, req: &impl Encode) -> Result<&[u8], CallError> {
+        let env = proto::request_envelope(method, req);
+        if env.size() > u64::from(frame::VACCEL_MAX) {
+            return Err(CallError::Malformed(format!(
+                "request of {} bytes",
+                env.size()
+            )));
+        }
         let id = self.next;
         let Some(s) = self.stream.as_mut() else {
             return Err(CallError::Transport(
                 "closed after an earlier failure".into(),
             ));
         };
-        let hd = Header {
-            len,
-            stream: id,
-            kind: frame::TYPE_REQUEST,
-            flags: 0,
-        };
         let deadline = Instant::now() + self.timeout;
-        let r = frame::write_frame(s, hd, &body)
+        let r = frame::write_envelope(s, id, frame::TYPE_REQUEST, &env)
             .map_err(FrameError::from)
-            .and_then(|_| frame::read_frame(s, frame::VACCEL_MAX, Some(deadline), None));
-        let (rh, rbody) = match r {
+            .and_then(|_| {
+                let max = frame::VACCEL_MAX;
+                frame::read_frame_into(s, max, Some(deadline), None, &mut self.buf)
+            });
+        let rh = match r {
             Ok(x) => x,
             Err(e) => return Err(self.lost(e)),
         };
@@ -96,11 +105,11 @@ impl Client {
                 rh.stream, rh.kind
             )));
         }
-        let resp = match proto::Response::parse_from_bytes(&rbody) {
-            Ok(r) => r,
-            Err(e) => return Err(self.lost(format!("bad Response: {e}"))),
-        };
-        let status = resp.status.clone().unwrap_or_default();
+        let (status, payload) =
+            match proto::split::<proto::Response>(&self.buf[..rh.len as usize], 2) {
+                Ok((resp, p)) => (resp.status.into_option().unwrap_or_default(), p),
+                Err(e) => return Err(self.lost(format!("bad Response: {e}"))),
+            };
         if status.code != proto::CODE_OK {
             return Err(CallError::Status {
                 code: status.code,
@@ -108,6 +117,6 @@ impl Client {
                 message: status.message,
             });
         }
-        R::parse_from_bytes(&resp.payload).map_err(|e| CallError::Malformed(e.to_string()))
+        Ok(&self.buf[payload])
     }
 }

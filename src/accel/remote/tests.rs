@@ -101,8 +101,12 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
         c: &mut c,
         ldc: 2,
     });
-    let req = genop_request(1, &mut op);
-    assert_eq!(req.write_to_bytes().unwrap(), captured_sgemm(&a, &b));
+    let req = genop_request(1, &op);
+    // Encoded from the borrowed buffers, and as the generated message.
+    assert_eq!(proto::to_vec(&req).unwrap(), captured_sgemm(&a, &b));
+    let generated = req.to_request().write_to_bytes().unwrap();
+    assert_eq!(generated, captured_sgemm(&a, &b));
+    drop(req);
     // The reply as the agent sends it: `0a 00 12 18 [0a 16 [Arg C]]`.
     let want = [19.0f32, 22.0, 43.0, 50.0];
     let cbytes: Vec<u8> = want.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -290,4 +294,66 @@ fn the_address_follows_vaccels_order() {
         "vsock://3:4"
     );
     assert!(RemoteConfig::resolve(None, env(Some("bogus"), None), t).is_err());
+}
+
+#[test]
+fn borrowed_genops_encode_as_the_generated_message() {
+    use std::borrow::Cow;
+    let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+    let arg = |ty, custom, b: &'static [u8]| ArgRef {
+        ty,
+        custom,
+        bytes: Cow::Borrowed(b),
+    };
+    let big: &'static [u8] = big.leak();
+    for sid in [0, 1, -3, i64::MAX] {
+        let g = GenopRef {
+            session_id: sid,
+            // empty buffers, zero types and custom ids are left out, as
+            // proto3 does; a large one needs a 3-byte length
+            read: vec![arg(0, 0, b""), arg(9, 0, b"\x11"), arg(5, 77, big)],
+            write: vec![arg(18, 0, &big[..16]), arg(0, 1, b"")],
+        };
+        let generated = g.to_request().write_to_bytes().unwrap();
+        assert_eq!(proto::to_vec(&g).unwrap(), generated);
+        // Framed and streamed: the same bytes as the buffered envelope.
+        let env = request_envelope("Genop", &g);
+        let mut framed = Vec::new();
+        frame::write_envelope(&mut framed, 9, frame::TYPE_REQUEST, &env).unwrap();
+        let body = proto::request("Genop", &g.to_request()).unwrap();
+        assert_eq!(framed, frame_of(frame::TYPE_REQUEST, 9, &body));
+    }
+    // CreateSession with flags 0: no payload field at all, as captured.
+    let mut framed = Vec::new();
+    let empty = CreateSessionRequest::new();
+    let env = request_envelope("CreateSession", &empty);
+    frame::write_envelope(&mut framed, 1, frame::TYPE_REQUEST, &env).unwrap();
+    assert_eq!(framed, CREATE_REQ);
+}
+
+#[test]
+fn split_takes_the_payload_wherever_it_is() {
+    let inner = CreateSessionRequest {
+        flags: 8,
+        ..Default::default()
+    };
+    let mut body = proto::request("CreateSession", &inner).unwrap();
+    // Fields after the payload (timeout, metadata) and a second payload,
+    // which wins, as protobuf's own parser decides.
+    body.extend([0x20, 0x05, 0x2a, 0x05, 0x0a, 0x01, b'k', 0x12, 0x00]);
+    body.extend([0x1a, 0x02, 0x08, 0x09]);
+    let (req, p) = proto::split::<Request>(&body, 3).unwrap();
+    let whole = Request::parse_from_bytes(&body).unwrap();
+    assert_eq!(&body[p.clone()], &whole.payload[..]);
+    assert_eq!(&body[p], [0x08, 0x09]);
+    assert_eq!((req.service, req.method), (whole.service, whole.method));
+    assert_eq!(req.timeout_nano, 5);
+    assert_eq!(req.metadata.len(), 1);
+    assert!(req.payload.is_empty());
+    // Truncated and bad wire types are errors, not panics.
+    for n in 1..body.len() {
+        let _ = proto::split::<Request>(&body[..n], 3);
+    }
+    assert!(proto::split::<Request>(&[0x0f], 3).is_err());
+    assert!(proto::split::<Request>(&[0x1a, 0x05, 0x00], 3).is_err());
 }
