@@ -22,12 +22,51 @@ fn sgemm_over_tcp_and_unix_matches_local() {
             &["1", "1", "1"],
             &["17", "65", "3"],
             &["64", "48", "80"],
+            // Over unix, large float arrays go through the shared region
+            // (all three here; only A in the second).
+            &["200", "160", "120"],
+            &["300", "8", "300"],
         ] {
             let local = ok(&run(&["--accel=cpu"], "sgemm", dims));
             let o = run(&["--accel=remote", &remote_flag(&agent)], "sgemm", dims);
             assert_eq!(ok(&o), local, "{} {dims:?}", agent.addr);
             assert_eq!(stderr(&o), "");
         }
+    }
+}
+
+/// Forwards one unix connection at a time to `to` (a tcp agent): a unix
+/// socket whose agent does not offer skiff's shared memory, as vAccel's.
+fn unix_to_tcp(path: &std::path::Path, to: String) {
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let (Ok(c), Ok(t)) = (c, std::net::TcpStream::connect(&to)) else {
+                return;
+            };
+            let (mut c2, mut t2) = (c.try_clone().unwrap(), t.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut c2, &mut t2));
+            std::thread::spawn(move || {
+                let (mut t, mut c) = (t, c);
+                let _ = std::io::copy(&mut t, &mut c);
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+}
+
+#[test]
+fn a_unix_agent_without_shared_memory_gets_vaccels_protocol() {
+    let tmp = TempDir::new("remote-noshm");
+    let agent = Agent::tcp(&[]);
+    let sock = tmp.path().join("proxy.sock");
+    unix_to_tcp(&sock, agent.addr["tcp://".len()..].to_string());
+    let flag = format!("--accel-remote=unix://{}", sock.display());
+    for dims in [["200", "160", "120"], ["3", "5", "7"]] {
+        let local = ok(&run(&["--accel=cpu"], "sgemm", &dims));
+        let o = run(&["--accel=remote", &flag], "sgemm", &dims);
+        assert_eq!(ok(&o), local, "{dims:?}");
+        assert_eq!(stderr(&o), "");
     }
 }
 

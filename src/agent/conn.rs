@@ -9,15 +9,18 @@
 
 use super::exec::{Buf, Done, Executor, Job};
 use super::AgentConfig;
-use crate::accel::remote::addr::Stream;
+use crate::accel::remote::addr::{Address, Stream};
 use crate::accel::remote::frame::{self, FrameError, Header};
 use crate::accel::remote::proto::{self, *};
+use crate::accel::remote::shm::{self, Region};
 use crate::accel::{RESOURCES_MAX, RESOURCE_BYTES_MAX, RESOURCE_TOTAL_MAX, SESSIONS_MAX};
 use guest_abi::accel::{arg, op, PLUGIN_ALL};
 use protobuf::Message;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A body must follow its header within this time.
@@ -51,7 +54,7 @@ struct Session {
 }
 
 /// Why a request failed: the Status the client gets.
-type Failure = Status;
+pub type Failure = Status;
 
 fn ffi(errno: i32) -> Failure {
     proto::ffi_status(errno)
@@ -64,6 +67,8 @@ pub struct Conn<'a> {
     sessions: Vec<Session>,
     resources: Vec<Resource>,
     bytes: u64,
+    /// skiff's co-located fast path ([`super::shm`]), once attached.
+    region: Option<Arc<Region>>,
 }
 
 /// A connection keeps its frame buffer between requests up to this size
@@ -108,14 +113,17 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
 /// gRPC's RESOURCE_EXHAUSTED, for a frame over the limit.
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 
-fn respond(s: &mut Stream, stream: u32, body: &[u8]) -> std::io::Result<()> {
-    let hd = Header {
+fn response_header(stream: u32, body: &[u8]) -> Header {
+    Header {
         len: body.len() as u32,
         stream,
         kind: frame::TYPE_RESPONSE,
         flags: 0,
-    };
-    frame::write_frame(s, hd, body)
+    }
+}
+
+fn respond(s: &mut Stream, stream: u32, body: &[u8]) -> std::io::Result<()> {
+    frame::write_frame(s, response_header(stream, body), body)
 }
 
 /// A response: a body, or a Genop reply encoded straight to the socket
@@ -123,6 +131,8 @@ fn respond(s: &mut Stream, stream: u32, body: &[u8]) -> std::io::Result<()> {
 pub enum Reply {
     Body(Vec<u8>),
     Genop(GenopResponse),
+    /// A body sent with an fd (the shared region: SCM_RIGHTS).
+    WithFd(Vec<u8>, OwnedFd),
 }
 
 impl Reply {
@@ -132,6 +142,11 @@ impl Reply {
             Reply::Genop(g) => {
                 frame::write_envelope(s, stream, frame::TYPE_RESPONSE, &ok_envelope(g))
             }
+            Reply::WithFd(b, fd) => {
+                let mut f = Vec::with_capacity(frame::HEADER_LEN + b.len());
+                frame::write_frame(&mut f, response_header(stream, b), b)?;
+                crate::accel::remote::shm::send_with_fd(s.raw_fd(), &f, fd)
+            }
         }
     }
 
@@ -139,6 +154,7 @@ impl Reply {
         match self {
             Reply::Body(b) => b,
             Reply::Genop(g) => reply(&g).unwrap_or_else(error_response),
+            Reply::WithFd(b, _) => b,
         }
     }
 }
@@ -166,6 +182,7 @@ impl<'a> Conn<'a> {
             sessions: Vec::new(),
             resources: Vec::new(),
             bytes: 0,
+            region: None,
         }
     }
 
@@ -188,6 +205,14 @@ impl<'a> Conn<'a> {
     }
 
     fn dispatch(&mut self, req: Request, p: &[u8]) -> Result<Reply, Failure> {
+        let local = matches!(self.cfg.address, Address::Unix(_) | Address::Abstract(_));
+        if req.service == shm::SERVICE && local {
+            return match req.method.as_str() {
+                "Attach" => self.attach(parse(p)?),
+                "Genop" => self.genop(parse(p)?, true).map(Reply::Genop),
+                _ => Err(unknown(&req)),
+            };
+        }
         if req.service != SERVICE {
             return Err(unknown(&req));
         }
@@ -197,7 +222,7 @@ impl<'a> Conn<'a> {
             "DestroySession" => self.destroy(parse(p)?),
             "RegisterResource" => self.register(parse(p)?),
             "UnregisterResource" => self.unregister(parse(p)?),
-            "Genop" => return self.genop(parse(p)?).map(Reply::Genop),
+            "Genop" => return self.genop(parse(p)?, false).map(Reply::Genop),
             "ImageClassification" => self.classify(parse(p)?),
             _ => Err(unknown(&req)),
         };
@@ -361,11 +386,28 @@ impl<'a> Conn<'a> {
         Ok((hint, model))
     }
 
-    fn genop(&mut self, mut r: GenopRequest) -> Result<GenopResponse, Failure> {
+    /// skiff's SharedMemory/Attach: a fresh region for this connection
+    /// (replacing any earlier one), its fd sent with the reply.
+    fn attach(&mut self, r: ShmAttachRequest) -> Result<Reply, Failure> {
+        let (region, fd) = super::shm::attach(&r, self.cfg.max_frame)?;
+        let size = region.len() as u64;
+        self.region = Some(Arc::new(region));
+        let body = reply(&ShmAttachResponse {
+            size,
+            ..Default::default()
+        })?;
+        Ok(Reply::WithFd(body, fd))
+    }
+
+    /// vAccel's Genop; `shared`: skiff's, whose float arrays may be spans
+    /// of the connection's region.
+    fn genop(&mut self, mut r: GenopRequest, shared: bool) -> Result<GenopResponse, Failure> {
         let (hint, model) = self.session_state(r.session_id)?;
-        let mut read = self.bufs(&mut r.read_args)?;
-        let write = self.bufs(&mut r.write_args)?;
+        let region = self.region.clone().filter(|_| shared);
+        let mut read = self.bufs(&mut r.read_args, region.as_ref())?;
+        let write = self.bufs(&mut r.write_args, region.as_ref())?;
         drop(r);
+        super::shm::disjoint(&read.iter().chain(&write).collect::<Vec<_>>())?;
         self.exec_library(&mut read)?;
         let done = self.run(hint, model, read, write)?;
         Ok(GenopResponse {
@@ -376,7 +418,12 @@ impl<'a> Conn<'a> {
                     size: b.bytes().len() as u32,
                     arg_type: b.ty,
                     custom_type_id: b.custom,
-                    buf: b.into_vec(),
+                    shm_offset: b.shm_offset(),
+                    // a shared output is already in the region
+                    buf: match b.shm_offset() {
+                        Some(_) => Vec::new(),
+                        None => b.into_vec(),
+                    },
                     ..Default::default()
                 })
                 .collect(),
@@ -386,12 +433,16 @@ impl<'a> Conn<'a> {
 
     /// Moves the client's arguments into aligned buffers, checking each
     /// size against its buffer as vAccel's agent does.
-    fn bufs(&self, args: &mut [Arg]) -> Result<Vec<Buf>, Failure> {
+    fn bufs(&self, args: &mut [Arg], region: Option<&Arc<Region>>) -> Result<Vec<Buf>, Failure> {
         if args.len() > guest_abi::accel::ARGS_MAX as usize {
             return Err(ffi(libc::EINVAL));
         }
         let mut out = Vec::with_capacity(args.len());
         for a in args {
+            if let (Some(off), Some(_)) = (a.shm_offset, region) {
+                out.push(super::shm::span(a, off, region)?);
+                continue;
+            }
             if a.size as usize != a.buf.len() {
                 return Err(proto::conversion_status(&format!(
                     "argument size {} for a buffer of {} bytes",

@@ -18,6 +18,7 @@
 
 pub mod conn;
 pub mod exec;
+pub mod shm;
 
 use crate::accel::config::AccelConfig;
 use crate::accel::remote::addr::{Address, Listener, Stream};

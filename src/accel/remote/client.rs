@@ -5,8 +5,11 @@
 
 use super::addr::{Address, Stream};
 use super::frame::{self, FrameError};
-use super::proto::{self, Encode};
+use super::proto::{self, ArgRef, Encode, GenopRef, GenopResponse};
+use super::shm::{self, Region};
+use guest_abi::accel::arg;
 use protobuf::Message;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -42,6 +45,17 @@ pub struct Client {
     timeout: Duration,
     /// Reply frames, reused: large replies cost no fresh pages per call.
     buf: Vec<u8>,
+    shm: Shm,
+}
+
+/// The co-located fast path's state ([`shm`]).
+#[derive(Debug)]
+enum Shm {
+    /// A unix socket: ask the agent at the first large Genop.
+    Untried,
+    /// Not a unix socket, or the agent does not offer it (vAccel's).
+    Off,
+    On(Region),
 }
 
 impl Client {
@@ -50,11 +64,16 @@ impl Client {
     pub fn connect(addr: &Address, timeout: Duration) -> std::io::Result<Self> {
         let s = addr.connect_within(Some(timeout))?;
         s.set_timeouts(Some(timeout))?;
+        let shm = match addr {
+            Address::Unix(_) | Address::Abstract(_) => Shm::Untried,
+            _ => Shm::Off,
+        };
         Ok(Client {
             stream: Some(s),
             next: 1,
             timeout,
             buf: Vec::new(),
+            shm,
         })
     }
 
@@ -67,14 +86,89 @@ impl Client {
 
     /// One call: `method` with `req`, the reply decoded as `R`.
     pub fn call<R: Message>(&mut self, method: &str, req: &impl Encode) -> Result<R, CallError> {
-        let payload = self.exchange(method, req)?;
+        let (payload, _) = self.exchange(proto::SERVICE, method, req, false)?;
         R::parse_from_bytes(payload).map_err(|e| CallError::Malformed(e.to_string()))
     }
 
-    /// Sends `method` with `req` and waits for the reply: its payload (a
-    /// slice of the connection's reused receive buffer) on success.
-    fn exchange(&mut self, method: &str, req: &impl Encode) -> Result<&[u8], CallError> {
-        let env = proto::request_envelope(method, req);
+    /// A Genop; over a unix socket to a skiff agent, its large float
+    /// arrays go through the shared region. Returns the reply and the
+    /// region its shared write arguments are in.
+    pub fn genop(
+        &mut self,
+        req: &mut GenopRef<'_>,
+    ) -> Result<(GenopResponse, Option<&Region>), CallError> {
+        let big = |a: &ArgRef<'_>| {
+            a.bytes.len() >= shm::MIN_ARG && matches!(a.ty, arg::FLOAT32_ARRAY | arg::FLOAT64_ARRAY)
+        };
+        let lens = req.read.iter().chain(&req.write).filter(|a| big(a));
+        let (offs, need) = shm::layout(lens.map(|a| a.bytes.len()));
+        if offs.is_empty() || !self.region(need)? {
+            return Ok((self.call("Genop", req)?, None));
+        }
+        let Shm::On(region) = &self.shm else {
+            return Ok((self.call("Genop", req)?, None));
+        };
+        let args = req.read.iter_mut().chain(req.write.iter_mut());
+        for (a, off) in args.filter(|a| big(a)).zip(offs) {
+            let dst = region.slice_mut(off, a.bytes.len());
+            dst.ok_or_else(|| CallError::Malformed("shared region too small".into()))?
+                .copy_from_slice(&a.bytes);
+            a.shm = Some(off);
+        }
+        let (payload, _) = self.exchange(shm::SERVICE, "Genop", req, false)?;
+        let resp = GenopResponse::parse_from_bytes(payload);
+        let resp = resp.map_err(|e| CallError::Malformed(e.to_string()))?;
+        match &self.shm {
+            Shm::On(r) => Ok((resp, Some(r))),
+            _ => Ok((resp, None)),
+        }
+    }
+
+    /// Makes sure the shared region has `need` bytes: false if the fast
+    /// path is off (then the caller uses vAccel's protocol).
+    fn region(&mut self, need: u64) -> Result<bool, CallError> {
+        let have = match &self.shm {
+            Shm::Off => return Ok(false),
+            Shm::On(r) if r.len() as u64 >= need => return Ok(true),
+            Shm::On(r) => r.len() as u64,
+            Shm::Untried => 0,
+        };
+        let size = need.max(2 * have).next_multiple_of(1 << 20);
+        let req = proto::ShmAttachRequest {
+            size,
+            ..Default::default()
+        };
+        let r = self.exchange(shm::SERVICE, "Attach", &req, true);
+        let (payload, fd) = match r {
+            Ok(x) => x,
+            // A vAccel agent: "does not exist"; or the agent refused the
+            // size. Either way, the wire protocol serves.
+            Err(CallError::Status { .. }) => {
+                self.shm = Shm::Off;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let got = proto::ShmAttachResponse::parse_from_bytes(payload).map(|r| r.size);
+        let region = match (got, fd) {
+            (Ok(n), Some(fd)) if n >= need => Region::map(&fd, n as usize, true).ok(),
+            _ => None,
+        };
+        self.shm = region.map_or(Shm::Off, Shm::On);
+        Ok(matches!(self.shm, Shm::On(_)))
+    }
+
+    /// Sends `method` of `service` with `req` and waits for the reply: its
+    /// payload (a slice of the connection's reused receive buffer) on
+    /// success, and the fd that came with it when `want_fd`.
+    fn exchange(
+        &mut self,
+        service: &str,
+        method: &str,
+        req: &impl Encode,
+        want_fd: bool,
+    ) -> Result<(&[u8], Option<OwnedFd>), CallError> {
+        let env = proto::service_envelope(service, method, req);
         if env.size() > u64::from(frame::VACCEL_MAX) {
             return Err(CallError::Malformed(format!(
                 "request of {} bytes",
@@ -88,9 +182,13 @@ impl Client {
             ));
         };
         let deadline = Instant::now() + self.timeout;
+        let mut fd = None;
         let r = frame::write_envelope(s, id, frame::TYPE_REQUEST, &env)
             .map_err(FrameError::from)
             .and_then(|_| {
+                if want_fd {
+                    fd = peek_fd(s, self.timeout)?;
+                }
                 let max = frame::VACCEL_MAX;
                 frame::read_frame_into(s, max, Some(deadline), None, &mut self.buf)
             });
@@ -117,6 +215,19 @@ impl Client {
                 message: status.message,
             });
         }
-        Ok(&self.buf[payload])
+        Ok((&self.buf[payload], fd))
+    }
+}
+
+/// Waits (at most `t`) for the reply's first byte and takes the fd sent
+/// with it (SCM_RIGHTS), leaving the bytes to be read as usual.
+fn peek_fd(s: &Stream, t: Duration) -> Result<Option<OwnedFd>, FrameError> {
+    s.set_timeouts(Some(t))?;
+    let mut one = [0u8; 1];
+    match shm::recv_with_fd(s.raw_fd(), &mut one, libc::MSG_PEEK) {
+        Ok((0, _)) => Err(FrameError::Closed),
+        Ok((_, fd)) => Ok(fd),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => Err(FrameError::TimedOut),
+        Err(e) => Err(e.into()),
     }
 }

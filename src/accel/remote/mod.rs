@@ -18,6 +18,7 @@ pub mod addr;
 pub mod client;
 pub mod frame;
 pub mod proto;
+pub mod shm;
 
 use super::ops::{Exec, MinMax, Op, Sgemm};
 use super::plugins::{Plugin, PluginError, Unavailable};
@@ -180,8 +181,8 @@ impl Remote {
     }
 
     fn genop(&mut self, sid: i64, op: &mut Op<'_>) -> Result<(), CallError> {
-        let resp: proto::GenopResponse = self.client.call("Genop", &genop_request(sid, op))?;
-        write_back(&resp, op)
+        let (resp, region) = self.client.genop(&mut genop_request(sid, op))?;
+        write_back(&resp, region, op)
     }
 
     fn failed(&mut self, e: CallError) -> PluginError {
@@ -258,9 +259,14 @@ pub fn genop_request<'a>(sid: i64, op: &'a Op<'_>) -> GenopRef<'a> {
     req
 }
 
-/// Copies a Genop reply's write arguments into the op's outputs, after
-/// checking that every one has exactly its output's size.
-pub fn write_back(resp: &proto::GenopResponse, op: &mut Op<'_>) -> Result<(), CallError> {
+/// Copies a Genop reply's write arguments into the op's outputs (from the
+/// shared region for those that name it), after checking that every one
+/// has exactly its output's size.
+pub fn write_back(
+    resp: &proto::GenopResponse,
+    region: Option<&shm::Region>,
+    op: &mut Op<'_>,
+) -> Result<(), CallError> {
     let mut outs: Vec<&mut [u8]> = Vec::new();
     match op {
         Op::Noop => {}
@@ -284,20 +290,28 @@ pub fn write_back(resp: &proto::GenopResponse, op: &mut Op<'_>) -> Result<(), Ca
         )));
     }
     // Check every size before writing any guest buffer.
-    if let Some((got, want)) = resp
-        .write_args
-        .iter()
-        .zip(&outs)
-        .find(|(a, o)| a.buf.len() != o.len())
-    {
-        return Err(CallError::Malformed(format!(
-            "a write argument of {} bytes for {}",
-            got.buf.len(),
-            want.len()
-        )));
+    let mut srcs = Vec::with_capacity(outs.len());
+    for (a, o) in resp.write_args.iter().zip(&outs) {
+        let src = match a.shm_offset {
+            None => Some(&a.buf[..]),
+            Some(off) if a.buf.is_empty() && a.size as usize == o.len() => {
+                region.and_then(|r| r.slice(off, o.len()))
+            }
+            Some(_) => None,
+        };
+        match src {
+            Some(b) if b.len() == o.len() => srcs.push(b),
+            _ => {
+                return Err(CallError::Malformed(format!(
+                    "a write argument of {} bytes for {}",
+                    a.size,
+                    o.len()
+                )))
+            }
+        }
     }
-    for (a, o) in resp.write_args.iter().zip(outs) {
-        o.copy_from_slice(&a.buf);
+    for (src, o) in srcs.into_iter().zip(outs) {
+        o.copy_from_slice(src);
     }
     Ok(())
 }
@@ -323,6 +337,7 @@ fn borrowed(ty: u32, custom: u32, b: &[u8]) -> ArgRef<'_> {
         ty,
         custom,
         bytes: Cow::Borrowed(b),
+        shm: None,
     }
 }
 
@@ -331,6 +346,7 @@ fn owned(ty: u32, b: Vec<u8>) -> ArgRef<'static> {
         ty,
         custom: 0,
         bytes: Cow::Owned(b),
+        shm: None,
     }
 }
 

@@ -101,8 +101,18 @@ pub fn request_envelope<'a, I: Encode + ?Sized>(
     method: &str,
     inner: &'a I,
 ) -> Envelope<'a, Request, I> {
+    service_envelope(SERVICE, method, inner)
+}
+
+/// A Request envelope for another service's method (skiff's
+/// SharedMemory: [`super::shm`]).
+pub fn service_envelope<'a, I: Encode + ?Sized>(
+    service: &str,
+    method: &str,
+    inner: &'a I,
+) -> Envelope<'a, Request, I> {
     let r = Request {
-        service: SERVICE.into(),
+        service: service.into(),
         method: method.into(),
         ..Default::default()
     };
@@ -164,6 +174,9 @@ pub struct ArgRef<'a> {
     pub ty: u32,
     pub custom: u32,
     pub bytes: std::borrow::Cow<'a, [u8]>,
+    /// Sent through the shared region at this offset instead of inline
+    /// (skiff's SharedMemory service: [`super::shm`]).
+    pub shm: Option<u64>,
 }
 
 impl ArgRef<'_> {
@@ -172,7 +185,7 @@ impl ArgRef<'_> {
         let b = &self.bytes;
         let len = b.len() as u32;
         let mut n = 0;
-        if !b.is_empty() {
+        if !b.is_empty() && self.shm.is_none() {
             n += protobuf::rt::bytes_size(1, b);
         }
         for (f, v) in [(2, len), (3, self.ty), (4, self.custom)] {
@@ -180,11 +193,14 @@ impl ArgRef<'_> {
                 n += protobuf::rt::uint32_size(f, v);
             }
         }
+        if let Some(o) = self.shm {
+            n += protobuf::rt::uint64_size(15, o);
+        }
         n
     }
 
     fn encode(&self, os: &mut CodedOutputStream<'_>) -> protobuf::Result<()> {
-        if !self.bytes.is_empty() {
+        if !self.bytes.is_empty() && self.shm.is_none() {
             os.write_bytes(1, &self.bytes)?;
         }
         for (f, v) in [(2, self.bytes.len() as u32), (3, self.ty), (4, self.custom)] {
@@ -192,13 +208,20 @@ impl ArgRef<'_> {
                 os.write_uint32(f, v)?;
             }
         }
+        if let Some(o) = self.shm {
+            os.write_uint64(15, o)?;
+        }
         Ok(())
     }
 
     /// The generated message, copying the bytes.
     pub fn to_arg(&self) -> Arg {
         Arg {
-            buf: self.bytes.to_vec(),
+            buf: match self.shm {
+                None => self.bytes.to_vec(),
+                Some(_) => Vec::new(),
+            },
+            shm_offset: self.shm,
             size: self.bytes.len() as u32,
             arg_type: self.ty,
             custom_type_id: self.custom,

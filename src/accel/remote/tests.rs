@@ -124,7 +124,7 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
     expect.extend(&cbytes);
     expect.extend([0x10, 0x10, 0x18, 0x12]);
     assert_eq!(body, expect);
-    write_back(&resp, &mut op).unwrap();
+    write_back(&resp, None, &mut op).unwrap();
     let _ = op;
     assert_eq!(c, want);
 }
@@ -154,7 +154,7 @@ fn a_reply_of_the_wrong_size_writes_nothing() {
         }],
         ..Default::default()
     };
-    let e = write_back(&resp, &mut op).unwrap_err();
+    let e = write_back(&resp, None, &mut op).unwrap_err();
     assert_eq!(e.errno(), libc::EPROTO);
     let _ = op;
     assert_eq!(c, [7.0; 4]);
@@ -304,6 +304,7 @@ fn borrowed_genops_encode_as_the_generated_message() {
         ty,
         custom,
         bytes: Cow::Borrowed(b),
+        shm: None,
     };
     let big: &'static [u8] = big.leak();
     for sid in [0, 1, -3, i64::MAX] {
