@@ -5,11 +5,16 @@
 
 use super::addr::{Address, Stream};
 use super::frame::{self, FrameError};
-use super::proto::{self, ArgRef, Encode, GenopRef, GenopResponse};
+use super::proto::{self, Arg, ArgRef, Encode, GenopRef};
 use super::shm::{self, Region};
 use guest_abi::accel::arg;
 use protobuf::Message;
+use std::ops::Range;
 use std::os::fd::OwnedFd;
+
+/// A Genop reply: its write arguments with their bytes (borrowed from the
+/// reply frame), and the shared region when the call went through it.
+pub type GenopReply<'a> = (Vec<(Arg, &'a [u8])>, Option<&'a Region>);
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -87,41 +92,41 @@ impl Client {
     /// One call: `method` with `req`, the reply decoded as `R`.
     pub fn call<R: Message>(&mut self, method: &str, req: &impl Encode) -> Result<R, CallError> {
         let (payload, _) = self.exchange(proto::SERVICE, method, req, false)?;
-        R::parse_from_bytes(payload).map_err(|e| CallError::Malformed(e.to_string()))
+        R::parse_from_bytes(&self.buf[payload]).map_err(|e| CallError::Malformed(e.to_string()))
     }
 
     /// A Genop; over a unix socket to a skiff agent, its large float
-    /// arrays go through the shared region. Returns the reply and the
-    /// region its shared write arguments are in.
-    pub fn genop(
-        &mut self,
-        req: &mut GenopRef<'_>,
-    ) -> Result<(GenopResponse, Option<&Region>), CallError> {
+    /// arrays go through the shared region. Returns the reply's write
+    /// arguments (their buffers borrowed from the reply frame) and the
+    /// region its shared ones are in.
+    pub fn genop(&mut self, req: &mut GenopRef<'_>) -> Result<GenopReply<'_>, CallError> {
         let big = |a: &ArgRef<'_>| {
             a.bytes.len() >= shm::MIN_ARG && matches!(a.ty, arg::FLOAT32_ARRAY | arg::FLOAT64_ARRAY)
         };
         let lens = req.read.iter().chain(&req.write).filter(|a| big(a));
         let (offs, need) = shm::layout(lens.map(|a| a.bytes.len()));
-        if offs.is_empty() || !self.region(need)? {
-            return Ok((self.call("Genop", req)?, None));
-        }
-        let Shm::On(region) = &self.shm else {
-            return Ok((self.call("Genop", req)?, None));
+        let shared = !offs.is_empty() && self.region(need)?;
+        let service = match &self.shm {
+            Shm::On(region) if shared => {
+                let args = req.read.iter_mut().chain(req.write.iter_mut());
+                for (a, off) in args.filter(|a| big(a)).zip(offs) {
+                    let dst = region.slice_mut(off, a.bytes.len());
+                    dst.ok_or_else(|| CallError::Malformed("shared region too small".into()))?
+                        .copy_from_slice(&a.bytes);
+                    a.shm = Some(off);
+                }
+                shm::SERVICE
+            }
+            _ => proto::SERVICE,
         };
-        let args = req.read.iter_mut().chain(req.write.iter_mut());
-        for (a, off) in args.filter(|a| big(a)).zip(offs) {
-            let dst = region.slice_mut(off, a.bytes.len());
-            dst.ok_or_else(|| CallError::Malformed("shared region too small".into()))?
-                .copy_from_slice(&a.bytes);
-            a.shm = Some(off);
-        }
-        let (payload, _) = self.exchange(shm::SERVICE, "Genop", req, false)?;
-        let resp = GenopResponse::parse_from_bytes(payload);
-        let resp = resp.map_err(|e| CallError::Malformed(e.to_string()))?;
-        match &self.shm {
-            Shm::On(r) => Ok((resp, Some(r))),
-            _ => Ok((resp, None)),
-        }
+        let (payload, _) = self.exchange(service, "Genop", req, false)?;
+        let args = proto::reply_args(&self.buf[payload]);
+        let args = args.map_err(|e| CallError::Malformed(e.to_string()))?;
+        let region = match &self.shm {
+            Shm::On(r) if shared => Some(r),
+            _ => None,
+        };
+        Ok((args, region))
     }
 
     /// Makes sure the shared region has `need` bytes: false if the fast
@@ -149,7 +154,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         };
-        let got = proto::ShmAttachResponse::parse_from_bytes(payload).map(|r| r.size);
+        let got = proto::ShmAttachResponse::parse_from_bytes(&self.buf[payload]).map(|r| r.size);
         let region = match (got, fd) {
             (Ok(n), Some(fd)) if n >= need => Region::map(&fd, n as usize, true).ok(),
             _ => None,
@@ -158,16 +163,16 @@ impl Client {
         Ok(matches!(self.shm, Shm::On(_)))
     }
 
-    /// Sends `method` of `service` with `req` and waits for the reply: its
-    /// payload (a slice of the connection's reused receive buffer) on
-    /// success, and the fd that came with it when `want_fd`.
+    /// Sends `method` of `service` with `req` and waits for the reply: the
+    /// place of its payload in `self.buf` (the connection's reused receive
+    /// buffer) on success, and the fd that came with it when `want_fd`.
     fn exchange(
         &mut self,
         service: &str,
         method: &str,
         req: &impl Encode,
         want_fd: bool,
-    ) -> Result<(&[u8], Option<OwnedFd>), CallError> {
+    ) -> Result<(Range<usize>, Option<OwnedFd>), CallError> {
         let env = proto::service_envelope(service, method, req);
         if env.size() > u64::from(frame::VACCEL_MAX) {
             return Err(CallError::Malformed(format!(
@@ -215,7 +220,7 @@ impl Client {
                 message: status.message,
             });
         }
-        Ok((&self.buf[payload], fd))
+        Ok((payload, fd))
     }
 }
 

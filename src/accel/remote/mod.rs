@@ -181,8 +181,8 @@ impl Remote {
     }
 
     fn genop(&mut self, sid: i64, op: &mut Op<'_>) -> Result<(), CallError> {
-        let (resp, region) = self.client.genop(&mut genop_request(sid, op))?;
-        write_back(&resp, region, op)
+        let (args, region) = self.client.genop(&mut genop_request(sid, op))?;
+        write_back(&args, region, op)
     }
 
     fn failed(&mut self, e: CallError) -> PluginError {
@@ -263,7 +263,7 @@ pub fn genop_request<'a>(sid: i64, op: &'a Op<'_>) -> GenopRef<'a> {
 /// shared region for those that name it), after checking that every one
 /// has exactly its output's size.
 pub fn write_back(
-    resp: &proto::GenopResponse,
+    args: &[(proto::Arg, &[u8])],
     region: Option<&shm::Region>,
     op: &mut Op<'_>,
 ) -> Result<(), CallError> {
@@ -282,19 +282,19 @@ pub fn write_back(
             outs.push(c.text);
         }
     }
-    if resp.write_args.len() != outs.len() {
+    if args.len() != outs.len() {
         return Err(CallError::Malformed(format!(
             "{} write arguments for {}",
-            resp.write_args.len(),
+            args.len(),
             outs.len()
         )));
     }
     // Check every size before writing any guest buffer.
     let mut srcs = Vec::with_capacity(outs.len());
-    for (a, o) in resp.write_args.iter().zip(&outs) {
+    for ((a, buf), o) in args.iter().zip(&outs) {
         let src = match a.shm_offset {
-            None => Some(&a.buf[..]),
-            Some(off) if a.buf.is_empty() && a.size as usize == o.len() => {
+            None => Some(*buf),
+            Some(off) if buf.is_empty() && a.size as usize == o.len() => {
                 region.and_then(|r| r.slice(off, o.len()))
             }
             Some(_) => None,

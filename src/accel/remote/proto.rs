@@ -8,6 +8,7 @@ mod generated {
 pub use generated::vaccel_agent::*;
 use protobuf::rt::WireType;
 use protobuf::{CodedInputStream, CodedOutputStream, Message, MessageField};
+use std::ops::Range;
 
 /// The sync agent's service name (async builds use another: they and
 /// sync peers cannot talk).
@@ -142,29 +143,56 @@ pub fn ok_response(inner: &impl Message) -> protobuf::Result<Vec<u8>> {
 /// Decodes an envelope `M` from `body`, except its bytes field `field`
 /// (the payload), whose place in `body` is returned: the payload is
 /// parsed once, from the frame, instead of first being copied out of it.
-pub fn split<M: Message>(body: &[u8], field: u32) -> protobuf::Result<(M, std::ops::Range<usize>)> {
+pub fn split<M: Message>(body: &[u8], field: u32) -> protobuf::Result<(M, Range<usize>)> {
     let mut is = CodedInputStream::from_bytes(body);
     let mut rest = Vec::new();
     let mut payload = 0..0;
-    loop {
-        let start = is.pos() as usize;
-        let Some(tag) = is.read_raw_tag_or_eof()? else {
-            break;
-        };
-        let wt = WireType::new(tag & 7)
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad wire type"))?;
-        if tag >> 3 == field && wt == WireType::LengthDelimited {
-            let n = is.read_raw_varint32()?;
-            let at = is.pos() as usize;
-            is.skip_raw_bytes(n)?;
+    while let Some((f, whole, content)) = next_field(&mut is)? {
+        match content {
             // As protobuf's own parser: the last occurrence wins.
-            payload = at..at + n as usize;
-        } else {
-            is.skip_field(wt)?;
-            rest.extend_from_slice(&body[start..is.pos() as usize]);
+            Some(c) if f == field => payload = c,
+            _ => rest.extend_from_slice(&body[whole]),
         }
     }
     Ok((M::parse_from_bytes(&rest)?, payload))
+}
+
+/// A Genop reply's write arguments, each with its buffer borrowed from
+/// `payload` (not copied: it is copied once, into the guest).
+pub fn reply_args(payload: &[u8]) -> protobuf::Result<Vec<(Arg, &[u8])>> {
+    let mut is = CodedInputStream::from_bytes(payload);
+    let mut out = Vec::new();
+    while let Some((f, _, content)) = next_field(&mut is)? {
+        if let (1, Some(c)) = (f, content) {
+            let m = &payload[c];
+            let (arg, buf) = split::<Arg>(m, 1)?;
+            out.push((arg, &m[buf]));
+        }
+    }
+    Ok(out)
+}
+
+/// The next field from `is`: its number, the place of its whole encoding,
+/// and for a length-delimited field the place of its contents.
+type Field = (u32, Range<usize>, Option<Range<usize>>);
+
+fn next_field(is: &mut CodedInputStream<'_>) -> protobuf::Result<Option<Field>> {
+    let start = is.pos() as usize;
+    let Some(tag) = is.read_raw_tag_or_eof()? else {
+        return Ok(None);
+    };
+    let wt = WireType::new(tag & 7)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad wire type"))?;
+    let content = if wt == WireType::LengthDelimited {
+        let n = is.read_raw_varint32()?;
+        let at = is.pos() as usize;
+        is.skip_raw_bytes(n)?;
+        Some(at..at + n as usize)
+    } else {
+        is.skip_field(wt)?;
+        None
+    };
+    Ok(Some((tag >> 3, start..is.pos() as usize, content)))
 }
 
 /// An argument borrowed from the caller (a guest's checked buffer), or a

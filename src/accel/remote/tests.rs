@@ -124,7 +124,12 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
     expect.extend(&cbytes);
     expect.extend([0x10, 0x10, 0x18, 0x12]);
     assert_eq!(body, expect);
-    write_back(&resp, None, &mut op).unwrap();
+    write_back(
+        &reply_args(&resp.write_to_bytes().unwrap()).unwrap(),
+        None,
+        &mut op,
+    )
+    .unwrap();
     let _ = op;
     assert_eq!(c, want);
 }
@@ -154,7 +159,12 @@ fn a_reply_of_the_wrong_size_writes_nothing() {
         }],
         ..Default::default()
     };
-    let e = write_back(&resp, None, &mut op).unwrap_err();
+    let e = write_back(
+        &reply_args(&resp.write_to_bytes().unwrap()).unwrap(),
+        None,
+        &mut op,
+    )
+    .unwrap_err();
     assert_eq!(e.errno(), libc::EPROTO);
     let _ = op;
     assert_eq!(c, [7.0; 4]);
@@ -357,4 +367,36 @@ fn split_takes_the_payload_wherever_it_is() {
     }
     assert!(proto::split::<Request>(&[0x0f], 3).is_err());
     assert!(proto::split::<Request>(&[0x1a, 0x05, 0x00], 3).is_err());
+}
+
+#[test]
+fn reply_args_borrow_what_the_generated_parser_copies() {
+    let arg = |buf: &[u8], ty, shm| Arg {
+        buf: buf.to_vec(),
+        size: buf.len() as u32,
+        arg_type: ty,
+        shm_offset: shm,
+        ..Default::default()
+    };
+    let resp = GenopResponse {
+        write_args: vec![
+            arg(b"abc", 12, None),
+            arg(b"", 18, Some(64)),
+            arg(&[7; 300], 0, None),
+        ],
+        ..Default::default()
+    };
+    let bytes = resp.write_to_bytes().unwrap();
+    let got = reply_args(&bytes).unwrap();
+    assert_eq!(got.len(), 3);
+    for ((a, buf), want) in got.iter().zip(&resp.write_args) {
+        assert_eq!(*buf, &want.buf[..]);
+        assert_eq!(
+            (a.size, a.arg_type, a.shm_offset),
+            (want.size, want.arg_type, want.shm_offset)
+        );
+    }
+    for n in 0..bytes.len() {
+        let _ = reply_args(&bytes[..n]); // truncated: an error or fewer args, never a panic
+    }
 }
