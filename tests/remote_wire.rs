@@ -481,13 +481,16 @@ fn shared_memory_is_skiffs_own_checked_and_only_over_unix() {
     assert_eq!(st.code, 0, "{}", st.message);
     drop(region);
 
-    // Over tcp the service does not exist, as on vAccel's agent.
-    let agent = Agent::tcp(&[]);
-    let mut c = agent.connect();
-    let (st, region) = c.attach(1 << 20);
-    assert!(region.is_none());
-    assert_eq!(
-        (st.code, st.message.as_str()),
-        (3, "/skiff.agent.SharedMemory/Attach does not exist")
-    );
+    // Over tcp, or where the operator turned it off, the service does
+    // not exist, as on vAccel's agent.
+    let off = format!("unix://@skiff-remote-noshm-{}", std::process::id());
+    for agent in [Agent::tcp(&[]), Agent::start(&off, &["--no-shared-memory"])] {
+        let mut c = agent.connect();
+        let (st, region) = c.attach(1 << 20);
+        assert!(region.is_none());
+        assert_eq!(
+            (st.code, st.message.as_str()),
+            (3, "/skiff.agent.SharedMemory/Attach does not exist")
+        );
+    }
 }

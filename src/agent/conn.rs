@@ -206,7 +206,7 @@ impl<'a> Conn<'a> {
 
     fn dispatch(&mut self, req: Request, p: &[u8]) -> Result<Reply, Failure> {
         let local = matches!(self.cfg.address, Address::Unix(_) | Address::Abstract(_));
-        if req.service == shm::SERVICE && local {
+        if req.service == shm::SERVICE && local && self.cfg.shared_memory {
             return match req.method.as_str() {
                 "Attach" => self.attach(parse(p)?),
                 "Genop" => self.genop(parse(p)?, true).map(Reply::Genop),

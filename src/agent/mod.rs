@@ -35,6 +35,8 @@ pub struct AgentConfig {
     /// Largest frame body accepted, bytes.
     pub max_frame: u32,
     pub max_connections: usize,
+    /// Offer skiff's shared-memory fast path on unix sockets ([`shm`]).
+    pub shared_memory: bool,
 }
 
 #[derive(Debug, Error)]
