@@ -85,7 +85,9 @@ impl Region {
         }
         // SAFETY: F_GET_SEALS on a valid fd.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        if len == 0 || (st.st_size as u64) < len as u64 || seals & libc::F_SEAL_SHRINK == 0 {
+        // (-1: a file that cannot be sealed at all, i.e. not a memfd)
+        let sealed = seals >= 0 && seals & libc::F_SEAL_SHRINK != 0;
+        if len == 0 || (st.st_size as u64) < len as u64 || !sealed {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "shared memory smaller than announced, or not sealed",

@@ -400,3 +400,32 @@ fn reply_args_borrow_what_the_generated_parser_copies() {
         let _ = reply_args(&bytes[..n]); // truncated: an error or fewer args, never a panic
     }
 }
+
+#[test]
+fn only_a_sealed_memfd_large_enough_is_mapped() {
+    use super::shm::Region;
+    let (r, fd) = Region::create(8192, false).unwrap();
+    assert_eq!(r.len(), 8192);
+    assert!(r.slice(8192 - 64, 64).is_some());
+    assert!(r.slice(8192 - 63, 64).is_none());
+    assert!(r.slice(u64::MAX, 1).is_none());
+    assert!(Region::map(&fd, 8192, true).is_ok());
+    assert!(
+        Region::map(&fd, 8193, false).is_err(),
+        "larger than the file"
+    );
+    assert!(Region::map(&fd, 0, false).is_err());
+    // A file that cannot be sealed (not a memfd) is refused.
+    let f = std::fs::File::open("/proc/self/exe").unwrap();
+    let fd = std::os::fd::OwnedFd::from(f);
+    assert!(Region::map(&fd, 4096, false).is_err());
+    // An unsealed memfd too.
+    // SAFETY: memfd_create with a static name; owned at once.
+    let raw = unsafe { libc::memfd_create(c"skiff-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: a fresh fd nobody else owns.
+    let m = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ftruncate on our own memfd.
+    assert_eq!(unsafe { libc::ftruncate(raw, 4096) }, 0);
+    assert!(Region::map(&m, 4096, false).is_err());
+}
