@@ -89,11 +89,19 @@ fn fill<S: Timed + ?Sized>(
     deadline: Option<Instant>,
 ) -> Result<bool, FrameError> {
     let mut got = 0;
+    // The socket timeout set last: re-set (a syscall) only when the time
+    // left has shrunk well below it, not before every read of a large
+    // body; a read then overshoots the deadline by at most SLACK.
+    const SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+    let mut set: Option<std::time::Duration> = None;
     while got < buf.len() {
         if let Some(d) = deadline {
             let left = d.checked_duration_since(Instant::now());
             let left = left.filter(|l| !l.is_zero()).ok_or(FrameError::TimedOut)?;
-            s.set_read_timeout(Some(left))?;
+            if set.is_none_or(|t| left + SLACK < t) {
+                s.set_read_timeout(Some(left))?;
+                set = Some(left);
+            }
         }
         match s.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
