@@ -472,14 +472,27 @@ fn shared_memory_is_skiffs_own_checked_and_only_over_unix() {
         "{}",
         st.message
     );
-    // Still serving.
+    // Still serving; a second Attach replaces the region (a larger one).
     let (st, _) = c.call_in(
         SHM,
         "Genop",
         &shm_sgemm(sid, [Some(0), Some(64), Some(128)], 0x12),
     );
     assert_eq!(st.code, 0, "{}", st.message);
-    drop(region);
+    let (st, bigger) = c.attach(8192);
+    assert_eq!(st.code, 0, "{}", st.message);
+    let bigger = bigger.expect("the new region's fd");
+    assert_eq!(bigger.len(), 8192);
+    bigger
+        .slice_mut(4096, 64)
+        .unwrap()
+        .copy_from_slice(&f(&ident));
+    bigger.slice_mut(4160, 64).unwrap().copy_from_slice(&f(&b));
+    let offs = [Some(4096), Some(4160), Some(4224)];
+    let (st, _) = c.call_in(SHM, "Genop", &shm_sgemm(sid, offs, 0x12));
+    assert_eq!(st.code, 0, "{}", st.message);
+    assert_eq!(bigger.slice(4224, 64).unwrap(), &f(&b)[..]);
+    drop((region, bigger));
 
     // Over tcp, or where the operator turned it off, the service does
     // not exist, as on vAccel's agent.

@@ -147,9 +147,12 @@ impl Client {
         let (payload, fd) = match r {
             Ok(x) => x,
             // A vAccel agent: "does not exist"; or the agent refused the
-            // size. Either way, the wire protocol serves.
+            // size (over its frame limit): the wire protocol serves this
+            // call, and a region it already gave keeps serving smaller ones.
             Err(CallError::Status { .. }) => {
-                self.shm = Shm::Off;
+                if have == 0 {
+                    self.shm = Shm::Off;
+                }
                 return Ok(false);
             }
             Err(e) => return Err(e),
