@@ -24,9 +24,9 @@ fn root() -> PathBuf {
 struct Agent(Child, String);
 
 impl Agent {
-    fn start(addr: &str, model: Option<&PathBuf>) -> Agent {
+    fn start(addr: &str, model: Option<&PathBuf>, flags: &[&str]) -> Agent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
-        cmd.args(["agent", "-a", addr, "--accel=cpu"]);
+        cmd.args(["agent", "-a", addr, "--accel=cpu"]).args(flags);
         if let Some(m) = model {
             cmd.arg(format!("--accel-model=imagenet={}", m.display()));
         }
@@ -48,6 +48,9 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if let Some(p) = self.1.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -123,14 +126,27 @@ fn main() {
     let have_model = model.exists();
     let sock = std::env::temp_dir().join(format!("skiff-bench-remote-{}.sock", std::process::id()));
     let m = have_model.then_some(&model);
-    let tcp = Agent::start("tcp://127.0.0.1:0", m);
-    let unix = Agent::start(&format!("unix://{}", sock.display()), m);
-    let setups: [(&str, Option<&Agent>); 3] =
-        [("local", None), ("tcp", Some(&tcp)), ("unix", Some(&unix))];
+    let sock2 = sock.with_extension("vaccel.sock");
+    let tcp = Agent::start("tcp://127.0.0.1:0", m, &[]);
+    let unix = Agent::start(&format!("unix://{}", sock.display()), m, &[]);
+    // vAccel's protocol over unix: what a vAccel agent there would allow.
+    let unix_wire = Agent::start(
+        &format!("unix://{}", sock2.display()),
+        m,
+        &["--no-shared-memory"],
+    );
+    let setups: [(&str, Option<&Agent>); 4] = [
+        ("local", None),
+        ("tcp", Some(&tcp)),
+        ("unix", Some(&unix)),
+        ("unix-w", Some(&unix_wire)),
+    ];
     println!(
         "remote: skiff agent (cpu plugin) vs local --accel=cpu; the guests time their own calls"
     );
-    println!("(best of {rounds} rounds; overhead vs local from the fastest call)");
+    println!("(best of {rounds} rounds; overhead vs local from the fastest call;");
+    println!(" unix: skiff to skiff, large arrays through shared memory;");
+    println!(" unix-w: vAccel's wire protocol over unix, as with a vAccel agent)");
 
     let noops = if quick { "10" } else { "20000" };
     println!("NOOP round trip ({noops} calls):");
@@ -199,6 +215,4 @@ fn main() {
             (mean - base) / base * 100.0
         );
     }
-    drop(unix);
-    let _ = std::fs::remove_file(&sock);
 }

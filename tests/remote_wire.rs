@@ -352,3 +352,158 @@ fn the_agent_serves_under_its_seccomp_filter() {
     let (st, err) = agent.stop(libc::SIGTERM);
     assert_eq!(st.code(), Some(128 + libc::SIGTERM), "{err}");
 }
+
+/// An sgemm Genop (m = n = k = 4, alpha 1, beta 0) whose A, B and C are
+/// at `offs` of the shared region (`None`: inline, zeroed).
+fn shm_sgemm(sid: i64, offs: [Option<u64>; 3], ty: u32) -> GenopRequest {
+    let int = |v: i64| Arg {
+        buf: v.to_le_bytes().to_vec(),
+        size: 8,
+        arg_type: 7,
+        ..Default::default()
+    };
+    let f32a = |v: f32| Arg {
+        buf: v.to_le_bytes().to_vec(),
+        size: 4,
+        arg_type: 0x11,
+        ..Default::default()
+    };
+    let mat = |off: Option<u64>| Arg {
+        buf: if off.is_some() { vec![] } else { vec![0; 64] },
+        size: 64,
+        arg_type: ty,
+        shm_offset: off,
+        ..Default::default()
+    };
+    let op = Arg {
+        buf: vec![17],
+        size: 1,
+        arg_type: 9,
+        ..Default::default()
+    };
+    GenopRequest {
+        session_id: sid,
+        read_args: vec![
+            op,
+            int(4),
+            int(4),
+            int(4),
+            f32a(1.0),
+            mat(offs[0]),
+            int(4),
+            mat(offs[1]),
+            int(4),
+            f32a(0.0),
+            int(4),
+        ],
+        write_args: vec![mat(offs[2])],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn shared_memory_is_skiffs_own_checked_and_only_over_unix() {
+    use skiff::accel::remote::shm::SERVICE as SHM;
+    let agent = Agent::start(
+        &format!("unix://@skiff-remote-shm-{}", std::process::id()),
+        &["--max-frame-mib=8"],
+    );
+    let mut c = agent.connect();
+    let sid = c.session();
+    // More than the agent's frame limit: refused, the connection goes on.
+    let (st, region) = c.attach(9 << 20);
+    assert_eq!((st.code, errno_of(&st)), (13, libc::ENOMEM));
+    assert!(region.is_none());
+    let (st, region) = c.attach(1000);
+    assert_eq!(st.code, 0, "{}", st.message);
+    let region = region.expect("the region's fd");
+    assert_eq!(region.len(), 4096, "page-rounded");
+    // A = identity, B = 1..16, C = garbage: C must become B.
+    let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let ident: Vec<f32> = (0..16)
+        .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
+        .collect();
+    let b: Vec<f32> = (1..=16).map(|i| i as f32).collect();
+    region.slice_mut(0, 64).unwrap().copy_from_slice(&f(&ident));
+    region.slice_mut(64, 64).unwrap().copy_from_slice(&f(&b));
+    region.slice_mut(128, 64).unwrap().fill(0xff);
+    let (st, p) = c.call_in(
+        SHM,
+        "Genop",
+        &shm_sgemm(sid, [Some(0), Some(64), Some(128)], 0x12),
+    );
+    assert_eq!(st.code, 0, "{}", st.message);
+    let r = GenopResponse::parse_from_bytes(&p).unwrap();
+    let w = &r.write_args[0];
+    assert_eq!((w.buf.len(), w.size, w.shm_offset), (0, 64, Some(128)));
+    assert_eq!(region.slice(128, 64).unwrap(), &f(&b)[..]);
+    // Mixed: C inline comes back inline.
+    let (st, p) = c.call_in(
+        SHM,
+        "Genop",
+        &shm_sgemm(sid, [Some(0), Some(64), None], 0x12),
+    );
+    assert_eq!(st.code, 0, "{}", st.message);
+    let r = GenopResponse::parse_from_bytes(&p).unwrap();
+    assert_eq!(r.write_args[0].buf, f(&b));
+    // Misaligned, outside, overlapping, or not a float array: EINVAL.
+    for (offs, ty) in [
+        ([Some(4), Some(64), Some(128)], 0x12),
+        ([Some(0), Some(64), Some(4096 - 64 + 64)], 0x12),
+        ([Some(0), Some(64), Some(u64::MAX - 63)], 0x12),
+        ([Some(0), Some(64), Some(64)], 0x12),
+        ([Some(0), Some(64), Some(128)], 0x0c),
+    ] {
+        let (st, _) = c.call_in(SHM, "Genop", &shm_sgemm(sid, offs, ty));
+        assert_eq!(
+            (st.code, errno_of(&st)),
+            (13, libc::EINVAL),
+            "{offs:?} {ty}"
+        );
+    }
+    // On vAccel's service the field means nothing: a size mismatch.
+    let (st, _) = c.call(
+        "Genop",
+        &shm_sgemm(sid, [Some(0), Some(64), Some(128)], 0x12),
+    );
+    assert_eq!(st.code, 13);
+    assert!(
+        st.message.starts_with("Conversion failed"),
+        "{}",
+        st.message
+    );
+    // Still serving; a second Attach replaces the region (a larger one).
+    let (st, _) = c.call_in(
+        SHM,
+        "Genop",
+        &shm_sgemm(sid, [Some(0), Some(64), Some(128)], 0x12),
+    );
+    assert_eq!(st.code, 0, "{}", st.message);
+    let (st, bigger) = c.attach(8192);
+    assert_eq!(st.code, 0, "{}", st.message);
+    let bigger = bigger.expect("the new region's fd");
+    assert_eq!(bigger.len(), 8192);
+    bigger
+        .slice_mut(4096, 64)
+        .unwrap()
+        .copy_from_slice(&f(&ident));
+    bigger.slice_mut(4160, 64).unwrap().copy_from_slice(&f(&b));
+    let offs = [Some(4096), Some(4160), Some(4224)];
+    let (st, _) = c.call_in(SHM, "Genop", &shm_sgemm(sid, offs, 0x12));
+    assert_eq!(st.code, 0, "{}", st.message);
+    assert_eq!(bigger.slice(4224, 64).unwrap(), &f(&b)[..]);
+    drop((region, bigger));
+
+    // Over tcp, or where the operator turned it off, the service does
+    // not exist, as on vAccel's agent.
+    let off = format!("unix://@skiff-remote-noshm-{}", std::process::id());
+    for agent in [Agent::tcp(&[]), Agent::start(&off, &["--no-shared-memory"])] {
+        let mut c = agent.connect();
+        let (st, region) = c.attach(1 << 20);
+        assert!(region.is_none());
+        assert_eq!(
+            (st.code, st.message.as_str()),
+            (3, "/skiff.agent.SharedMemory/Attach does not exist")
+        );
+    }
+}

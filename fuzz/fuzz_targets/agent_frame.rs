@@ -46,10 +46,13 @@ fn agent() -> &'static (AgentConfig, Executor) {
         let accel = args.into_config(None).unwrap();
         let (exec, _) = Executor::start(accel.clone()).unwrap();
         let cfg = AgentConfig {
-            address: "tcp://127.0.0.1:1".parse().unwrap(),
+            // Never bound: a unix address only lets the connection offer
+            // skiff's SharedMemory service, so its spans are fuzzed too.
+            address: "unix:///nonexistent/skiff-fuzz.sock".parse().unwrap(),
             accel,
             max_frame: 1 << 20,
             max_connections: 1,
+            shared_memory: true,
         };
         (cfg, exec)
     })

@@ -127,6 +127,11 @@ impl<'m> Exec<'m> {
     pub fn outputs(&mut self) -> &mut [Out<'m>] {
         &mut self.outputs[..self.nr_out]
     }
+    /// The outputs read-only: (type, custom type, bytes).
+    pub fn output_slices(&self) -> impl Iterator<Item = (u32, u32, &[u8])> {
+        let o = &self.outputs[..self.nr_out];
+        o.iter().map(|o| (o.ty, o.custom, &*o.bytes))
+    }
 }
 
 fn count(args: &Args<'_>, read: usize, write: usize) -> Result<(), Errno> {

@@ -9,15 +9,18 @@
 
 use super::exec::{Buf, Done, Executor, Job};
 use super::AgentConfig;
-use crate::accel::remote::addr::Stream;
+use crate::accel::remote::addr::{Address, Stream};
 use crate::accel::remote::frame::{self, FrameError, Header};
 use crate::accel::remote::proto::{self, *};
+use crate::accel::remote::shm::{self, Region};
 use crate::accel::{RESOURCES_MAX, RESOURCE_BYTES_MAX, RESOURCE_TOTAL_MAX, SESSIONS_MAX};
 use guest_abi::accel::{arg, op, PLUGIN_ALL};
 use protobuf::Message;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A body must follow its header within this time.
@@ -51,7 +54,7 @@ struct Session {
 }
 
 /// Why a request failed: the Status the client gets.
-type Failure = Status;
+pub type Failure = Status;
 
 fn ffi(errno: i32) -> Failure {
     proto::ffi_status(errno)
@@ -64,14 +67,23 @@ pub struct Conn<'a> {
     sessions: Vec<Session>,
     resources: Vec<Resource>,
     bytes: u64,
+    /// skiff's co-located fast path ([`super::shm`]), once attached.
+    region: Option<Arc<Region>>,
 }
+
+/// A connection keeps its frame buffer between requests up to this size
+/// (a steady stream of large frames then costs no fresh pages); a larger
+/// one is freed after its request.
+pub const KEEP_BUFFER: usize = 16 << 20;
 
 /// Serves `s` until the client leaves, breaks the protocol, or the agent
 /// shuts the socket down.
 pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
     let mut c = Conn::new(cfg, exec);
+    let mut buf = Vec::new();
     loop {
-        let (hd, body) = match frame::read_frame(&mut s, cfg.max_frame, None, Some(BODY_TIME)) {
+        let r = frame::read_frame_into(&mut s, cfg.max_frame, None, Some(BODY_TIME), &mut buf);
+        let hd = match r {
             Ok(x) => x,
             Err(FrameError::TooBig { len, max, stream }) => {
                 // Say why before hanging up: the body is never read.
@@ -79,7 +91,7 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
                     CODE_RESOURCE_EXHAUSTED,
                     format!("frame of {len} bytes is over this agent's limit of {max}"),
                 );
-                let _ = respond(&mut s, stream, error_response(st));
+                let _ = respond(&mut s, stream, &error_response(st));
                 break;
             }
             Err(_) => break,
@@ -87,9 +99,11 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
         if hd.kind != frame::TYPE_REQUEST {
             break;
         }
-        let reply = c.handle(&body);
-        drop(body);
-        if respond(&mut s, hd.stream, reply).is_err() {
+        let reply = c.reply(&buf[..hd.len as usize]);
+        if buf.len() > KEEP_BUFFER {
+            buf = Vec::new();
+        }
+        if reply.write(&mut s, hd.stream).is_err() {
             break;
         }
     }
@@ -99,14 +113,50 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
 /// gRPC's RESOURCE_EXHAUSTED, for a frame over the limit.
 const CODE_RESOURCE_EXHAUSTED: i32 = 8;
 
-fn respond(s: &mut Stream, stream: u32, body: Vec<u8>) -> std::io::Result<()> {
-    let hd = Header {
+fn response_header(stream: u32, body: &[u8]) -> Header {
+    Header {
         len: body.len() as u32,
         stream,
         kind: frame::TYPE_RESPONSE,
         flags: 0,
-    };
-    frame::write_frame(s, hd, &body)
+    }
+}
+
+fn respond(s: &mut Stream, stream: u32, body: &[u8]) -> std::io::Result<()> {
+    frame::write_frame(s, response_header(stream, body), body)
+}
+
+/// A response: a body, or a Genop reply encoded straight to the socket
+/// from its buffers (a large sgemm's result is not copied once more).
+pub enum Reply {
+    Body(Vec<u8>),
+    Genop(GenopResponse),
+    /// A body sent with an fd (the shared region: SCM_RIGHTS).
+    WithFd(Vec<u8>, OwnedFd),
+}
+
+impl Reply {
+    fn write(&self, s: &mut Stream, stream: u32) -> std::io::Result<()> {
+        match self {
+            Reply::Body(b) => respond(s, stream, b),
+            Reply::Genop(g) => {
+                frame::write_envelope(s, stream, frame::TYPE_RESPONSE, &ok_envelope(g))
+            }
+            Reply::WithFd(b, fd) => {
+                let mut f = Vec::with_capacity(frame::HEADER_LEN + b.len());
+                frame::write_frame(&mut f, response_header(stream, b), b)?;
+                crate::accel::remote::shm::send_with_fd(s.raw_fd(), &f, fd)
+            }
+        }
+    }
+
+    pub fn into_body(self) -> Vec<u8> {
+        match self {
+            Reply::Body(b) => b,
+            Reply::Genop(g) => reply(&g).unwrap_or_else(error_response),
+            Reply::WithFd(b, _) => b,
+        }
+    }
 }
 
 fn parse<M: Message>(payload: &[u8]) -> Result<M, Failure> {
@@ -132,39 +182,51 @@ impl<'a> Conn<'a> {
             sessions: Vec::new(),
             resources: Vec::new(),
             bytes: 0,
+            region: None,
         }
     }
 
     /// One request body to one response body.
     pub fn handle(&mut self, body: &[u8]) -> Vec<u8> {
-        let r = match Request::parse_from_bytes(body) {
-            Ok(req) => self.dispatch(req),
+        self.reply(body).into_body()
+    }
+
+    /// One request body to its response.
+    pub fn reply(&mut self, body: &[u8]) -> Reply {
+        // The payload is decoded from the frame itself: not copied first.
+        let r = match proto::split::<Request>(body, 3) {
+            Ok((req, p)) => self.dispatch(req, &body[p]),
             Err(e) => Err(status(
                 CODE_INVALID_ARGUMENT,
                 format!("cannot decode the request envelope: {e}"),
             )),
         };
-        r.unwrap_or_else(error_response)
+        r.unwrap_or_else(|st| Reply::Body(error_response(st)))
     }
 
-    fn dispatch(&mut self, mut req: Request) -> Result<Vec<u8>, Failure> {
-        let p = std::mem::take(&mut req.payload);
+    fn dispatch(&mut self, req: Request, p: &[u8]) -> Result<Reply, Failure> {
+        let local = matches!(self.cfg.address, Address::Unix(_) | Address::Abstract(_));
+        if req.service == shm::SERVICE && local && self.cfg.shared_memory {
+            return match req.method.as_str() {
+                "Attach" => self.attach(parse(p)?),
+                "Genop" => self.genop(parse(p)?, true).map(Reply::Genop),
+                _ => Err(unknown(&req)),
+            };
+        }
         if req.service != SERVICE {
             return Err(unknown(&req));
         }
-        match req.method.as_str() {
-            "CreateSession" => self.create(parse(&p)?),
-            "UpdateSession" => self.update(parse(&p)?),
-            "DestroySession" => self.destroy(parse(&p)?),
-            "RegisterResource" => self.register(parse(&p)?),
-            "UnregisterResource" => self.unregister(parse(&p)?),
-            "Genop" => {
-                drop(req);
-                self.genop(parse(&p)?)
-            }
-            "ImageClassification" => self.classify(parse(&p)?),
+        let body = match req.method.as_str() {
+            "CreateSession" => self.create(parse(p)?),
+            "UpdateSession" => self.update(parse(p)?),
+            "DestroySession" => self.destroy(parse(p)?),
+            "RegisterResource" => self.register(parse(p)?),
+            "UnregisterResource" => self.unregister(parse(p)?),
+            "Genop" => return self.genop(parse(p)?, false).map(Reply::Genop),
+            "ImageClassification" => self.classify(parse(p)?),
             _ => Err(unknown(&req)),
-        }
+        };
+        body.map(Reply::Body)
     }
 
     fn session(&mut self, id: i64) -> Result<&mut Session, Failure> {
@@ -324,14 +386,31 @@ impl<'a> Conn<'a> {
         Ok((hint, model))
     }
 
-    fn genop(&mut self, mut r: GenopRequest) -> Result<Vec<u8>, Failure> {
+    /// skiff's SharedMemory/Attach: a fresh region for this connection
+    /// (replacing any earlier one), its fd sent with the reply.
+    fn attach(&mut self, r: ShmAttachRequest) -> Result<Reply, Failure> {
+        let (region, fd) = super::shm::attach(&r, self.cfg.max_frame)?;
+        let size = region.len() as u64;
+        self.region = Some(Arc::new(region));
+        let body = reply(&ShmAttachResponse {
+            size,
+            ..Default::default()
+        })?;
+        Ok(Reply::WithFd(body, fd))
+    }
+
+    /// vAccel's Genop; `shared`: skiff's, whose float arrays may be spans
+    /// of the connection's region.
+    fn genop(&mut self, mut r: GenopRequest, shared: bool) -> Result<GenopResponse, Failure> {
         let (hint, model) = self.session_state(r.session_id)?;
-        let mut read = self.bufs(&mut r.read_args)?;
-        let write = self.bufs(&mut r.write_args)?;
+        let region = self.region.clone().filter(|_| shared);
+        let mut read = self.bufs(&mut r.read_args, region.as_ref())?;
+        let write = self.bufs(&mut r.write_args, region.as_ref())?;
         drop(r);
+        super::shm::disjoint(&read.iter().chain(&write).collect::<Vec<_>>())?;
         self.exec_library(&mut read)?;
         let done = self.run(hint, model, read, write)?;
-        let out = GenopResponse {
+        Ok(GenopResponse {
             write_args: done
                 .write
                 .into_iter()
@@ -339,23 +418,31 @@ impl<'a> Conn<'a> {
                     size: b.bytes().len() as u32,
                     arg_type: b.ty,
                     custom_type_id: b.custom,
-                    buf: b.into_vec(),
+                    shm_offset: b.shm_offset(),
+                    // a shared output is already in the region
+                    buf: match b.shm_offset() {
+                        Some(_) => Vec::new(),
+                        None => b.into_vec(),
+                    },
                     ..Default::default()
                 })
                 .collect(),
             ..Default::default()
-        };
-        reply(&out)
+        })
     }
 
     /// Moves the client's arguments into aligned buffers, checking each
     /// size against its buffer as vAccel's agent does.
-    fn bufs(&self, args: &mut [Arg]) -> Result<Vec<Buf>, Failure> {
+    fn bufs(&self, args: &mut [Arg], region: Option<&Arc<Region>>) -> Result<Vec<Buf>, Failure> {
         if args.len() > guest_abi::accel::ARGS_MAX as usize {
             return Err(ffi(libc::EINVAL));
         }
         let mut out = Vec::with_capacity(args.len());
         for a in args {
+            if let (Some(off), Some(_)) = (a.shm_offset, region) {
+                out.push(super::shm::span(a, off, region)?);
+                continue;
+            }
             if a.size as usize != a.buf.len() {
                 return Err(proto::conversion_status(&format!(
                     "argument size {} for a buffer of {} bytes",

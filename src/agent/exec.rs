@@ -6,9 +6,10 @@
 
 use crate::accel::args::{Args, In, Out};
 use crate::accel::config::AccelConfig;
+use crate::accel::remote::shm::Region;
 use crate::accel::{ops, Accel, Errno};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 /// A client's argument, 8-byte aligned (f32/f64 arrays are used in
 /// place, as guest memory is): the decoded bytes themselves when the
@@ -24,6 +25,9 @@ pub struct Buf {
 enum Data {
     Bytes(Vec<u8>),
     Words(Vec<u64>, usize),
+    /// A span of the connection's shared region (checked in bounds,
+    /// aligned, and disjoint from the request's other spans).
+    Shared(Arc<Region>, u64, usize),
 }
 
 impl Buf {
@@ -49,9 +53,28 @@ impl Buf {
         Ok(b)
     }
 
+    /// A span of `region` (the caller checked it: see [`Data::Shared`]).
+    pub fn shared(ty: u32, region: &Arc<Region>, off: u64, len: usize) -> Option<Self> {
+        region.slice(off, len)?;
+        Some(Buf {
+            ty,
+            custom: 0,
+            data: Data::Shared(region.clone(), off, len),
+        })
+    }
+
+    /// Where a shared buffer is in the region.
+    pub fn shm_offset(&self) -> Option<u64> {
+        match self.data {
+            Data::Shared(_, off, _) => Some(off),
+            _ => None,
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         match &self.data {
             Data::Bytes(b) => b,
+            Data::Shared(r, off, len) => r.slice(*off, *len).unwrap_or_default(),
             // SAFETY: `w` holds at least `len` initialised bytes.
             Data::Words(w, len) => unsafe { std::slice::from_raw_parts(w.as_ptr().cast(), *len) },
         }
@@ -60,6 +83,7 @@ impl Buf {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         match &mut self.data {
             Data::Bytes(b) => b,
+            Data::Shared(r, off, len) => r.slice_mut(*off, *len).unwrap_or_default(),
             // SAFETY: as above, borrowed mutably.
             Data::Words(w, len) => unsafe {
                 std::slice::from_raw_parts_mut(w.as_mut_ptr().cast(), *len)
@@ -71,7 +95,7 @@ impl Buf {
     pub fn into_vec(self) -> Vec<u8> {
         match self.data {
             Data::Bytes(b) => b,
-            Data::Words(..) => self.bytes().to_vec(),
+            Data::Words(..) | Data::Shared(..) => self.bytes().to_vec(),
         }
     }
 }

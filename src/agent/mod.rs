@@ -18,6 +18,7 @@
 
 pub mod conn;
 pub mod exec;
+pub mod shm;
 
 use crate::accel::config::AccelConfig;
 use crate::accel::remote::addr::{Address, Listener, Stream};
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     /// Largest frame body accepted, bytes.
     pub max_frame: u32,
     pub max_connections: usize,
+    /// Offer skiff's shared-memory fast path on unix sockets ([`shm`]).
+    pub shared_memory: bool,
 }
 
 #[derive(Debug, Error)]

@@ -22,6 +22,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_connections: u32,
+    /// Do not offer skiff clients on unix sockets the shared-memory fast
+    /// path (they then use vAccel's protocol, as with any agent).
+    #[arg(long)]
+    pub no_shared_memory: bool,
     /// Plugins (default: $VACCEL_PLUGINS, else cpu), models and libraries
     /// the agent's clients may use.
     #[command(flatten)]
@@ -41,6 +45,7 @@ impl AgentArgs {
             accel: self.accel.into_config(env)?,
             max_frame: self.max_frame_mib << 20,
             max_connections: self.max_connections as usize,
+            shared_memory: !self.no_shared_memory,
         })
     }
 }

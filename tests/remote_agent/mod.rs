@@ -6,6 +6,7 @@ use super::common::*;
 use protobuf::Message;
 use skiff::accel::remote::frame::{self, Header};
 use skiff::accel::remote::proto::{self, *};
+use skiff::accel::remote::shm;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -130,6 +131,18 @@ impl Conn {
         method: &str,
         payload: &impl Message,
     ) -> (Status, Vec<u8>) {
+        let id = self.send(service, method, payload);
+        let (rh, rb) = self.read().expect("a response");
+        assert_eq!(
+            (rh.stream, rh.kind, rh.flags),
+            (id, frame::TYPE_RESPONSE, 0)
+        );
+        let r = Response::parse_from_bytes(&rb).unwrap();
+        (r.status.unwrap_or_default(), r.payload)
+    }
+
+    /// Sends a request; its stream id.
+    fn send(&mut self, service: &str, method: &str, payload: &impl Message) -> u32 {
         let req = Request {
             service: service.into(),
             method: method.into(),
@@ -146,13 +159,29 @@ impl Conn {
             flags: 0,
         };
         frame::write_frame(&mut self.s, hd, &body).unwrap();
-        let (rh, rb) = self.read().expect("a response");
-        assert_eq!(
-            (rh.stream, rh.kind, rh.flags),
-            (id, frame::TYPE_RESPONSE, 0)
-        );
+        id
+    }
+
+    /// skiff's SharedMemory/Attach: the status and, on success, the
+    /// region the agent passed (SCM_RIGHTS), mapped.
+    pub fn attach(&mut self, size: u64) -> (Status, Option<shm::Region>) {
+        let req = ShmAttachRequest {
+            size,
+            ..Default::default()
+        };
+        self.send(shm::SERVICE, "Attach", &req);
+        let mut one = [0u8; 1];
+        let (_, fd) = shm::recv_with_fd(self.s.raw_fd(), &mut one, libc::MSG_PEEK).unwrap();
+        let (_, rb) = self.read().expect("a response");
         let r = Response::parse_from_bytes(&rb).unwrap();
-        (r.status.unwrap_or_default(), r.payload)
+        let st = r.status.unwrap_or_default();
+        let region = fd.map(|fd| {
+            let n = ShmAttachResponse::parse_from_bytes(&r.payload)
+                .unwrap()
+                .size;
+            shm::Region::map(&fd, n as usize, false).unwrap()
+        });
+        (st, region)
     }
 
     pub fn session(&mut self) -> i64 {

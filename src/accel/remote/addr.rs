@@ -76,7 +76,48 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
+/// Socket buffers for a connection: a 512^3 sgemm's 4 MiB request then
+/// crosses in a few large copies instead of many small ones with a
+/// wake-up of the reader between each (the kernel caps this at
+/// net.core.wmem_max / rmem_max; where they are lower, less is used).
+const SOCKET_BUFFER: libc::c_int = 4 << 20;
+
+fn big_buffers(fd: RawFd) {
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with a valid int option value on our socket;
+        // a failure only leaves the default.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 impl Stream {
+    /// Sizes the socket's buffers for large frames (tcp and unix; vsock
+    /// has its own buffer options).
+    pub fn tune(&self) {
+        match self {
+            Stream::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+                big_buffers(s.as_raw_fd());
+            }
+            Stream::Unix(s) => big_buffers(s.as_raw_fd()),
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
     pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
@@ -140,11 +181,15 @@ impl Listener {
     pub fn accept(&self) -> io::Result<Stream> {
         Ok(match self {
             Listener::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
+                let s = Stream::Tcp(l.accept()?.0);
+                s.tune();
+                s
             }
-            Listener::Unix(l) => Stream::Unix(l.accept()?.0),
+            Listener::Unix(l) => {
+                let s = Stream::Unix(l.accept()?.0);
+                s.tune();
+                s
+            }
             Listener::Vsock(fd) => {
                 // SAFETY: accept4 on our listening socket, peer address
                 // not wanted; the new fd is owned below.
@@ -246,13 +291,21 @@ impl Address {
                     Some(t) => tcp_within(a, t)?,
                     None => TcpStream::connect(a.as_str())?,
                 };
-                let _ = s.set_nodelay(true);
-                Stream::Tcp(s)
+                let s = Stream::Tcp(s);
+                s.tune();
+                s
             }
-            Address::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
-            Address::Abstract(n) => Stream::Unix(UnixStream::connect_addr(
-                &SocketAddr::from_abstract_name(n)?,
-            )?),
+            Address::Unix(p) => {
+                let s = Stream::Unix(UnixStream::connect(p)?);
+                s.tune();
+                s
+            }
+            Address::Abstract(n) => {
+                let a = SocketAddr::from_abstract_name(n)?;
+                let s = Stream::Unix(UnixStream::connect_addr(&a)?);
+                s.tune();
+                s
+            }
             Address::Vsock { cid, port } => {
                 let fd = vsock(*cid, *port, libc::connect)?;
                 Stream::Unix(UnixStream::from(fd))

@@ -89,11 +89,19 @@ fn fill<S: Timed + ?Sized>(
     deadline: Option<Instant>,
 ) -> Result<bool, FrameError> {
     let mut got = 0;
+    // The socket timeout set last: re-set (a syscall) only when the time
+    // left has shrunk well below it, not before every read of a large
+    // body; a read then overshoots the deadline by at most SLACK.
+    const SLACK: std::time::Duration = std::time::Duration::from_millis(10);
+    let mut set: Option<std::time::Duration> = None;
     while got < buf.len() {
         if let Some(d) = deadline {
             let left = d.checked_duration_since(Instant::now());
             let left = left.filter(|l| !l.is_zero()).ok_or(FrameError::TimedOut)?;
-            s.set_read_timeout(Some(left))?;
+            if set.is_none_or(|t| left + SLACK < t) {
+                s.set_read_timeout(Some(left))?;
+                set = Some(left);
+            }
         }
         match s.read(&mut buf[got..]) {
             Ok(0) if got == 0 => return Ok(false),
@@ -127,6 +135,23 @@ pub fn read_frame<S: Timed + ?Sized>(
     header_deadline: Option<Instant>,
     body_time: Option<std::time::Duration>,
 ) -> Result<(Header, Vec<u8>), FrameError> {
+    let mut body = Vec::new();
+    let hd = read_frame_into(s, max, header_deadline, body_time, &mut body)?;
+    body.truncate(hd.len as usize);
+    Ok((hd, body))
+}
+
+/// [`read_frame`] into `buf`, reused from call to call: the body is
+/// `buf[..len]`. `buf` only grows (as bytes arrive, as above), so a
+/// connection's steady stream of large frames costs no allocation, page
+/// fault or zeroing per frame.
+pub fn read_frame_into<S: Timed + ?Sized>(
+    s: &mut S,
+    max: u32,
+    header_deadline: Option<Instant>,
+    body_time: Option<std::time::Duration>,
+    buf: &mut Vec<u8>,
+) -> Result<Header, FrameError> {
     let mut h = [0u8; HEADER_LEN];
     if header_deadline.is_none() {
         s.set_read_timeout(None)?;
@@ -137,18 +162,20 @@ pub fn read_frame<S: Timed + ?Sized>(
     let hd = Header::decode(&h, max)?;
     let deadline = body_time.map(|t| Instant::now() + t).or(header_deadline);
     let len = hd.len as usize;
-    let mut body = Vec::new();
-    while body.len() < len {
-        let step = (len - body.len()).min(CHUNK);
-        let at = body.len();
-        body.try_reserve_exact(step)
-            .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
-        body.resize(at + step, 0);
-        if !fill(s, &mut body[at..], deadline)? {
+    let mut at = 0;
+    while at < len {
+        let end = (at + CHUNK).min(len);
+        if buf.len() < end {
+            buf.try_reserve(end - buf.len())
+                .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+            buf.resize(end, 0);
+        }
+        if !fill(s, &mut buf[at..end], deadline)? {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
+        at = end;
     }
-    Ok((hd, body))
+    Ok(hd)
 }
 
 /// Writes one frame (header and body in one write where they fit).
@@ -163,4 +190,31 @@ pub fn write_frame<W: Write + ?Sized>(w: &mut W, hd: Header, body: &[u8]) -> io:
         w.write_all(&hd.encode())?;
         w.write_all(body)
     }
+}
+
+/// Writes one frame whose body is `body`, encoded straight to `w`: the
+/// header and small fields go out together (protobuf's 8 KiB buffer),
+/// large bytes fields directly from their buffers, with no copy of the
+/// body in between.
+pub fn write_envelope(
+    w: &mut dyn Write,
+    stream: u32,
+    kind: u8,
+    body: &(impl super::proto::Encode + ?Sized),
+) -> io::Result<()> {
+    let len = u32::try_from(body.size())
+        .ok()
+        .filter(|&l| l <= VACCEL_MAX)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame over 1 GiB"))?;
+    let hd = Header {
+        len,
+        stream,
+        kind,
+        flags: 0,
+    };
+    let mut os = protobuf::CodedOutputStream::new(w);
+    os.write_raw_bytes(&hd.encode())?;
+    body.encode(&mut os)?;
+    os.flush()?;
+    Ok(())
 }

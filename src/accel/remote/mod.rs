@@ -18,6 +18,7 @@ pub mod addr;
 pub mod client;
 pub mod frame;
 pub mod proto;
+pub mod shm;
 
 use super::ops::{Exec, MinMax, Op, Sgemm};
 use super::plugins::{Plugin, PluginError, Unavailable};
@@ -25,6 +26,8 @@ use super::{Resource, ResourceData};
 use addr::Address;
 use client::{CallError, Client};
 use guest_abi::accel::{arg, PLUGIN_REMOTE};
+use proto::{ArgRef, GenopRef};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// How long one call may take before the guest gets EIO.
@@ -178,9 +181,8 @@ impl Remote {
     }
 
     fn genop(&mut self, sid: i64, op: &mut Op<'_>) -> Result<(), CallError> {
-        let req = genop_request(sid, op);
-        let resp: proto::GenopResponse = self.client.call("Genop", &req)?;
-        write_back(&resp, op)
+        let (args, region) = self.client.genop(&mut genop_request(sid, op))?;
+        write_back(&args, region, op)
     }
 
     fn failed(&mut self, e: CallError) -> PluginError {
@@ -195,15 +197,16 @@ impl Remote {
 }
 
 /// The Genop request for a decoded op: `read[0]` the op number, then the
-/// op's arguments in vAccel's genop order (the guest's checked buffers).
-pub fn genop_request(sid: i64, op: &mut Op<'_>) -> proto::GenopRequest {
-    let mut req = proto::GenopRequest {
+/// op's arguments in vAccel's genop order, borrowing the guest's checked
+/// buffers (encoded from there straight to the socket).
+pub fn genop_request<'a>(sid: i64, op: &'a Op<'_>) -> GenopRef<'a> {
+    let mut req = GenopRef {
         session_id: sid,
-        ..Default::default()
+        read: vec![owned(arg::UINT8, vec![op.number()])],
+        write: Vec::new(),
     };
-    req.read_args.push(arg_of(arg::UINT8, 0, &[op.number()]));
-    let r = &mut req.read_args;
-    let i64a = |v: usize| arg_of(arg::INT64, 0, &(v as i64).to_le_bytes());
+    let r = &mut req.read;
+    let i64a = |v: usize| owned(arg::INT64, (v as i64).to_le_bytes().to_vec());
     match op {
         Op::Noop => {}
         Op::Sgemm(Sgemm {
@@ -220,15 +223,14 @@ pub fn genop_request(sid: i64, op: &mut Op<'_>) -> proto::GenopRequest {
             ldc,
         }) => {
             r.extend([i64a(*m), i64a(*n), i64a(*k)]);
-            r.push(arg_of(arg::FLOAT32, 0, &alpha.to_le_bytes()));
-            r.push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(a)));
+            r.push(owned(arg::FLOAT32, alpha.to_le_bytes().to_vec()));
+            r.push(borrowed(arg::FLOAT32_ARRAY, 0, as_bytes(a)));
             r.push(i64a(*lda));
-            r.push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(b)));
+            r.push(borrowed(arg::FLOAT32_ARRAY, 0, as_bytes(b)));
             r.push(i64a(*ldb));
-            r.push(arg_of(arg::FLOAT32, 0, &beta.to_le_bytes()));
+            r.push(owned(arg::FLOAT32, beta.to_le_bytes().to_vec()));
             r.push(i64a(*ldc));
-            req.write_args
-                .push(arg_of(arg::FLOAT32_ARRAY, 0, as_bytes(c)));
+            req.write.push(borrowed(arg::FLOAT32_ARRAY, 0, as_bytes(c)));
         }
         Op::MinMax(MinMax {
             data,
@@ -238,28 +240,33 @@ pub fn genop_request(sid: i64, op: &mut Op<'_>) -> proto::GenopRequest {
             min,
             max,
         }) => {
-            let i32a = |v: i32| arg_of(arg::INT32, 0, &v.to_le_bytes());
-            r.push(arg_of(arg::FLOAT64_ARRAY, 0, as_bytes(data)));
+            let i32a = |v: i32| owned(arg::INT32, v.to_le_bytes().to_vec());
+            r.push(borrowed(arg::FLOAT64_ARRAY, 0, as_bytes(data)));
             r.extend([i32a(data.len() as i32), i32a(*low), i32a(*high)]);
-            let w = &mut req.write_args;
-            w.push(arg_of(arg::FLOAT64_ARRAY, 0, as_bytes(out)));
-            w.push(arg_of(arg::FLOAT64, 0, &min[..]));
-            w.push(arg_of(arg::FLOAT64, 0, &max[..]));
+            let w = &mut req.write;
+            w.push(borrowed(arg::FLOAT64_ARRAY, 0, as_bytes(out)));
+            w.push(borrowed(arg::FLOAT64, 0, &min[..]));
+            w.push(borrowed(arg::FLOAT64, 0, &max[..]));
         }
         Op::Exec(e) => exec_args(e, &mut req),
         Op::Classify(c) => {
-            r.push(arg_of(arg::BUFFER, 0, c.image));
-            let w = &mut req.write_args;
-            w.push(arg_of(arg::UCHAR_ARRAY, 0, c.imgname));
-            w.push(arg_of(arg::UCHAR_ARRAY, 0, c.text));
+            r.push(borrowed(arg::BUFFER, 0, c.image));
+            let w = &mut req.write;
+            w.push(borrowed(arg::UCHAR_ARRAY, 0, c.imgname));
+            w.push(borrowed(arg::UCHAR_ARRAY, 0, c.text));
         }
     }
     req
 }
 
-/// Copies a Genop reply's write arguments into the op's outputs, after
-/// checking that every one has exactly its output's size.
-pub fn write_back(resp: &proto::GenopResponse, op: &mut Op<'_>) -> Result<(), CallError> {
+/// Copies a Genop reply's write arguments into the op's outputs (from the
+/// shared region for those that name it), after checking that every one
+/// has exactly its output's size.
+pub fn write_back(
+    args: &[(proto::Arg, &[u8])],
+    region: Option<&shm::Region>,
+    op: &mut Op<'_>,
+) -> Result<(), CallError> {
     let mut outs: Vec<&mut [u8]> = Vec::new();
     match op {
         Op::Noop => {}
@@ -275,55 +282,71 @@ pub fn write_back(resp: &proto::GenopResponse, op: &mut Op<'_>) -> Result<(), Ca
             outs.push(c.text);
         }
     }
-    if resp.write_args.len() != outs.len() {
+    if args.len() != outs.len() {
         return Err(CallError::Malformed(format!(
             "{} write arguments for {}",
-            resp.write_args.len(),
+            args.len(),
             outs.len()
         )));
     }
     // Check every size before writing any guest buffer.
-    if let Some((got, want)) = resp
-        .write_args
-        .iter()
-        .zip(&outs)
-        .find(|(a, o)| a.buf.len() != o.len())
-    {
-        return Err(CallError::Malformed(format!(
-            "a write argument of {} bytes for {}",
-            got.buf.len(),
-            want.len()
-        )));
+    let mut srcs = Vec::with_capacity(outs.len());
+    for ((a, buf), o) in args.iter().zip(&outs) {
+        let src = match a.shm_offset {
+            None => Some(*buf),
+            Some(off) if buf.is_empty() && a.size as usize == o.len() => {
+                region.and_then(|r| r.slice(off, o.len()))
+            }
+            Some(_) => None,
+        };
+        match src {
+            Some(b) if b.len() == o.len() => srcs.push(b),
+            _ => {
+                return Err(CallError::Malformed(format!(
+                    "a write argument of {} bytes for {}",
+                    a.size,
+                    o.len()
+                )))
+            }
+        }
     }
-    for (a, o) in resp.write_args.iter().zip(outs) {
-        o.copy_from_slice(&a.buf);
+    for (src, o) in srcs.into_iter().zip(outs) {
+        o.copy_from_slice(src);
     }
     Ok(())
 }
 
-fn exec_args(e: &mut Exec<'_>, req: &mut proto::GenopRequest) {
+fn exec_args<'a>(e: &'a Exec<'_>, req: &mut GenopRef<'a>) {
     let string = |s: &[u8]| {
         let mut v = s.to_vec();
         v.push(0);
-        arg_of(arg::STRING, 0, &v)
+        owned(arg::STRING, v)
     };
-    req.read_args.push(string(e.library));
-    req.read_args.push(string(e.symbol));
+    req.read.push(string(e.library));
+    req.read.push(string(e.symbol));
     for i in e.inputs() {
-        req.read_args.push(arg_of(i.ty, i.custom, i.bytes));
+        req.read.push(borrowed(i.ty, i.custom, i.bytes));
     }
-    for o in e.outputs().iter() {
-        req.write_args.push(arg_of(o.ty, o.custom, o.bytes));
+    for o in e.output_slices() {
+        req.write.push(borrowed(o.0, o.1, o.2));
     }
 }
 
-fn arg_of(ty: u32, custom: u32, b: &[u8]) -> proto::Arg {
-    proto::Arg {
-        buf: b.to_vec(),
-        size: b.len() as u32,
-        arg_type: ty,
-        custom_type_id: custom,
-        ..Default::default()
+fn borrowed(ty: u32, custom: u32, b: &[u8]) -> ArgRef<'_> {
+    ArgRef {
+        ty,
+        custom,
+        bytes: Cow::Borrowed(b),
+        shm: None,
+    }
+}
+
+fn owned(ty: u32, b: Vec<u8>) -> ArgRef<'static> {
+    ArgRef {
+        ty,
+        custom: 0,
+        bytes: Cow::Owned(b),
+        shm: None,
     }
 }
 

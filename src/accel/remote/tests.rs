@@ -101,8 +101,12 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
         c: &mut c,
         ldc: 2,
     });
-    let req = genop_request(1, &mut op);
-    assert_eq!(req.write_to_bytes().unwrap(), captured_sgemm(&a, &b));
+    let req = genop_request(1, &op);
+    // Encoded from the borrowed buffers, and as the generated message.
+    assert_eq!(proto::to_vec(&req).unwrap(), captured_sgemm(&a, &b));
+    let generated = req.to_request().write_to_bytes().unwrap();
+    assert_eq!(generated, captured_sgemm(&a, &b));
+    drop(req);
     // The reply as the agent sends it: `0a 00 12 18 [0a 16 [Arg C]]`.
     let want = [19.0f32, 22.0, 43.0, 50.0];
     let cbytes: Vec<u8> = want.iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -120,7 +124,12 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
     expect.extend(&cbytes);
     expect.extend([0x10, 0x10, 0x18, 0x12]);
     assert_eq!(body, expect);
-    write_back(&resp, &mut op).unwrap();
+    write_back(
+        &reply_args(&resp.write_to_bytes().unwrap()).unwrap(),
+        None,
+        &mut op,
+    )
+    .unwrap();
     let _ = op;
     assert_eq!(c, want);
 }
@@ -150,7 +159,12 @@ fn a_reply_of_the_wrong_size_writes_nothing() {
         }],
         ..Default::default()
     };
-    let e = write_back(&resp, &mut op).unwrap_err();
+    let e = write_back(
+        &reply_args(&resp.write_to_bytes().unwrap()).unwrap(),
+        None,
+        &mut op,
+    )
+    .unwrap_err();
     assert_eq!(e.errno(), libc::EPROTO);
     let _ = op;
     assert_eq!(c, [7.0; 4]);
@@ -290,4 +304,128 @@ fn the_address_follows_vaccels_order() {
         "vsock://3:4"
     );
     assert!(RemoteConfig::resolve(None, env(Some("bogus"), None), t).is_err());
+}
+
+#[test]
+fn borrowed_genops_encode_as_the_generated_message() {
+    use std::borrow::Cow;
+    let big: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+    let arg = |ty, custom, b: &'static [u8]| ArgRef {
+        ty,
+        custom,
+        bytes: Cow::Borrowed(b),
+        shm: None,
+    };
+    let big: &'static [u8] = big.leak();
+    for sid in [0, 1, -3, i64::MAX] {
+        let g = GenopRef {
+            session_id: sid,
+            // empty buffers, zero types and custom ids are left out, as
+            // proto3 does; a large one needs a 3-byte length
+            read: vec![arg(0, 0, b""), arg(9, 0, b"\x11"), arg(5, 77, big)],
+            write: vec![arg(18, 0, &big[..16]), arg(0, 1, b"")],
+        };
+        let generated = g.to_request().write_to_bytes().unwrap();
+        assert_eq!(proto::to_vec(&g).unwrap(), generated);
+        // Framed and streamed: the same bytes as the buffered envelope.
+        let env = request_envelope("Genop", &g);
+        let mut framed = Vec::new();
+        frame::write_envelope(&mut framed, 9, frame::TYPE_REQUEST, &env).unwrap();
+        let body = proto::request("Genop", &g.to_request()).unwrap();
+        assert_eq!(framed, frame_of(frame::TYPE_REQUEST, 9, &body));
+    }
+    // CreateSession with flags 0: no payload field at all, as captured.
+    let mut framed = Vec::new();
+    let empty = CreateSessionRequest::new();
+    let env = request_envelope("CreateSession", &empty);
+    frame::write_envelope(&mut framed, 1, frame::TYPE_REQUEST, &env).unwrap();
+    assert_eq!(framed, CREATE_REQ);
+}
+
+#[test]
+fn split_takes_the_payload_wherever_it_is() {
+    let inner = CreateSessionRequest {
+        flags: 8,
+        ..Default::default()
+    };
+    let mut body = proto::request("CreateSession", &inner).unwrap();
+    // Fields after the payload (timeout, metadata) and a second payload,
+    // which wins, as protobuf's own parser decides.
+    body.extend([0x20, 0x05, 0x2a, 0x05, 0x0a, 0x01, b'k', 0x12, 0x00]);
+    body.extend([0x1a, 0x02, 0x08, 0x09]);
+    let (req, p) = proto::split::<Request>(&body, 3).unwrap();
+    let whole = Request::parse_from_bytes(&body).unwrap();
+    assert_eq!(&body[p.clone()], &whole.payload[..]);
+    assert_eq!(&body[p], [0x08, 0x09]);
+    assert_eq!((req.service, req.method), (whole.service, whole.method));
+    assert_eq!(req.timeout_nano, 5);
+    assert_eq!(req.metadata.len(), 1);
+    assert!(req.payload.is_empty());
+    // Truncated and bad wire types are errors, not panics.
+    for n in 1..body.len() {
+        let _ = proto::split::<Request>(&body[..n], 3);
+    }
+    assert!(proto::split::<Request>(&[0x0f], 3).is_err());
+    assert!(proto::split::<Request>(&[0x1a, 0x05, 0x00], 3).is_err());
+}
+
+#[test]
+fn reply_args_borrow_what_the_generated_parser_copies() {
+    let arg = |buf: &[u8], ty, shm| Arg {
+        buf: buf.to_vec(),
+        size: buf.len() as u32,
+        arg_type: ty,
+        shm_offset: shm,
+        ..Default::default()
+    };
+    let resp = GenopResponse {
+        write_args: vec![
+            arg(b"abc", 12, None),
+            arg(b"", 18, Some(64)),
+            arg(&[7; 300], 0, None),
+        ],
+        ..Default::default()
+    };
+    let bytes = resp.write_to_bytes().unwrap();
+    let got = reply_args(&bytes).unwrap();
+    assert_eq!(got.len(), 3);
+    for ((a, buf), want) in got.iter().zip(&resp.write_args) {
+        assert_eq!(*buf, &want.buf[..]);
+        assert_eq!(
+            (a.size, a.arg_type, a.shm_offset),
+            (want.size, want.arg_type, want.shm_offset)
+        );
+    }
+    for n in 0..bytes.len() {
+        let _ = reply_args(&bytes[..n]); // truncated: an error or fewer args, never a panic
+    }
+}
+
+#[test]
+fn only_a_sealed_memfd_large_enough_is_mapped() {
+    use super::shm::Region;
+    let (r, fd) = Region::create(8192, false).unwrap();
+    assert_eq!(r.len(), 8192);
+    assert!(r.slice(8192 - 64, 64).is_some());
+    assert!(r.slice(8192 - 63, 64).is_none());
+    assert!(r.slice(u64::MAX, 1).is_none());
+    assert!(Region::map(&fd, 8192, true).is_ok());
+    assert!(
+        Region::map(&fd, 8193, false).is_err(),
+        "larger than the file"
+    );
+    assert!(Region::map(&fd, 0, false).is_err());
+    // A file that cannot be sealed (not a memfd) is refused.
+    let f = std::fs::File::open("/proc/self/exe").unwrap();
+    let fd = std::os::fd::OwnedFd::from(f);
+    assert!(Region::map(&fd, 4096, false).is_err());
+    // An unsealed memfd too.
+    // SAFETY: memfd_create with a static name; owned at once.
+    let raw = unsafe { libc::memfd_create(c"skiff-test".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(raw >= 0);
+    // SAFETY: a fresh fd nobody else owns.
+    let m = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ftruncate on our own memfd.
+    assert_eq!(unsafe { libc::ftruncate(raw, 4096) }, 0);
+    assert!(Region::map(&m, 4096, false).is_err());
 }
