@@ -2,8 +2,9 @@
 //! kvm_pvm in native mode and under its emulator, in process; then the
 //! guest's own view (the `cost` guest's TSC-timed loop of N hypercalls)
 //! through a skiff process and, when SOLO5_HVT names a solo5-hvt binary,
-//! through solo5-hvt on the same guest. On any other KVM the "emulated"
-//! rows are skipped (there is no native mode to leave).
+//! through solo5-hvt on the same guest, and (on kvm_pvm) in process under
+//! kvm_pvm's emulator. On any other KVM the "emulated" rows are skipped
+//! (there is no native mode to leave).
 //!
 //!     cargo bench --bench exit_cost
 //!     SOLO5_HVT=/path/to/solo5-hvt FLOOD=1000000 cargo bench --bench exit_cost
@@ -73,6 +74,15 @@ fn main() {
                 "  solo5-hvt {}",
                 guest_view(&hvt, &["--mem=16"], what, flood)
             );
+        }
+        // The same loop under kvm_pvm's emulator, which no skiff process
+        // chooses: in process, the whole run timed from outside.
+        let mut vm = common::cost_vm(&format!("{what} {flood}"));
+        if vm.leave_pvm_native() {
+            let t = Instant::now();
+            vm.run().expect("run the cost guest");
+            let ns = t.elapsed().as_nanos() / u128::from(flood);
+            println!("  skiff emulated, in process: {what} {flood} per={ns}  (whole run)");
         }
     }
 }

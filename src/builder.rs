@@ -104,7 +104,7 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
         &cfg.cmdline,
     )
     .map_err(BuildError::Layout)?;
-    vm.vcpu.set_boot_state(&boot)?;
+    vm.vcpu.set_boot_state(&boot, &vm.mem)?;
     crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
     vm.devices.function = crate::devices::function::Function::from_env();

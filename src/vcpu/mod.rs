@@ -8,7 +8,7 @@ pub mod signals;
 
 pub use exit::Exit;
 
-use crate::memory::{BootState, BOOT_CR3, BOOT_GDT_SELECTORS};
+use crate::memory::{BootState, GuestMemory, BOOT_CR3, BOOT_GDT_SELECTORS};
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
@@ -46,6 +46,9 @@ pub struct Vcpu {
     fd: VcpuFd,
     /// Whether kvm_pvm runs the guest natively (see [`pvm`]).
     pvm_native: bool,
+    /// The stub that spends kvm_pvm's one-time HLT wake, where the vCPU
+    /// starts when native (see [`pvm::FirstHlt`]).
+    first_hlt: Option<pvm::FirstHlt>,
 }
 
 impl Drop for Vcpu {
@@ -68,6 +71,7 @@ impl Vcpu {
         Ok(Self {
             fd,
             pvm_native: false,
+            first_hlt: None,
         })
     }
 
@@ -77,8 +81,9 @@ impl Vcpu {
         Ok(u64::from(khz) * 1000)
     }
 
-    /// Sets the 64-bit entry state Solo5 guests expect.
-    pub fn set_boot_state(&mut self, b: &BootState) -> Result<(), VcpuError> {
+    /// Sets the 64-bit entry state Solo5 guests expect (`mem`: the guest's
+    /// memory, for kvm_pvm's first-HLT stub, see [`pvm::FirstHlt`]).
+    pub fn set_boot_state(&mut self, b: &BootState, mem: &GuestMemory) -> Result<(), VcpuError> {
         let mut sregs = self.fd.get_sregs().map_err(VcpuError::Regs)?;
         let (code_sel, data_sel) = BOOT_GDT_SELECTORS;
         let code = kvm_segment {
@@ -125,15 +130,19 @@ impl Vcpu {
         sregs.efer = EFER_LME | EFER_LMA;
         self.fd.set_sregs(&sregs).map_err(VcpuError::Regs)?;
 
+        let native = pvm::register(&self.fd);
+        self.first_hlt = native
+            .then(|| pvm::FirstHlt::write(mem, b.entry, b.stack))
+            .flatten();
         let regs = kvm_regs {
-            rip: b.entry,
+            rip: self.first_hlt.map_or(b.entry, |stub| stub.at),
             rsp: b.stack,
             rdi: b.boot_info,
             rflags: 0x2,
             ..Default::default()
         };
         self.fd.set_regs(&regs).map_err(VcpuError::Regs)?;
-        self.set_pvm_native(pvm::register(&self.fd));
+        self.set_pvm_native(native);
         Ok(())
     }
 
@@ -219,11 +228,23 @@ impl Vcpu {
     /// it; benches compare the two, see docs/kvm-pvm.md). Returns whether
     /// it was native.
     pub fn leave_pvm_native(&mut self) -> bool {
-        if self.pvm_native && pvm::unregister(&self.fd) {
-            self.pvm_native = false;
-            return true;
+        if !(self.pvm_native && pvm::unregister(&self.fd)) {
+            return false;
         }
-        false
+        self.pvm_native = false;
+        // Under emulation the stub's HLT would end the guest: one that has
+        // not started yet (a debugger, a bench) starts at its entry. A
+        // failure here can only leave it at the stub, whose HLT then ends
+        // it with skiff's one line.
+        if let Some(stub) = self.first_hlt.take() {
+            if let Ok(mut regs) = self.fd.get_regs() {
+                if regs.rip == stub.at {
+                    regs.rip = stub.target;
+                    let _ = self.fd.set_regs(&regs);
+                }
+            }
+        }
+        true
     }
 
     /// A triple fault in kvm_pvm's native mode: the guest's exception could

@@ -22,8 +22,14 @@
 //! kicked guest running on page tables of its own leaves native mode and
 //! goes on under emulation, where kvm_pvm treats its tables as hardware
 //! does (see docs/kvm-pvm.md).
+//!
+//! And one quirk: registering arms a one-time wake, so the vCPU's next HLT
+//! returns to the guest at once instead of exiting; every HLT after that
+//! one exits to skiff as on any KVM. skiff spends that wake itself before
+//! the guest's first instruction ([`FirstHlt`]).
 
 use super::signals;
+use crate::memory::{Gpa, GuestMemory};
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 
@@ -49,6 +55,41 @@ pub fn register(vcpu: &VcpuFd) -> bool {
 /// gates in low memory, as Solo5's, end in a triple fault.
 pub fn unregister(vcpu: &VcpuFd) -> bool {
     write(vcpu, 0)
+}
+
+/// Where the vCPU starts when registration armed kvm_pvm's one-time wake:
+/// a stub, `hlt; jmp [rip+0]; .quad target`, whose HLT spends the wake
+/// (one trapped instruction inside `KVM_RUN`, no exit to skiff) and which
+/// then jumps to where the guest starts. Without it, a guest's own first
+/// HLT (`cli; hlt`: "stop here for good") would return and the guest run
+/// on past it; with it, that HLT ends the guest as on any other KVM.
+#[derive(Debug, Clone, Copy)]
+pub struct FirstHlt {
+    /// The stub's address (guest-virtual and guest-physical: it is only
+    /// used on the tender's identity-mapped tables).
+    pub at: u64,
+    /// Where the stub jumps: the guest's own first instruction.
+    pub target: u64,
+}
+
+/// How far below the stack pointer the stub goes: past any red zone, in
+/// stack memory the guest's own pushes overwrite, which no guest may
+/// expect to hold anything.
+const STUB_BELOW_SP: u64 = 256;
+
+impl FirstHlt {
+    /// Writes the stub below `rsp` for a guest about to start at `rip`;
+    /// `None` where that memory is not the guest's (then the guest's own
+    /// first HLT returns at once, as without the stub).
+    pub fn write(mem: &GuestMemory, rip: u64, rsp: u64) -> Option<Self> {
+        let at = rsp.checked_sub(STUB_BELOW_SP)? & !0xf;
+        let mut stub = [0u8; 15];
+        // hlt; jmp [rip+0] (the next 8 bytes: the target)
+        stub[..7].copy_from_slice(&[0xf4, 0xff, 0x25, 0, 0, 0, 0]);
+        stub[7..].copy_from_slice(&rip.to_le_bytes());
+        mem.write_bytes(&stub, Gpa(at)).ok()?;
+        Some(Self { at, target: rip })
+    }
 }
 
 /// CPU time after which the first kick comes; then one each CPU second.

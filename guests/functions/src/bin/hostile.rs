@@ -214,6 +214,28 @@ fn main(ctx: &Ctx) -> i32 {
             // SAFETY: stops the vCPU; touches no memory.
             unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
         }
+        // The usual "halt forever" idiom of a kernel's panic path.
+        "hlt-loop" => {
+            // SAFETY: stops the vCPU for good; touches no memory.
+            unsafe { asm!("2:", "cli", "hlt", "jmp 2b", options(nomem, nostack)) };
+        }
+        // A HLT after a hypercall, or after 1.2 s of compute (past the
+        // first kick of skiff's watchdog on kvm_pvm, see src/vcpu/pvm.rs).
+        "hlt-after" => {
+            match args.next() {
+                Some("puts") => println!("before"),
+                Some("compute") => {
+                    let hz = ctx.boot_info().cpu_cycle_freq;
+                    // SAFETY: RDTSC only reads the time-stamp counter.
+                    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+                    // SAFETY: as above.
+                    while unsafe { core::arch::x86_64::_rdtsc() } - t0 < hz / 10 * 12 {}
+                }
+                _ => return 2,
+            }
+            // SAFETY: stops the vCPU; touches no memory.
+            unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        }
         // The boot area (boot info, command line) is read-only in the page
         // tables: a #PF, which the runtime's handler reports (255).
         "write-boot" => {
