@@ -196,6 +196,16 @@ fn a_worker_rewinds_its_guest_and_the_next_call_finds_nothing_of_the_last() {
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
             assert_eq!(stdout(&o), pristine, "call {i} (fresh process: {fresh})");
         }
+        // A rewound guest's HLT ends it as a fresh one's does (kvm_pvm
+        // arms a one-time wake at each registration: see vcpu/pvm.rs).
+        let o = pool.call(b"hlt", &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("halted the CPU (HLT)"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty(), "{}", stdout(&o));
         served_by.dedup();
         match fresh {
             // One worker served every call: its guest was rewound each time.

@@ -273,6 +273,7 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     }
     let native = vcpu::restore(vm.vcpu.fd(), &meta)?;
     vm.vcpu.set_pvm_native(native);
+    vm.vcpu.resume_through_stub(&vm.mem)?;
     vm.resume = Some(Request::Extension {
         nr: Hypercall::ReqRead,
         arg: Gpa(meta.pending_req_read),

@@ -104,7 +104,9 @@ impl Origin {
                 read_only: pages.read_only.clone(),
                 pending_req_read: pages.pending_req_read,
             },
-            regs: fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?,
+            // Not the first-HLT stub's rip (vcpu/pvm.rs): each rewind
+            // writes the stub again.
+            regs: vm.vcpu.guest_regs()?,
             sregs: fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?,
             xsave: fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?,
             xcrs: fd.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?,
@@ -153,6 +155,7 @@ impl Origin {
         }
         set_all(fd, &self.msrs)?;
         vm.vcpu.set_pvm_native(self.native);
+        vm.vcpu.resume_through_stub(&vm.mem)?;
         vm.resume = Some(Request::Extension {
             nr: Hypercall::ReqRead,
             arg: Gpa(self.pages.pending_req_read),

@@ -154,6 +154,15 @@ impl Vcpu {
 
     /// Runs the guest until its next exit.
     pub fn run(&mut self) -> Result<Exit, VcpuError> {
+        match self.enter()? {
+            // The stub's own HLT (a kvm_pvm that armed no wake): the guest
+            // goes on to where the stub jumps.
+            Exit::Hlt if self.past_stub() => Ok(Exit::Interrupted),
+            exit => Ok(exit),
+        }
+    }
+
+    fn enter(&mut self) -> Result<Exit, VcpuError> {
         match self.fd.run() {
             Ok(exit) => Ok(match exit {
                 VcpuExit::IoOut(port, data) => Exit::io_out(port, data),
@@ -185,6 +194,43 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EFAULT => Ok(Exit::TranslationFault),
             Err(e) => Err(VcpuError::Run(e)),
         }
+    }
+
+    /// Whether the vCPU stopped just past the first-HLT stub's HLT (the
+    /// stub is forgotten either way: only the first HLT can be its).
+    fn past_stub(&mut self) -> bool {
+        let Some(stub) = self.first_hlt.take() else {
+            return false;
+        };
+        self.fd.get_regs().is_ok_and(|r| r.rip == stub.at + 1)
+    }
+
+    /// The guest's registers as the guest knows them: at the first-HLT
+    /// stub, the rip is where the stub jumps (for a record of the guest's
+    /// state, e.g. the state a pool worker rewinds to).
+    pub(crate) fn guest_regs(&self) -> Result<kvm_regs, VcpuError> {
+        let mut regs = self.fd.get_regs().map_err(VcpuError::Regs)?;
+        if let Some(stub) = self.first_hlt.filter(|s| s.at == regs.rip) {
+            regs.rip = stub.target;
+        }
+        Ok(regs)
+    }
+
+    /// A restored or rewound guest on kvm_pvm: registering the PV page
+    /// again armed the one-time HLT wake again, so the guest resumes
+    /// through the stub too, written below its stack pointer and jumping
+    /// to where it stopped (see [`pvm::FirstHlt`]). Nothing elsewhere.
+    pub(crate) fn resume_through_stub(&mut self, mem: &GuestMemory) -> Result<(), VcpuError> {
+        if !self.pvm_native {
+            return Ok(());
+        }
+        let mut regs = self.fd.get_regs().map_err(VcpuError::Regs)?;
+        self.first_hlt = pvm::FirstHlt::write(mem, regs.rip, regs.rsp);
+        if let Some(stub) = self.first_hlt {
+            regs.rip = stub.at;
+            self.fd.set_regs(&regs).map_err(VcpuError::Regs)?;
+        }
+        Ok(())
     }
 
     /// The vCPU fd, for saving and restoring its state (snapshot/).

@@ -4,7 +4,9 @@
 //! which the snapshot saves, and the first variable-range MTRR, which only
 //! a full vCPU rewind restores) and in debug register 0, and then writes
 //! the number in its request body into all of them. A tender that gives
-//! every request a fresh guest makes every answer the same.
+//! every request a fresh guest makes every answer the same. A body of
+//! `hlt` makes it halt the CPU instead (`cli; hlt`), which must end it:
+//! if it goes on, it answers `still running` and exits 3.
 #![no_std]
 #![no_main]
 
@@ -76,6 +78,12 @@ fn main(ctx: &Ctx) -> i32 {
     past.copy_from_slice(&buf[..8]);
     let past = u64::from_le_bytes(past);
 
+    if &body[..n] == b"hlt" {
+        // SAFETY: stops this vCPU for good; nothing is borrowed across it.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) };
+        let _ = function::resp_write(b"still running");
+        return 3;
+    }
     let new = core::str::from_utf8(&body[..n])
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
