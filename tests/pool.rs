@@ -147,6 +147,9 @@ fn hangup(fresh: bool) {
         });
         assert_eq!(children(pool.pid()), idle, "a rewinding pool grew");
     }
+    // Held open until the worker is gone (Child::wait closes it, and an
+    // EOF racing the hang-up would let the guest finish normally).
+    let stdin = caller.stdin.take();
     caller.kill().unwrap();
     caller.wait().unwrap();
     let what = format!("the busy worker's exit (fresh process: {fresh})");
@@ -155,12 +158,13 @@ fn hangup(fresh: bool) {
             .iter()
             .map(|p| {
                 let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-                let wchan = std::fs::read_to_string(format!("/proc/{p}/wchan")).unwrap_or_default();
-                format!("{p}: {stat} wchan {wchan}")
+                let fd0 = std::fs::read_link(format!("/proc/{p}/fd/0"));
+                format!("{p}: {stat} fd 0 {fd0:?}")
             })
             .collect::<Vec<_>>()
             .join("\n")
     });
+    drop(stdin);
     assert_eq!(children(pool.pid()).len(), 1);
     let o = pool.call(b"still serving", &[]);
     assert_eq!(o.stdout, b"still serving", "{}", stderr(&o));
