@@ -100,9 +100,12 @@ impl Done {
         let us = self.start.elapsed().as_micros() as u64;
         state.metrics.request(status, us);
         let sep = if why.is_empty() { "" } else { " " };
-        eprintln!(
-            "{}: {} {} {status} {bytes} B {us} us{sep}{why}",
-            state.prog, self.method, self.path
+        crate::diag::line(
+            &state.prog,
+            &format_args!(
+                "{} {} {status} {bytes} B {us} us{sep}{why}",
+                self.method, self.path
+            ),
         );
     }
 }
@@ -170,7 +173,7 @@ async fn answer(
             return (Some(r.status()), "(Http_* variables over 64 KiB)", r);
         }
         Err(e) => {
-            eprintln!("{}: {e}", state.prog);
+            crate::diag::line(&state.prog, &format_args!("{e}"));
             let r = plain(StatusCode::SERVICE_UNAVAILABLE, "no worker\n");
             return (Some(r.status()), "(no worker)", r);
         }
@@ -255,7 +258,10 @@ async fn answer(
             (Some(r.status()), "", r)
         }
         Ok(n) => {
-            eprintln!("{}: the function ended with status {n}", state.prog);
+            crate::diag::line(
+                &state.prog,
+                &format_args!("the function ended with status {n}"),
+            );
             let r = plain(StatusCode::INTERNAL_SERVER_ERROR, "function failed\n");
             (Some(r.status()), "(non-zero exit)", r)
         }
@@ -269,7 +275,7 @@ fn timed_out() -> (Option<StatusCode>, &'static str, Response<RespBody>) {
 }
 
 fn failed(state: &State, why: &str) -> (Option<StatusCode>, &'static str, Response<RespBody>) {
-    eprintln!("{}: {why}", state.prog);
+    crate::diag::line(&state.prog, &format_args!("{why}"));
     let r = plain(StatusCode::INTERNAL_SERVER_ERROR, "function failed\n");
     (Some(r.status()), "(worker failed)", r)
 }
@@ -401,12 +407,15 @@ fn streamed(
             match tokio::time::timeout_at(deadline, guest.status()).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
-                    eprintln!("{}: the function ended with status {n}", state.prog);
+                    crate::diag::line(
+                        &state.prog,
+                        &format_args!("the function ended with status {n}"),
+                    );
                     why = "(non-zero exit after the head; body cut)";
                     ok = false;
                 }
                 Ok(Err(e)) => {
-                    eprintln!("{}: {e}", state.prog);
+                    crate::diag::line(&state.prog, &format_args!("{e}"));
                     why = "(worker failed after the head; body cut)";
                     ok = false;
                 }

@@ -252,24 +252,28 @@ async fn serve(
     // Every syscall the front needs from here on is in seccomp/serve.json.
     crate::seccomp::install(crate::seccomp::Policy::Serve)?;
     let addr = http.local_addr().map_err(map)?;
-    eprintln!(
-        "{}: serving http://{addr} with {} workers ({})",
-        state.prog,
-        state.cfg.workers,
-        state
-            .cfg
-            .restore
-            .as_ref()
-            .map_or("each guest booted cold".into(), |p| format!(
-                "each guest restored from {}",
-                p.display()
-            )),
+    crate::diag::line(
+        &state.prog,
+        &format_args!(
+            "serving http://{addr} with {} workers ({})",
+            state.cfg.workers,
+            state
+                .cfg
+                .restore
+                .as_ref()
+                .map_or("each guest booted cold".into(), |p| format!(
+                    "each guest restored from {}",
+                    p.display()
+                ))
+        ),
     );
     if state.cfg.warm {
-        eprintln!(
-            "{}: --warm: a guest that asks for the next request serves more than one (they share its memory)",
-            state.prog
-        );
+        crate::diag::line(
+
+            &state.prog,
+
+            &format_args!("--warm: a guest that asks for the next request serves more than one (they share its memory)"),
+);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -309,14 +313,16 @@ async fn serve(
     let drained = tokio::time::timeout(state.cfg.drain, alive_rx.recv())
         .await
         .is_ok();
-    eprintln!(
-        "{}: {}",
-        state.prog,
-        if drained {
-            "drained, exiting"
-        } else {
-            "drain timed out; ending the requests still in flight"
-        }
+    crate::diag::line(
+        &state.prog,
+        &format_args!(
+            "{}",
+            if drained {
+                "drained, exiting"
+            } else {
+                "drain timed out; ending the requests still in flight"
+            }
+        ),
     );
     Ok(())
 }
