@@ -152,7 +152,6 @@ fn via_hypercall(plugin: &str, args: &[&str]) -> Option<(f64, f64)> {
 }
 
 mod common;
-use common::env_num;
 
 fn gflops(n: usize, ns: f64) -> f64 {
     2.0 * (n as f64).powi(3) / ns
@@ -160,16 +159,7 @@ fn gflops(n: usize, ns: f64) -> f64 {
 
 fn main() {
     let quick = common::quick();
-    let n = if quick {
-        16
-    } else {
-        env_num("SKIFF_BENCH_N", 512)
-    };
-    let iters = if quick {
-        2
-    } else {
-        env_num("SKIFF_BENCH_ITERS", 20)
-    };
+    let (n, iters) = common::sgemm_shape();
     std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/target/pocl-cache")).ok();
     std::env::set_var(
         "POCL_CACHE_DIR",

@@ -106,16 +106,7 @@ fn best(rounds: usize, mut f: impl FnMut() -> (f64, f64)) -> (f64, f64) {
 
 fn main() {
     let quick = common::quick();
-    let n = if quick {
-        16
-    } else {
-        env_num("SKIFF_BENCH_N", 512)
-    };
-    let iters = if quick {
-        2
-    } else {
-        env_num("SKIFF_BENCH_ITERS", 20)
-    };
+    let (n, iters) = common::sgemm_shape();
     let rounds = if quick {
         1
     } else {

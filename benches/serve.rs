@@ -174,6 +174,31 @@ fn start_serve(snap: &Path, kernel: &Path, workers: usize, flags: &[&str]) -> (C
     (child, addr)
 }
 
+/// `skiff snapshot` of `kernel` into `dir/NAME.snap`.
+fn snapshot(dir: &Path, kernel: &Path, name: &str) -> PathBuf {
+    let snap = dir.join(format!("{name}.snap"));
+    let st = Command::new(skiff())
+        .args(["snapshot", MEM, "--out"])
+        .arg(&snap)
+        .arg(kernel)
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "snapshot failed");
+    snap
+}
+
+/// A `skiff serve` with `flags`, warmed once, measured at each of CONNS.
+fn measure(snap: &Path, kernel: &Path, flags: &[&str], script: &Path, secs: u64) -> Vec<Run> {
+    let (mut server, addr) = start_serve(snap, kernel, 4, flags);
+    let url = format!("http://{addr}/");
+    wrk(&url, 1, 1, script);
+    let runs = CONNS.iter().map(|&c| wrk(&url, c, secs, script)).collect();
+    let _ = server.kill();
+    let _ = server.wait();
+    runs
+}
+
 fn plot(
     path: &Path,
     serve: &[Run],
@@ -263,15 +288,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("skiff-serve-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kernel = guest_images::image("echo");
-    let snap = dir.join("echo.snap");
-    let st = Command::new(skiff())
-        .args(["snapshot", MEM, "--out"])
-        .arg(&snap)
-        .arg(&kernel)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "snapshot failed");
+    let snap = snapshot(&dir, &kernel, "echo");
     let script = dir.join("post.lua");
     std::fs::write(
         &script,
@@ -295,37 +312,13 @@ fn main() {
     }
     let _ = server.kill();
     let _ = server.wait();
+    // One process and VM per request (--fresh-process).
+    let fresh = measure(&snap, &kernel, &["--fresh-process"], &script, secs);
     // The warm guest (REQ_NEXT) under --warm: what the front and one
     // worker hand-off cost when no guest is restored per request.
     let wkernel = guest_images::image("warm");
-    let wsnap = dir.join("warm.snap");
-    let st = Command::new(skiff())
-        .args(["snapshot", MEM, "--out"])
-        .arg(&wsnap)
-        .arg(&wkernel)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "snapshot failed");
-    // One process and VM per request (--fresh-process).
-    let (mut fserver, faddr) = start_serve(&snap, &kernel, 4, &["--fresh-process"]);
-    let furl = format!("http://{faddr}/");
-    wrk(&furl, 1, 1, &script);
-    let fresh: Vec<Run> = CONNS
-        .iter()
-        .map(|&c| wrk(&furl, c, secs, &script))
-        .collect();
-    let _ = fserver.kill();
-    let _ = fserver.wait();
-    let (mut wserver, waddr) = start_serve(&wsnap, &wkernel, 4, &["--warm"]);
-    let wurl = format!("http://{waddr}/");
-    wrk(&wurl, 1, 1, &script);
-    let warm: Vec<Run> = CONNS
-        .iter()
-        .map(|&c| wrk(&wurl, c, secs, &script))
-        .collect();
-    let _ = wserver.kill();
-    let _ = wserver.wait();
+    let wsnap = snapshot(&dir, &wkernel, "warm");
+    let warm = measure(&wsnap, &wkernel, &["--warm"], &script, secs);
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("echo, 1 KiB POST, wrk on loopback, {secs} s per run");

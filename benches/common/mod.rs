@@ -19,6 +19,18 @@ pub fn quick() -> bool {
     !std::env::args().any(|a| a == "--bench")
 }
 
+/// The sgemm benches' shape: (n, calls), from SKIFF_BENCH_N (512) and
+/// SKIFF_BENCH_ITERS (20), or tiny under [`quick`].
+pub fn sgemm_shape() -> (usize, usize) {
+    match quick() {
+        true => (16, 2),
+        false => (
+            env_num("SKIFF_BENCH_N", 512),
+            env_num("SKIFF_BENCH_ITERS", 20),
+        ),
+    }
+}
+
 /// A VM of the `cost` guest in `mode` (its command line: `loop-puts`,
 /// `loop-poll`, `loop-walltime`), built but not yet run, its console on
 /// /dev/null so the loop's output costs nothing.
