@@ -147,9 +147,10 @@ fn hangup(fresh: bool) {
         });
         assert_eq!(children(pool.pid()), idle, "a rewinding pool grew");
     }
-    // Held open until the worker is gone (Child::wait closes it, and an
-    // EOF racing the hang-up would let the guest finish normally).
-    let stdin = caller.stdin.take();
+    // A rewinding worker would rightly stay if EOF (Child::wait closes
+    // stdin) let its guest finish before the hang-up reached it: there,
+    // stdin stays open until the worker is gone.
+    let stdin = if fresh { None } else { caller.stdin.take() };
     caller.kill().unwrap();
     caller.wait().unwrap();
     let what = format!("the busy worker's exit (fresh process: {fresh})");
