@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// How long a keep-alive connection may wait for its next request.
     #[arg(long, value_name = "MS", default_value_t = 60_000)]
     pub idle_timeout: u64,
+    /// A client must take some of its response within this of the last
+    /// bytes it took (else closed, its guest stopped).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub send_timeout: u64,
     /// A request body must be in within this of its head (later: 408).
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     pub body_timeout: u64,
@@ -87,6 +91,7 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
         ("--header-timeout", a.header_timeout),
         ("--idle-timeout", a.idle_timeout),
         ("--body-timeout", a.body_timeout),
+        ("--send-timeout", a.send_timeout),
     ] {
         if ms == 0 {
             return refuse(prog, &format_args!("{flag} must be at least 1 ms"));
@@ -133,6 +138,7 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
         queue_per_peer: a.queue_per_peer.unwrap_or((a.queue / 2).max(1)),
         header_timeout: Duration::from_millis(a.header_timeout),
         idle_timeout: Duration::from_millis(a.idle_timeout),
+        send_timeout: Duration::from_millis(a.send_timeout),
         body_timeout: Duration::from_millis(a.body_timeout),
         body_buffer: a.body_buffer,
     };

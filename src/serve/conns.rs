@@ -8,7 +8,10 @@
 //!   send a whole request head within `--header-timeout`; a keep-alive one
 //!   may wait `--idle-timeout` for its next request's first byte, then has
 //!   `--header-timeout` for the rest of the head. A sweep every
-//!   [`SWEEP`] closes the late ones (a head that was late gets 408).
+//!   [`SWEEP`] closes the late ones (a head that was late gets 408);
+//! - any connection whose socket has taken no response byte for
+//!   `--send-timeout` (a client that stopped reading) is closed, and its
+//!   request's guest, if any, stopped.
 //!
 //! hyper's own `header_read_timeout` (which starts when the previous
 //! response ends) is set to the sum of both as a backstop.
@@ -41,6 +44,7 @@ pub struct Limits {
     pub per_peer: usize,
     pub header: Duration,
     pub idle: Duration,
+    pub send: Duration,
 }
 
 /// Why the front closed a connection itself.
@@ -55,6 +59,8 @@ pub enum Closed {
     Idle = 2,
     /// No whole request head within `--header-timeout`.
     HeadTimeout = 3,
+    /// The client took no response byte for `--send-timeout`.
+    SendTimeout = 4,
 }
 
 /// Why a new connection was refused.
@@ -79,6 +85,8 @@ pub struct Conn {
     idle_since: AtomicU64,
     /// The first byte read while idle (0: none yet).
     first_byte: AtomicU64,
+    /// Since when a write has found the socket full (0: not blocked).
+    blocked: AtomicU64,
     closed: AtomicU8,
     /// Wakes the connection's task to close it.
     pub close: Notify,
@@ -96,6 +104,7 @@ impl Conn {
             1 => Closed::Evicted,
             2 => Closed::Idle,
             3 => Closed::HeadTimeout,
+            4 => Closed::SendTimeout,
             _ => Closed::No,
         }
     }
@@ -116,12 +125,16 @@ impl Conn {
         Busy(self.clone())
     }
 
-    /// Its deadline has passed (idle only): why.
+    /// Its deadline has passed: why.
     fn late(&self, now: u64, l: &Limits) -> Option<Closed> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let blocked = self.blocked.load(Relaxed);
+        if blocked != 0 && now.saturating_sub(blocked) > ms(l.send) {
+            return Some(Closed::SendTimeout);
+        }
         if !self.idle() {
             return None;
         }
-        let ms = |d: Duration| d.as_millis() as u64;
         let first = self.first_byte.load(Relaxed);
         let since = self.idle_since.load(Relaxed);
         if first != 0 {
@@ -234,6 +247,7 @@ impl Conns {
             served: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             first_byte: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
             closed: AtomicU8::new(0),
             close: Notify::new(),
             clock: self.clock,
@@ -290,13 +304,32 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Notes when writes start finding the socket full, and that they
+    /// stopped (the send deadline runs between two writes that progress).
+    fn wrote<T>(&self, r: Poll<T>) -> Poll<T> {
+        let c = &self.conn;
+        match r {
+            Poll::Pending => {
+                if c.blocked.load(Relaxed) == 0 {
+                    c.blocked.store(c.now(), Relaxed);
+                }
+            }
+            Poll::Ready(_) => c.blocked.store(0, Relaxed),
+        }
+        r
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.io).poll_write(cx, buf);
+        me.wrote(r)
     }
 
     fn poll_write_vectored(
@@ -304,7 +337,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.io).poll_write_vectored(cx, bufs);
+        me.wrote(r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -330,6 +365,7 @@ mod tests {
             per_peer: 2,
             header: Duration::from_millis(50),
             idle: Duration::from_millis(200),
+            send: Duration::from_millis(50),
         }
     }
 
@@ -372,5 +408,19 @@ mod tests {
         r.sweep();
         assert_eq!(kept.closed(), Closed::Idle);
         assert_eq!(r.open(), 0);
+    }
+
+    #[test]
+    fn sweep_closes_a_busy_connection_whose_writes_are_stuck() {
+        let r = Conns::new(limits());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let (c, _) = r.admit(a).unwrap();
+        let _busy = c.busy();
+        c.blocked.store(c.now(), Relaxed);
+        r.sweep();
+        assert_eq!(c.closed(), Closed::No, "not yet");
+        std::thread::sleep(Duration::from_millis(80));
+        r.sweep();
+        assert_eq!(c.closed(), Closed::SendTimeout);
     }
 }

@@ -31,8 +31,8 @@ pub struct Metrics {
     refused_full: AtomicU64,
     refused_peer: AtomicU64,
     /// Connections the front closed: evicted for room, idle keep-alive,
-    /// request head too slow.
-    closed: [AtomicU64; 3],
+    /// request head too slow, response not taken.
+    closed: [AtomicU64; 4],
 }
 
 impl Metrics {
@@ -73,6 +73,7 @@ impl Metrics {
             Closed::Evicted => 0,
             Closed::Idle => 1,
             Closed::HeadTimeout => 2,
+            Closed::SendTimeout => 3,
         };
         self.closed[i].fetch_add(n, Relaxed);
     }
@@ -145,9 +146,9 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
-        s.push_str("# HELP skiff_serve_connections_closed_total Connections the server closed: evicted for a newer one, idle keep-alive, request head too slow (408).\n");
+        s.push_str("# HELP skiff_serve_connections_closed_total Connections the server closed: evicted for a newer one, idle keep-alive, request head too slow (408), response not read (send timeout).\n");
         s.push_str("# TYPE skiff_serve_connections_closed_total counter\n");
-        for (why, n) in ["evicted", "idle", "header_timeout"]
+        for (why, n) in ["evicted", "idle", "header_timeout", "send_timeout"]
             .iter()
             .zip(&self.closed)
         {

@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub header_timeout: Duration,
     /// A keep-alive connection may wait this long for its next request.
     pub idle_timeout: Duration,
+    /// A client must take response bytes at least this often.
+    pub send_timeout: Duration,
     /// A request body (its buffered part, then the rest) must be in within this.
     pub body_timeout: Duration,
     /// A body up to this many bytes is read whole before the request takes
@@ -157,6 +159,7 @@ pub fn run(prog: &str, cfg: ServeConfig, run: RunConfig) -> Result<(), ServeErro
             per_peer: cfg.max_connections_per_peer,
             header: cfg.header_timeout,
             idle: cfg.idle_timeout,
+            send: cfg.send_timeout,
         }),
         queued: Default::default(),
         cfg,
@@ -419,20 +422,23 @@ async fn connection(
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(http);
     tokio::select! {
+        // First: a connection chosen for closing while idle must not start
+        // a request in the same poll.
+        biased;
+        _ = conn.close.notified() => {}
         r = http.as_mut() => {
             if r.as_ref().is_err_and(|e| e.is_timeout()) {
                 head_timeout(&state, peer);
             }
             return;
         }
-        _ = conn.close.notified() => {}
         _ = stop.changed() => {
             http.as_mut().graceful_shutdown();
             let _ = http.await;
             return;
         }
     }
-    // Closed by the front: the connection was idle (no request in progress).
+    // Closed by the front: idle (no request in progress), or not reading.
     match conn.closed() {
         conns::Closed::HeadTimeout => {
             let t = conns::TIMEOUT_408;
@@ -448,6 +454,15 @@ async fn connection(
                 )
             };
             head_timeout(&state, peer);
+        }
+        conns::Closed::SendTimeout => {
+            state.metrics.closed(conns::Closed::SendTimeout, 1);
+            crate::diag::line(
+                &state.prog,
+                &format_args!(
+                    "{peer} connection closed (no response byte taken within --send-timeout)"
+                ),
+            );
         }
         why => state.metrics.closed(why, 1),
     }
