@@ -51,7 +51,8 @@ fn stalled(addr: SocketAddr, n: usize, bytes: &[u8]) -> Vec<TcpStream> {
     (0..n)
         .filter_map(|_| {
             let mut c = TcpStream::connect(addr).ok()?;
-            c.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+            c.set_read_timeout(Some(scaled(Duration::from_secs(20))))
+                .ok()?;
             let _ = c.write_all(bytes);
             Some(c)
         })
@@ -69,6 +70,11 @@ fn until_closed(c: &mut TcpStream) -> Option<String> {
         }
         Err(_) => None,
     }
+}
+
+/// `--FLAG=MS` for `ms` stretched on the emulated lane ([`scaled`]).
+fn after(flag: &str, ms: u64) -> String {
+    format!("--{flag}={}", scaled(Duration::from_millis(ms)).as_millis())
 }
 
 /// A port free now, for `--metrics`.
@@ -95,13 +101,14 @@ fn metric(text: &str, name: &str) -> u64 {
 #[test]
 fn slow_bodies_hold_a_connection_never_a_worker_and_get_408() {
     let dir = TempDir::new("slow-bodies");
+    let body_timeout = after("body-timeout", 3000);
     let s = restored(
         &dir,
         "echo",
         &[
             "--workers=2",
             "--queue=4",
-            "--body-timeout=3000",
+            &body_timeout,
             "--max-connections-per-peer=1000",
             "--max-connections=1000",
         ],
@@ -126,11 +133,12 @@ fn slow_headers_get_408_and_their_connections_close() {
     let dir = TempDir::new("slow-headers");
     let port = free_port();
     let m = format!("--metrics=127.0.0.1:{port}");
+    let header_timeout = after("header-timeout", 1000);
     let s = restored(
         &dir,
         "echo",
         &[
-            "--header-timeout=1000",
+            &header_timeout,
             "--max-connections-per-peer=1000",
             "--max-connections=1000",
             &m,
@@ -165,11 +173,12 @@ fn slow_headers_get_408_and_their_connections_close() {
 #[test]
 fn idle_keep_alives_close_after_the_idle_timeout() {
     let dir = TempDir::new("idle-keep-alive");
+    let idle_timeout = after("idle-timeout", 1000);
     let s = restored(
         &dir,
         "echo",
         &[
-            "--idle-timeout=1000",
+            &idle_timeout,
             "--max-connections-per-peer=1000",
             "--max-connections=1000",
         ],
@@ -181,7 +190,8 @@ fn idle_keep_alives_close_after_the_idle_timeout() {
             send(&mut c, "POST", "/", b"hi", &[]);
             let mut r = BufReader::new(c.try_clone().unwrap());
             assert_eq!(read_response(&mut r).status, 200);
-            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            c.set_read_timeout(Some(scaled(Duration::from_secs(20))))
+                .unwrap();
             c
         })
         .collect();
@@ -195,6 +205,7 @@ fn idle_keep_alives_close_after_the_idle_timeout() {
 #[test]
 fn a_connection_flood_from_one_peer_closes_its_own_idle_ones_first() {
     let dir = TempDir::new("flood");
+    let body_timeout = after("body-timeout", 2000);
     let port = free_port();
     let m = format!("--metrics=127.0.0.1:{port}");
     let s = restored(
@@ -203,7 +214,7 @@ fn a_connection_flood_from_one_peer_closes_its_own_idle_ones_first() {
         &[
             "--max-connections=64",
             "--max-connections-per-peer=32",
-            "--body-timeout=2000",
+            &body_timeout,
             &m,
         ],
     );
@@ -228,10 +239,10 @@ fn a_connection_flood_from_one_peer_closes_its_own_idle_ones_first() {
     // not idle: past the cap they are refused 503 with Retry-After, until
     // --body-timeout frees them.
     let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\na";
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(scaled(Duration::from_millis(200)));
     let mut busy = stalled(s.addr, 32, head);
     // (Their heads parsed: busy now, not idle.)
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(scaled(Duration::from_millis(300)));
     let mut over = stalled(s.addr, 20, head);
     let refused = over
         .iter_mut()
