@@ -209,10 +209,13 @@ pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<i32
             s.shutdown();
             continue;
         };
+        // Idle and empty from the start (before its thread runs), so a
+        // flood's own newest connections can make room for each other.
         let idle = Arc::new(Idle {
             since: AtomicU64::new(0),
             clock,
         });
+        idle.set();
         {
             let mut open = lock(&open);
             if !admit(&mut open, peer, &cfg) {
