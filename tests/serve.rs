@@ -439,6 +439,10 @@ fn bad_flags_are_one_line_errors() {
     for (flags, needle) in [
         (vec!["--workers", "0"], "--workers"),
         (vec!["--timeout", "0"], "--timeout"),
+        (vec!["--header-timeout", "0"], "--header-timeout"),
+        (vec!["--send-timeout", "0"], "--send-timeout"),
+        (vec!["--max-connections", "0"], "--max-connections"),
+        (vec!["--queue-per-peer", "0"], "--queue-per-peer"),
         (vec!["--restore", "/nonexistent.snap"], "nonexistent"),
     ] {
         let mut cmd = Command::new(skiff());
