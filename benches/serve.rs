@@ -8,6 +8,8 @@
 //! `cargo bench --bench serve` (needs `wrk` on PATH; SKIFF_BENCH_SECS sets
 //! each run's length, default 5).
 
+mod common;
+
 use plotters::prelude::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -174,18 +176,8 @@ fn start_serve(snap: &Path, kernel: &Path, workers: usize, flags: &[&str]) -> (C
     (child, addr)
 }
 
-/// `skiff snapshot` of `kernel` into `dir/NAME.snap`.
 fn snapshot(dir: &Path, kernel: &Path, name: &str) -> PathBuf {
-    let snap = dir.join(format!("{name}.snap"));
-    let st = Command::new(skiff())
-        .args(["snapshot", MEM, "--out"])
-        .arg(&snap)
-        .arg(kernel)
-        .stdin(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "snapshot failed");
-    snap
+    common::snapshot(dir, kernel, name, MEM)
 }
 
 /// A `skiff serve` with `flags`, warmed once, measured at each of CONNS.

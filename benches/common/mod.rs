@@ -5,6 +5,26 @@
 use skiff::config::{MemSize, RunConfig};
 use std::str::FromStr;
 
+/// `skiff snapshot MEM` of `kernel` into `dir/NAME.snap` (a server's
+/// snapshot, made through the CLI as a user makes it).
+pub fn snapshot(
+    dir: &std::path::Path,
+    kernel: &std::path::Path,
+    name: &str,
+    mem: &str,
+) -> std::path::PathBuf {
+    let snap = dir.join(format!("{name}.snap"));
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["snapshot", mem, "--out"])
+        .arg(&snap)
+        .arg(kernel)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "snapshot failed");
+    snap
+}
+
 /// `name` from the environment, parsed, or `default` when unset or unparsable.
 pub fn env_num<T: FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

@@ -23,8 +23,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A body must follow its header within this time.
-pub const BODY_TIME: Duration = Duration::from_secs(30);
+/// A frame must be whole within this of its first byte (the default of
+/// `--frame-timeout`).
+pub const FRAME_TIME: Duration = Duration::from_secs(30);
 
 /// Session and resource ids: from 1, per agent process, as vAccel's.
 static NEXT_SESSION: AtomicI64 = AtomicI64::new(1);
@@ -76,13 +77,28 @@ pub struct Conn<'a> {
 /// one is freed after its request.
 pub const KEEP_BUFFER: usize = 16 << 20;
 
-/// Serves `s` until the client leaves, breaks the protocol, or the agent
-/// shuts the socket down.
-pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
+/// Serves `s` until the client leaves, breaks the protocol, is idle too
+/// long holding nothing, or the agent shuts the socket down.
+pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor, idle: &super::Idle) {
     let mut c = Conn::new(cfg, exec);
     let mut buf = Vec::new();
     loop {
-        let r = frame::read_frame_into(&mut s, cfg.max_frame, None, Some(BODY_TIME), &mut buf);
+        // Idle holding nothing: closed after --idle-timeout, or earlier to
+        // make room (mod.rs). Holding a session, it waits: the session
+        // would die with it.
+        let empty = c.holds_nothing();
+        if empty {
+            idle.set();
+        }
+        let limit = empty.then_some(cfg.idle_timeout);
+        let woke = super::readable(&s, limit);
+        idle.clear();
+        if !woke {
+            break;
+        }
+        // From its first byte, the whole frame within --frame-timeout.
+        let deadline = std::time::Instant::now() + cfg.frame_timeout;
+        let r = frame::read_frame_into(&mut s, cfg.max_frame, Some(deadline), None, &mut buf);
         let hd = match r {
             Ok(x) => x,
             Err(FrameError::TooBig { len, max, stream }) => {
@@ -108,6 +124,13 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor) {
         }
     }
     s.shutdown();
+}
+
+impl Conn<'_> {
+    /// Nothing that closing the connection would lose.
+    fn holds_nothing(&self) -> bool {
+        self.sessions.is_empty() && self.resources.is_empty() && self.region.is_none()
+    }
 }
 
 /// gRPC's RESOURCE_EXHAUSTED, for a frame over the limit.

@@ -13,8 +13,13 @@
 //! Limits (stated in docs/remote-accelerators.md): frames up to
 //! `--max-frame-mib` (default 256 MiB, at most vAccel's 1 GiB; a larger
 //! header gets RESOURCE_EXHAUSTED and the connection closes),
-//! `--max-connections` clients (default 64; more are closed at accept),
-//! per connection 64 sessions, 64 resources and 256 MiB of blobs.
+//! `--max-connections` clients (default 64) and `--max-connections-per-peer`
+//! from one tcp address (default 32): over a cap the longest-idle
+//! connection holding nothing (no session, resource or shared region) is
+//! closed to make room, else the new one is closed at accept; such an idle
+//! connection is also closed after `--idle-timeout`; a frame must be whole
+//! within `--frame-timeout` of its first byte; per connection 64 sessions,
+//! 64 resources and 256 MiB of blobs.
 
 pub mod conn;
 pub mod exec;
@@ -22,9 +27,11 @@ pub mod shm;
 
 use crate::accel::config::AccelConfig;
 use crate::accel::remote::addr::{Address, Listener, Stream};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// What the agent serves, and how.
@@ -35,6 +42,13 @@ pub struct AgentConfig {
     /// Largest frame body accepted, bytes.
     pub max_frame: u32,
     pub max_connections: usize,
+    /// Connections from one tcp peer address (unix and vsock peers are
+    /// local, trusted by the socket's permissions: not counted apart).
+    pub max_connections_per_peer: usize,
+    /// A connection holding nothing closes after this long without a frame.
+    pub idle_timeout: Duration,
+    /// A frame must be whole within this of its first byte.
+    pub frame_timeout: Duration,
     /// Offer skiff's shared-memory fast path on unix sockets ([`shm`]).
     pub shared_memory: bool,
 }
@@ -51,8 +65,90 @@ pub enum AgentError {
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
-/// The open connections, to shut them down on SIGTERM.
-type Open = Arc<Mutex<Vec<(u64, Stream)>>>;
+/// Whether a connection is idle and holds nothing (so closing it loses
+/// its client nothing but the socket), and since when.
+#[derive(Debug)]
+pub struct Idle {
+    /// ms on `clock` (+1) since it became idle; 0: busy or holding state.
+    since: AtomicU64,
+    clock: Instant,
+}
+
+impl Idle {
+    /// Waiting for a frame, holding nothing: it may be closed for room.
+    pub fn set(&self) {
+        let ms = self.clock.elapsed().as_millis() as u64 + 1;
+        self.since.store(ms, Relaxed);
+    }
+
+    /// Busy, or holding a session: never closed for room.
+    pub fn clear(&self) {
+        self.since.store(0, Relaxed);
+    }
+}
+
+/// One open connection, as the accept loop sees it.
+struct Open {
+    id: u64,
+    /// A clone of its socket: shutting it down ends the connection.
+    stream: Stream,
+    peer: Option<IpAddr>,
+    idle: Arc<Idle>,
+}
+
+/// The open connections: the caps, and shutting them down on SIGTERM.
+type Opens = Arc<Mutex<Vec<Open>>>;
+
+/// Over a cap: closes the longest-idle connection holding nothing (of
+/// `peer` when given); whether there was one.
+fn evict(open: &mut Vec<Open>, peer: Option<IpAddr>) -> bool {
+    let oldest = open
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| peer.is_none() || o.peer == peer)
+        .map(|(i, o)| (i, o.idle.since.load(Relaxed)))
+        .filter(|&(_, since)| since != 0)
+        .min_by_key(|&(_, since)| since)
+        .map(|(i, _)| i);
+    match oldest {
+        Some(i) => {
+            open.swap_remove(i).stream.shutdown();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Makes room for a connection from `peer` (the per-peer cap, then the
+/// total one); false: refuse it.
+fn admit(open: &mut Vec<Open>, peer: Option<IpAddr>, cfg: &AgentConfig) -> bool {
+    if peer.is_some()
+        && open.iter().filter(|o| o.peer == peer).count() >= cfg.max_connections_per_peer
+        && !evict(open, peer)
+    {
+        return false;
+    }
+    open.len() < cfg.max_connections || evict(open, None)
+}
+
+/// Waits until `s` has bytes (or is closed) — true — or `limit` passes.
+pub fn readable(s: &Stream, limit: Option<Duration>) -> bool {
+    let ms = limit.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32);
+    let mut p = libc::pollfd {
+        fd: s.raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd for our own socket.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            n if n > 0 => return true,
+            0 => return false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return true, // the read that follows reports it
+        }
+    }
+}
 
 /// The stop signals (SIGTERM, SIGINT, SIGHUP, SIGQUIT: as every skiff
 /// subcommand) as a readable fd (blocked for every thread, which inherit
@@ -97,41 +193,59 @@ pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<i32
     crate::seccomp::install(crate::seccomp::Policy::Agent)?;
     ready(&bound, &plugins);
     let cfg = Arc::new(cfg);
-    let open: Open = Arc::default();
-    let live = Arc::new(AtomicUsize::new(0));
+    let open: Opens = Arc::default();
+    let clock = Instant::now();
     let mut next = 0u64;
     let stopped_by = loop {
         if let Some(signal) = wait(&listener, &sig) {
             break signal;
         }
         let Ok(s) = listener.accept() else { continue };
-        if live.load(Ordering::Relaxed) >= cfg.max_connections {
-            s.shutdown(); // over the limit: refused at once
+        let peer = match &s {
+            Stream::Tcp(t) => t.peer_addr().ok().map(|a| a.ip()),
+            Stream::Unix(_) => None,
+        };
+        let Ok(c) = s.try_clone() else {
+            s.shutdown();
             continue;
+        };
+        // Idle and empty from the start (before its thread runs), so a
+        // flood's own newest connections can make room for each other.
+        let idle = Arc::new(Idle {
+            since: AtomicU64::new(0),
+            clock,
+        });
+        idle.set();
+        {
+            let mut open = lock(&open);
+            if !admit(&mut open, peer, &cfg) {
+                s.shutdown(); // over a cap, none idle: refused at once
+                continue;
+            }
+            next += 1;
+            open.push(Open {
+                id: next,
+                stream: c,
+                peer,
+                idle: idle.clone(),
+            });
         }
-        next += 1;
         let id = next;
-        if let Ok(c) = s.try_clone() {
-            lock(&open).push((id, c));
-        }
-        live.fetch_add(1, Ordering::Relaxed);
-        let (cfg, exec, open2, live2) = (cfg.clone(), exec.clone(), open.clone(), live.clone());
+        let (cfg, exec, open2) = (cfg.clone(), exec.clone(), open.clone());
         let spawned = std::thread::Builder::new()
             .name("skiff-agent-conn".into())
             .spawn(move || {
-                conn::serve(s, &cfg, &exec);
-                lock(&open2).retain(|(i, _)| *i != id);
-                live2.fetch_sub(1, Ordering::Relaxed);
+                conn::serve(s, &cfg, &exec, &idle);
+                lock(&open2).retain(|o| o.id != id);
             });
         if spawned.is_err() {
-            live.fetch_sub(1, Ordering::Relaxed);
-            lock(&open).retain(|(i, _)| *i != id);
+            lock(&open).retain(|o| o.id != id);
         }
     };
     // Clean shutdown: every client sees its connection end (their calls
     // fail with EIO); sessions die with the process.
-    for (_, s) in lock(&open).iter() {
-        s.shutdown();
+    for o in lock(&open).iter() {
+        o.stream.shutdown();
     }
     Ok(stopped_by)
 }

@@ -18,10 +18,25 @@ pub struct AgentArgs {
     #[arg(long, value_name = "MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_frame_mib: u32,
-    /// Most clients connected at once (more are closed at once).
+    /// Most clients connected at once; over it the longest-idle client
+    /// holding no session is closed, else the new one.
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_connections: u32,
+    /// Most clients from one tcp address (as above, among its own).
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_connections_per_peer: u32,
+    /// A client holding no session is closed after this many seconds
+    /// without a request.
+    #[arg(long, value_name = "SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: u64,
+    /// A request frame must be whole within this many seconds of its first
+    /// byte (else the connection closes).
+    #[arg(long, value_name = "SECS", default_value_t = crate::agent::conn::FRAME_TIME.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub frame_timeout: u64,
     /// Do not offer skiff clients on unix sockets the shared-memory fast
     /// path (they then use vAccel's protocol, as with any agent).
     #[arg(long)]
@@ -45,6 +60,9 @@ impl AgentArgs {
             accel: self.accel.into_config(env)?,
             max_frame: self.max_frame_mib << 20,
             max_connections: self.max_connections as usize,
+            max_connections_per_peer: self.max_connections_per_peer as usize,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
+            frame_timeout: std::time::Duration::from_secs(self.frame_timeout),
             shared_memory: !self.no_shared_memory,
         })
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::pool::WORKERS_MAX;
 
 /// `skiff serve --listen ADDR [--workers N] [--max-body BYTES]
-/// [--timeout MS] [--restore FILE] [run flags] KERNEL [ARGS...]`
+/// [--timeout MS] [client limits] [--restore FILE] [run flags] KERNEL [ARGS...]`
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The address to serve HTTP on (OpenFaaS: 0.0.0.0:8080).
@@ -32,6 +32,37 @@ pub struct ServeArgs {
     /// Requests that may wait for a busy worker; more get 503.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub queue: usize,
+    /// Requests from one client address that may wait for a worker (its
+    /// share of --queue; default half of it); more get 503.
+    #[arg(long, value_name = "N")]
+    pub queue_per_peer: Option<usize>,
+    /// Connections open at once; over it the longest-idle one is closed,
+    /// or the new one refused (503) when none is idle.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Connections open at once from one client address (as above, among
+    /// that address's own).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_connections_per_peer: usize,
+    /// A request's head must be in within this: from a new connection's
+    /// opening, or a keep-alive one's first byte (later: 408, closed).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub header_timeout: u64,
+    /// How long a keep-alive connection may wait for its next request.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub idle_timeout: u64,
+    /// A client must take some of its response within this of the last
+    /// bytes it took (else closed, its guest stopped).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub send_timeout: u64,
+    /// A request body must be in within this of its head (later: 408).
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub body_timeout: u64,
+    /// A body up to this size is read whole before its request takes a
+    /// worker; a larger one takes a worker after this many bytes and
+    /// streams the rest (still within --body-timeout).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub body_buffer: usize,
     /// On SIGTERM, how long requests in flight may take to finish.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub drain: u64,
@@ -55,8 +86,25 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
     if a.workers == 0 || a.workers > WORKERS_MAX {
         return refuse(prog, &format_args!("--workers must be 1 to {WORKERS_MAX}"));
     }
-    if a.timeout == 0 {
-        return refuse(prog, &"--timeout must be at least 1 ms");
+    for (flag, ms) in [
+        ("--timeout", a.timeout),
+        ("--header-timeout", a.header_timeout),
+        ("--idle-timeout", a.idle_timeout),
+        ("--body-timeout", a.body_timeout),
+        ("--send-timeout", a.send_timeout),
+    ] {
+        if ms == 0 {
+            return refuse(prog, &format_args!("{flag} must be at least 1 ms"));
+        }
+    }
+    for (flag, n) in [
+        ("--max-connections", a.max_connections),
+        ("--max-connections-per-peer", a.max_connections_per_peer),
+        ("--queue-per-peer", a.queue_per_peer.unwrap_or(1)),
+    ] {
+        if n == 0 {
+            return refuse(prog, &format_args!("{flag} must be at least 1"));
+        }
     }
     let restore: Option<PathBuf> = a.run.restore.clone();
     if let Some(snap) = &restore {
@@ -85,6 +133,14 @@ pub fn main(prog: &str, a: ServeArgs) -> i32 {
         restore,
         warm: a.warm,
         fresh_process: a.fresh_process,
+        max_connections: a.max_connections,
+        max_connections_per_peer: a.max_connections_per_peer,
+        queue_per_peer: a.queue_per_peer.unwrap_or((a.queue / 2).max(1)),
+        header_timeout: Duration::from_millis(a.header_timeout),
+        idle_timeout: Duration::from_millis(a.idle_timeout),
+        send_timeout: Duration::from_millis(a.send_timeout),
+        body_timeout: Duration::from_millis(a.body_timeout),
+        body_buffer: a.body_buffer,
     };
     match crate::serve::run(prog, cfg, run) {
         Ok(()) => 0,

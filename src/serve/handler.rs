@@ -6,11 +6,12 @@
 //! writes it, and a failure after that point ends the body abnormally
 //! (the client sees a truncated chunked body, never a clean one).
 
+use super::conns::{Busy, Conn};
 use super::guest::{parse_head, Guest, GuestError, Head};
 use super::State;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,10 +27,33 @@ const COMMIT: usize = 64 << 10;
 /// Bytes per read of the guest's response.
 const CHUNK: usize = 256 << 10;
 
-/// A response body: whole, or streamed from the guest.
-pub enum RespBody {
+/// A response body: whole, or streamed from the guest. It keeps its
+/// connection busy (not idle, so neither evicted nor timed out) until
+/// hyper has sent its last byte and drops it.
+pub struct RespBody {
+    data: Data,
+    busy: Option<Busy>,
+}
+
+enum Data {
     Full(Option<Bytes>),
     Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+}
+
+impl RespBody {
+    pub fn full(b: Bytes) -> Self {
+        RespBody {
+            data: Data::Full(Some(b)),
+            busy: None,
+        }
+    }
+
+    fn stream(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Self {
+        RespBody {
+            data: Data::Stream(rx),
+            busy: None,
+        }
+    }
 }
 
 impl Body for RespBody {
@@ -40,31 +64,98 @@ impl Body for RespBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        match self.get_mut() {
-            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
+        match &mut self.get_mut().data {
+            Data::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Data::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, RespBody::Full(None))
+        matches!(self.data, Data::Full(None))
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RespBody::Stream(_) => SizeHint::default(),
+        match &self.data {
+            Data::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Data::Stream(_) => SizeHint::default(),
         }
     }
 }
 
-/// How feeding the request body to the guest ended.
+/// How reading the request body (and feeding it to the guest) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fed {
     All,
     TooLarge,
+    /// Not all in within --body-timeout.
+    TooSlow,
     ClientGone,
     GuestGone,
+}
+
+/// The request body as read before it takes a worker: all of it (`rest`
+/// is `None`), or its first `--body-buffer` bytes and the rest to stream.
+struct Buffered {
+    first: Vec<u8>,
+    rest: Option<Incoming>,
+}
+
+/// Reads the body until its end or `buffer` bytes, before `deadline`.
+async fn buffer(
+    mut body: Incoming,
+    buffer: usize,
+    max: u64,
+    deadline: Deadline,
+) -> Result<Buffered, Fed> {
+    use http_body_util::BodyExt;
+    let mut first = Vec::new();
+    while first.len() < buffer {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(Fed::TooSlow),
+            Ok(None) => return Ok(Buffered { first, rest: None }),
+            Ok(Some(Err(_))) => return Err(Fed::ClientGone),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if (first.len() + data.len()) as u64 > max {
+                return Err(Fed::TooLarge);
+            }
+            first.extend_from_slice(&data);
+        }
+    }
+    // Exactly at the end: no need to keep the body.
+    let rest = (!body.is_end_stream()).then_some(body);
+    Ok(Buffered { first, rest })
+}
+
+/// The answer to a body that could not be read (`guest`: a guest had
+/// started, and is stopped): status, log reason, response (which closes
+/// the connection: the rest of the body is not read).
+fn body_failed(f: Fed, guest: bool) -> (Option<StatusCode>, &'static str, Response<RespBody>) {
+    let (code, text, why) = match f {
+        Fed::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+            ["(over --max-body)", "(over --max-body; guest stopped)"],
+        ),
+        Fed::TooSlow => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body too slow\n",
+            [
+                "(body not in within --body-timeout)",
+                "(body not in within --body-timeout; guest stopped)",
+            ],
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "request body cut short\n",
+            ["(client went away)", "(client went away; guest stopped)"],
+        ),
+    };
+    let mut r = plain(code, text);
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    (Some(code), why[guest as usize], r)
 }
 
 /// Aborts a task when dropped: the body feeder never outlives its request.
@@ -111,7 +202,7 @@ impl Done {
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<RespBody> {
-    let mut r = Response::new(RespBody::Full(Some(Bytes::from_static(text.as_bytes()))));
+    let mut r = Response::new(RespBody::full(Bytes::from_static(text.as_bytes())));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -121,46 +212,69 @@ fn plain(status: StatusCode, text: &'static str) -> Response<RespBody> {
 /// Answers one request (never fails: every problem is a status).
 pub async fn handle(
     state: Arc<State>,
+    conn: Arc<Conn>,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, std::convert::Infallible> {
+    let busy = conn.busy();
+    let mut resp = respond(state, conn.peer, req).await;
+    resp.body_mut().busy = Some(busy);
+    Ok(resp)
+}
+
+async fn respond(
+    state: Arc<State>,
+    peer: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Response<RespBody> {
     let done = Done {
         method: req.method().clone(),
         path: req.uri().path().to_string(),
         start: Instant::now(),
     };
     if req.uri().path() == "/_/health" {
-        return Ok(match state.pool_alive() {
+        return match state.pool_alive() {
             true => plain(StatusCode::OK, "OK\n"),
             false => plain(StatusCode::SERVICE_UNAVAILABLE, "no workers\n"),
-        });
+        };
     }
-    let (status, why, resp) = answer(&state, req, &done).await;
+    let (status, why, resp) = answer(&state, peer, req, &done).await;
     if let Some(status) = status {
         let bytes = resp.body().size_hint().exact().unwrap_or(0);
         done.finish(&state, status.as_u16(), bytes, why);
     }
-    Ok(resp)
+    resp
 }
 
 /// The response, and its status and reason when it is complete here (a
 /// streamed one is logged by its streaming task).
 async fn answer(
     state: &Arc<State>,
+    peer: std::net::IpAddr,
     req: Request<Incoming>,
     done: &Done,
 ) -> (Option<StatusCode>, &'static str, Response<RespBody>) {
-    let deadline = Deadline::now() + state.cfg.timeout;
+    let cfg = &state.cfg;
     let (parts, body) = req.into_parts();
     let len = body.size_hint().exact();
-    if len.is_some_and(|n| n > state.cfg.max_body) {
-        let mut r = plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        return (Some(r.status()), "(over --max-body)", r);
+    if len.is_some_and(|n| n > cfg.max_body) {
+        return body_failed(Fed::TooLarge, false);
     }
-    let Some(slot) = take_slot(state, deadline).await else {
-        let r = plain(StatusCode::SERVICE_UNAVAILABLE, "all workers busy\n");
-        return (Some(r.status()), "(queue full)", r);
+    // The body (up to --body-buffer) is in before the request waits for a
+    // worker: a slow client holds a connection, never a guest.
+    let body_deadline = Deadline::now() + cfg.body_timeout;
+    let body = match buffer(body, cfg.body_buffer, cfg.max_body, body_deadline).await {
+        Ok(b) => b,
+        Err(f) => return body_failed(f, false),
+    };
+    let deadline = Deadline::now() + cfg.timeout;
+    let slot = match take_slot(state, peer, deadline).await {
+        Ok(s) => s,
+        Err(why) => {
+            let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "all workers busy\n");
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return (Some(r.status()), why, r);
+        }
     };
     let vars = super::vars::http_vars(&parts, len);
     let (mut guest, stdin) = match Guest::dispatch(&state.pool, &vars, state.cfg.warm) {
@@ -180,7 +294,13 @@ async fn answer(
     };
     state.metrics.guests.fetch_add(1, Relaxed);
     let (fed_tx, mut fed) = oneshot::channel();
-    let feeder = AbortOnDrop(tokio::spawn(feed(body, stdin, state.cfg.max_body, fed_tx)));
+    let feeder = AbortOnDrop(tokio::spawn(feed(
+        body,
+        stdin,
+        state.cfg.max_body,
+        body_deadline,
+        fed_tx,
+    )));
     let ctype = parts.headers.get(CONTENT_TYPE).cloned();
 
     // The head frame, then up to COMMIT bytes or the end.
@@ -201,16 +321,8 @@ async fn answer(
             f = &mut fed, if !fed_done => {
                 fed_done = true;
                 match f.unwrap_or(Fed::ClientGone) {
-                    Fed::TooLarge => {
-                        let mut r = plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-                        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
-                        return (Some(r.status()), "(over --max-body; guest stopped)", r);
-                    }
-                    Fed::ClientGone => {
-                        let r = plain(StatusCode::BAD_REQUEST, "request body cut short\n");
-                        return (Some(r.status()), "(client went away; guest stopped)", r);
-                    }
                     Fed::All | Fed::GuestGone => {}
+                    f => return body_failed(f, true),
                 }
             },
             _ = tokio::time::sleep_until(deadline) => return timed_out(),
@@ -253,7 +365,7 @@ async fn answer(
                 status: 0,
                 content_type: Vec::new(),
             });
-            let mut r = Response::new(RespBody::Full(Some(Bytes::from(buf))));
+            let mut r = Response::new(RespBody::full(Bytes::from(buf)));
             set_head(&mut r, &head, ctype);
             (Some(r.status()), "", r)
         }
@@ -293,56 +405,116 @@ fn set_head(r: &mut Response<RespBody>, head: &Head, req_type: Option<HeaderValu
     }
 }
 
-/// Waits (bounded queue, until the deadline) for a free worker.
-async fn take_slot(state: &Arc<State>, deadline: Deadline) -> Option<Slot> {
+/// A place in the queue for a worker, given back when dropped.
+struct Queued<'a> {
+    state: &'a State,
+    peer: std::net::IpAddr,
+}
+
+impl<'a> Queued<'a> {
+    /// A place, if the queue and this peer's share of it have room.
+    fn take(state: &'a State, peer: std::net::IpAddr) -> Result<Self, &'static str> {
+        let mut by_peer = state.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if state.metrics.queued.load(Relaxed) >= state.cfg.queue as u64 {
+            return Err("(queue full)");
+        }
+        let mine = by_peer.entry(peer).or_default();
+        if *mine >= state.cfg.queue_per_peer {
+            return Err("(this peer's share of the queue is full)");
+        }
+        *mine += 1;
+        state.metrics.queued.fetch_add(1, Relaxed);
+        Ok(Queued { state, peer })
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut by_peer = self.state.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+        self.state.metrics.queued.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Waits (bounded queue, a bounded share of it per peer address, until
+/// the deadline) for a free worker; `Err`: why not.
+async fn take_slot(
+    state: &Arc<State>,
+    peer: std::net::IpAddr,
+    deadline: Deadline,
+) -> Result<Slot, &'static str> {
     let permit = match state.slots.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            if state.metrics.queued.fetch_add(1, Relaxed) >= state.cfg.queue as u64 {
-                state.metrics.queued.fetch_sub(1, Relaxed);
-                return None;
-            }
+            let _place = Queued::take(state, peer)?;
             let p = tokio::time::timeout_at(deadline, state.slots.clone().acquire_owned()).await;
-            state.metrics.queued.fetch_sub(1, Relaxed);
-            p.ok()?.ok()?
+            match p {
+                Ok(Ok(p)) => p,
+                _ => return Err("(no worker free within --timeout)"),
+            }
         }
     };
     state.metrics.busy.fetch_add(1, Relaxed);
-    Some(Slot {
+    Ok(Slot {
         state: state.clone(),
         _permit: permit,
     })
 }
 
-/// Copies the request body into the guest's stdin, then closes it.
+/// Copies the request body (its buffered part, then the rest as it
+/// comes, until `deadline`) into the guest's stdin, then closes it.
 async fn feed(
-    mut body: Incoming,
+    body: Buffered,
     mut stdin: tokio::net::unix::pipe::Sender,
     max: u64,
+    deadline: Deadline,
     done: oneshot::Sender<Fed>,
 ) {
-    use http_body_util::BodyExt;
-    let mut total = 0u64;
-    let outcome = loop {
-        match body.frame().await {
-            None => break Fed::All,
-            Some(Err(_)) => break Fed::ClientGone,
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                total += data.len() as u64;
-                if total > max {
-                    break Fed::TooLarge;
-                }
-                if stdin.write_all(&data).await.is_err() {
-                    break Fed::GuestGone;
-                }
+    let outcome = match stdin.write_all(&body.first).await {
+        Err(_) => Fed::GuestGone,
+        Ok(()) => match body.rest {
+            None => Fed::All,
+            Some(rest) => {
+                stream_rest(rest, &mut stdin, body.first.len() as u64, max, deadline).await
             }
-        }
+        },
     };
     drop(stdin);
     let _ = done.send(outcome);
+}
+
+/// The body past its buffered part, as it arrives, until `deadline`.
+async fn stream_rest(
+    mut body: Incoming,
+    stdin: &mut tokio::net::unix::pipe::Sender,
+    mut total: u64,
+    max: u64,
+    deadline: Deadline,
+) -> Fed {
+    use http_body_util::BodyExt;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Fed::TooSlow,
+            Ok(None) => return Fed::All,
+            Ok(Some(Err(_))) => return Fed::ClientGone,
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > max {
+            return Fed::TooLarge;
+        }
+        if stdin.write_all(&data).await.is_err() {
+            return Fed::GuestGone;
+        }
+    }
 }
 
 /// A guest whose response streams: it keeps its worker slot and its body
@@ -364,7 +536,7 @@ fn streamed(
     done: &Done,
 ) -> Response<RespBody> {
     let (tx, rx) = mpsc::channel(4);
-    let mut r = Response::new(RespBody::Stream(rx));
+    let mut r = Response::new(RespBody::stream(rx));
     set_head(&mut r, head, req_type);
     let code = r.status().as_u16();
     let state = state.clone();

@@ -1,6 +1,7 @@
 //! Prometheus metrics in the text exposition format, served on their own
 //! address (`--metrics ADDR`): requests by status, a latency histogram,
-//! guests restored (or booted), workers busy and idle, queue depth. The
+//! guests restored (or booted), workers busy and idle, queue depth, open
+//! connections and those the front refused or closed itself. The
 //! format is a few lines of text, so it is written here rather than
 //! pulled in with a metrics crate.
 
@@ -25,6 +26,13 @@ pub struct Metrics {
     pub busy: AtomicU64,
     pub queued: AtomicU64,
     workers: u64,
+    /// Connections refused at accept: over --max-connections, over the
+    /// per-peer cap.
+    refused_full: AtomicU64,
+    refused_peer: AtomicU64,
+    /// Connections the front closed: evicted for room, idle keep-alive,
+    /// request head too slow, response not taken.
+    closed: [AtomicU64; 4],
 }
 
 impl Metrics {
@@ -50,8 +58,28 @@ impl Metrics {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
-    /// The exposition text.
-    pub fn render(&self) -> String {
+    pub fn refused(&self, why: super::conns::Refused) {
+        match why {
+            super::conns::Refused::Full => &self.refused_full,
+            super::conns::Refused::Peer => &self.refused_peer,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn closed(&self, why: super::conns::Closed, n: u64) {
+        use super::conns::Closed;
+        let i = match why {
+            Closed::No => return,
+            Closed::Evicted => 0,
+            Closed::Idle => 1,
+            Closed::HeadTimeout => 2,
+            Closed::SendTimeout => 3,
+        };
+        self.closed[i].fetch_add(n, Relaxed);
+    }
+
+    /// The exposition text (`open`: connections open now).
+    pub fn render(&self, open: usize) -> String {
         let mut s = String::new();
         s.push_str("# HELP skiff_serve_requests_total HTTP requests answered, by status.\n");
         s.push_str("# TYPE skiff_serve_requests_total counter\n");
@@ -104,6 +132,32 @@ impl Metrics {
         ] {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         }
+        let _ = writeln!(
+            s,
+            "# HELP skiff_serve_connections_open HTTP connections open.\n\
+             # TYPE skiff_serve_connections_open gauge\nskiff_serve_connections_open {open}"
+        );
+        s.push_str("# HELP skiff_serve_connections_refused_total Connections answered 503 at accept, by the cap reached.\n");
+        s.push_str("# TYPE skiff_serve_connections_refused_total counter\n");
+        for (cap, n) in [("total", &self.refused_full), ("peer", &self.refused_peer)] {
+            let _ = writeln!(
+                s,
+                "skiff_serve_connections_refused_total{{cap=\"{cap}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        s.push_str("# HELP skiff_serve_connections_closed_total Connections the server closed: evicted for a newer one, idle keep-alive, request head too slow (408), response not read (send timeout).\n");
+        s.push_str("# TYPE skiff_serve_connections_closed_total counter\n");
+        for (why, n) in ["evicted", "idle", "header_timeout", "send_timeout"]
+            .iter()
+            .zip(&self.closed)
+        {
+            let _ = writeln!(
+                s,
+                "skiff_serve_connections_closed_total{{reason=\"{why}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         s
     }
 }
@@ -119,7 +173,9 @@ mod tests {
         m.request(200, 3000);
         m.request(504, 2_000_000);
         m.busy.store(1, Relaxed);
-        let t = m.render();
+        m.refused(crate::serve::conns::Refused::Peer);
+        m.closed(crate::serve::conns::Closed::Idle, 2);
+        let t = m.render(5);
         assert!(
             t.contains("skiff_serve_requests_total{code=\"200\"} 2\n"),
             "{t}"
@@ -132,5 +188,14 @@ mod tests {
         assert!(t.contains("_bucket{le=\"0.005\"} 2\n"), "{t}");
         assert!(t.contains("_bucket{le=\"+Inf\"} 3\n"), "{t}");
         assert!(t.contains("skiff_serve_workers_idle 3\n"), "{t}");
+        assert!(t.contains("skiff_serve_connections_open 5\n"), "{t}");
+        assert!(
+            t.contains("skiff_serve_connections_refused_total{cap=\"peer\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("skiff_serve_connections_closed_total{reason=\"idle\"} 2\n"),
+            "{t}"
+        );
     }
 }

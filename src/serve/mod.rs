@@ -14,11 +14,13 @@
 //!   (`guest.rs`); the worker runs the guest to its HALT, then rewinds
 //!   it for the next request or exits.
 //!
+//! - `conns.rs`: open connections, their caps and idle/header deadlines
 //! - `handler.rs`: one request, from head to log line
 //! - `guest.rs`: one request's worker
 //! - `vars.rs`: the watchdog's `Http_*` variables
 //! - `metrics.rs`: Prometheus text
 
+mod conns;
 mod guest;
 mod handler;
 mod metrics;
@@ -54,6 +56,23 @@ pub struct ServeConfig {
     pub warm: bool,
     /// One worker process per request, never rewound (`--fresh-process`).
     pub fresh_process: bool,
+    /// Connections open at once, and from one peer address.
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    /// Requests from one peer address that may wait for a worker.
+    pub queue_per_peer: usize,
+    /// A whole request head must arrive within this (from its first byte,
+    /// or from the connection's opening).
+    pub header_timeout: Duration,
+    /// A keep-alive connection may wait this long for its next request.
+    pub idle_timeout: Duration,
+    /// A client must take response bytes at least this often.
+    pub send_timeout: Duration,
+    /// A request body (its buffered part, then the rest) must be in within this.
+    pub body_timeout: Duration,
+    /// A body up to this many bytes is read whole before the request takes
+    /// a worker; a larger one takes it after this many bytes.
+    pub body_buffer: usize,
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +99,9 @@ pub struct State {
     pool_pid: libc::pid_t,
     slots: Arc<tokio::sync::Semaphore>,
     metrics: metrics::Metrics,
+    conns: conns::Conns,
+    /// Requests waiting for a worker, by peer address.
+    queued: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl State {
@@ -132,6 +154,14 @@ pub fn run(prog: &str, cfg: ServeConfig, run: RunConfig) -> Result<(), ServeErro
         pool_pid,
         slots: Arc::new(tokio::sync::Semaphore::new(cfg.workers)),
         metrics: metrics::Metrics::new(cfg.workers),
+        conns: conns::Conns::new(conns::Limits {
+            max: cfg.max_connections,
+            per_peer: cfg.max_connections_per_peer,
+            header: cfg.header_timeout,
+            idle: cfg.idle_timeout,
+            send: cfg.send_timeout,
+        }),
+        queued: Default::default(),
         cfg,
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -277,14 +307,30 @@ async fn serve(
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(sweep(state.clone()));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = http.accept() => match a {
                 Ok(a) => a,
-                Err(_) => continue,
+                // Out of fds (or a connection reset before accept): wait a
+                // little rather than spin on a listener that stays ready.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        let conn = match state.conns.admit(peer.ip()) {
+            Ok((c, evicted)) => {
+                state.metrics.closed(conns::Closed::Evicted, evicted.into());
+                c
+            }
+            Err(why) => {
+                refuse(&state, stream, peer, why);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
@@ -292,17 +338,7 @@ async fn serve(
         let alive = alive_tx.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let svc = service_fn(move |req| handler::handle(state.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .pipeline_flush(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = stop.changed() => conn.as_mut().graceful_shutdown(),
-            }
-            let _ = conn.await;
+            connection(state, stream, conn, &mut stop).await;
         });
     }
     // SIGTERM: no new connections; idle keep-alive ones close, requests in
@@ -327,6 +363,121 @@ async fn serve(
     Ok(())
 }
 
+/// Answers a connection over a cap 503 (a fixed text: nothing was read
+/// from it) and closes it.
+fn refuse(state: &State, stream: tokio::net::TcpStream, peer: SocketAddr, why: conns::Refused) {
+    let _ = stream.try_write(conns::REFUSED_503);
+    state.metrics.refused(why);
+    let cap = match why {
+        conns::Refused::Full => "--max-connections",
+        conns::Refused::Peer => "--max-connections-per-peer",
+    };
+    crate::diag::line(
+        &state.prog,
+        &format_args!("{peer} connection refused 503 ({cap} reached, none idle)"),
+    );
+}
+
+/// Closes idle connections past their deadlines, every [`conns::SWEEP`].
+async fn sweep(state: Arc<State>) {
+    let mut tick = tokio::time::interval(conns::SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.conns.sweep();
+    }
+}
+
+/// Serves one connection with hyper until it ends, the front closes it
+/// (a cap, a deadline) or SIGTERM drains it.
+async fn connection(
+    state: Arc<State>,
+    stream: tokio::net::TcpStream,
+    conn: Arc<conns::Conn>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    struct Gone<'a>(&'a State, &'a conns::Conn);
+    impl Drop for Gone<'_> {
+        fn drop(&mut self) {
+            self.0.conns.remove(self.1);
+        }
+    }
+    let _gone = Gone(&state, &conn);
+    let peer = conn.peer;
+    let fd = stream.as_raw_fd();
+    let svc = {
+        let (state, conn) = (state.clone(), conn.clone());
+        service_fn(move |req| handler::handle(state.clone(), conn.clone(), req))
+    };
+    let io = conns::Watched {
+        io: stream,
+        conn: conn.clone(),
+    };
+    let http = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .pipeline_flush(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        // A backstop: the sweep enforces each of these on its own.
+        .header_read_timeout(state.cfg.header_timeout + state.cfg.idle_timeout)
+        .serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(http);
+    tokio::select! {
+        // First: a connection chosen for closing while idle must not start
+        // a request in the same poll.
+        biased;
+        _ = conn.close.notified() => {}
+        r = http.as_mut() => {
+            if r.as_ref().is_err_and(|e| e.is_timeout()) {
+                head_timeout(&state, peer);
+            }
+            return;
+        }
+        _ = stop.changed() => {
+            http.as_mut().graceful_shutdown();
+            let _ = http.await;
+            return;
+        }
+    }
+    // Closed by the front: idle (no request in progress), or not reading.
+    match conn.closed() {
+        conns::Closed::HeadTimeout => {
+            let t = conns::TIMEOUT_408;
+            // SAFETY: `fd` is the connection's socket, still open (`http`
+            // owns it until this function returns); one non-blocking send
+            // from a static buffer, nothing else done with the fd.
+            unsafe {
+                libc::send(
+                    fd,
+                    t.as_ptr().cast(),
+                    t.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            head_timeout(&state, peer);
+        }
+        conns::Closed::SendTimeout => {
+            state.metrics.closed(conns::Closed::SendTimeout, 1);
+            crate::diag::line(
+                &state.prog,
+                &format_args!(
+                    "{peer} connection closed (no response byte taken within --send-timeout)"
+                ),
+            );
+        }
+        why => state.metrics.closed(why, 1),
+    }
+}
+
+/// A request head that did not arrive in time: logged and counted as a 408.
+fn head_timeout(state: &State, peer: std::net::IpAddr) {
+    state.metrics.closed(conns::Closed::HeadTimeout, 1);
+    state.metrics.request(408, 0);
+    crate::diag::line(
+        &state.prog,
+        &format_args!("{peer} - 408 (no whole request head within --header-timeout)"),
+    );
+}
+
 async fn serve_metrics(state: Arc<State>, listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -335,9 +486,9 @@ async fn serve_metrics(state: Arc<State>, listener: tokio::net::TcpListener) {
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |_req| {
-                let text = state.metrics.render();
+                let text = state.metrics.render(state.conns.open());
                 async move {
-                    let mut r = hyper::Response::new(handler::RespBody::Full(Some(text.into())));
+                    let mut r = hyper::Response::new(handler::RespBody::full(text.into()));
                     r.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
                         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

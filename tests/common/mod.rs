@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pool;
+pub mod serve;
 pub mod urunc;
 
 use std::io::Write;
