@@ -16,8 +16,10 @@
 //! `--max-connections` clients (default 64; more are closed at accept),
 //! per connection 64 sessions, 64 resources and 256 MiB of blobs.
 
+pub mod blob;
 pub mod conn;
 pub mod exec;
+pub mod resource;
 pub mod shm;
 
 use crate::accel::config::AccelConfig;
@@ -37,6 +39,8 @@ pub struct AgentConfig {
     pub max_connections: usize,
     /// Offer skiff's shared-memory fast path on unix sockets ([`shm`]).
     pub shared_memory: bool,
+    /// Load libraries clients send as bytes (their code runs here).
+    pub allow_client_libraries: bool,
 }
 
 #[derive(Debug, Error)]
