@@ -505,10 +505,11 @@ fn exec_sends_the_path_vaccels_agent_dlopens() {
         custom: 0,
         bytes: &mut sum,
     }];
-    let mut args = Args::from_host(&read, write).unwrap();
-    let mut o = crate::accel::ops::decode(&mut args).unwrap();
-    remote.forward(1, 0, &[], &mut o).unwrap();
-    drop(o);
+    {
+        let mut args = Args::from_host(&read, write).unwrap();
+        let mut o = crate::accel::ops::decode(&mut args).unwrap();
+        remote.forward(1, 0, &[], &mut o).unwrap();
+    }
     assert_eq!(u32::from_le_bytes(sum), 15);
     let g = agent.join().unwrap();
     let sent: Vec<&[u8]> = g.read_args.iter().map(|a| &a.buf[..]).collect();
