@@ -14,7 +14,8 @@
 //! `--max-frame-mib` (default 256 MiB, at most vAccel's 1 GiB; a larger
 //! header gets RESOURCE_EXHAUSTED and the connection closes),
 //! `--max-connections` clients (default 64; more are closed at accept),
-//! per connection 64 sessions, 64 resources and 256 MiB of blobs.
+//! per connection 64 sessions, 64 resources and 256 MiB of blobs (at most
+//! 4 classifiers built from them: [`resource`]).
 
 pub mod blob;
 pub mod conn;
