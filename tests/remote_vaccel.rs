@@ -289,6 +289,27 @@ fn hostile_blobs_are_refused_and_the_agent_serves_on() {
         assert!(n <= 64, "no cap on resources");
     };
     assert_eq!((n, err_of(&st).2), (64, 12));
+    // Many clients at once, each sending the whole model and classifying
+    // with it, then leaving (their classifiers go with them).
+    let image = std::fs::read(model_dir().join("images/coffee.png")).unwrap();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = agent.connect();
+                    let sid = c.session();
+                    let (st, _) = register_blobs(&mut c, sid, ResourceType::MODEL, &[&model]);
+                    assert_eq!(st.code, 0, "{}", st.message);
+                    let (st, tags) = c.classify(sid, &image);
+                    assert_eq!(st.code, 0, "{}", st.message);
+                    text(&tags)
+                })
+            })
+            .collect();
+        let answers: Vec<String> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+        assert!(!answers[0].is_empty());
+        assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    });
     // The agent serves on: this connection, and another.
     sgemm_works(&mut c, sid);
     let mut other = agent.connect();
