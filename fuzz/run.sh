@@ -2,12 +2,13 @@
 # Runs every skiff fuzz target for a fixed time, one after another:
 #   fuzz/run.sh [SECONDS_PER_TARGET [TARGET...]]   (default: 60 s, all)
 # The image target's corpus is seeded with the bundled guests
-# (target/guests/*.hvt, built by `cargo build --workspace`). Exits non-zero
+# (target/guests/*.hvt, built by `cargo build --workspace`), model_blob's
+# with a tiny valid model (seed_model.py). Exits non-zero
 # on the first crash; libFuzzer leaves the input in fuzz/artifacts/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-targets=(image manifest hypercall pool_request agent_frame)
+targets=(image manifest hypercall pool_request agent_frame model_blob)
 if [ $# -gt 1 ]; then targets=("${@:2}"); fi
 
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
@@ -15,6 +16,8 @@ cargo +nightly fuzz build
 
 mkdir -p corpus/image
 cp -n ../target/guests/*.hvt corpus/image/ 2>/dev/null || true
+mkdir -p corpus/model_blob
+[ -e corpus/model_blob/tiny.safetensors ] || python3 seed_model.py corpus/model_blob/tiny.safetensors
 
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"

@@ -6,10 +6,8 @@
 mod common;
 mod remote_agent;
 use common::*;
-use protobuf::Message;
 use remote_agent::*;
 use skiff::accel::remote::proto::*;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -97,15 +95,14 @@ fn vsock_loopback(port: u32) -> Result<(), std::io::Error> {
     }
 }
 
+/// Run with `--ignored` where the kernel has it: without it, nothing here
+/// could run, and a test that returned early would count as a pass.
 #[test]
+#[ignore = "needs the vsock_loopback transport"]
 fn a_call_over_vsock_loopback_matches_local() {
     let port = 20000 + std::process::id() % 40000;
     if let Err(e) = vsock_loopback(port) {
-        // Not a pass of the vsock path: said plainly.
-        eprintln!(
-            "SKIPPED: no vsock loopback on this kernel (bind to CID 1: {e}); no vsock call ran"
-        );
-        return;
+        panic!("no vsock loopback on this kernel (bind to CID 1: {e})");
     }
     let agent = Agent::start(&format!("vsock://1:{port}"), &[]);
     let flag = remote_flag(&agent);
@@ -177,16 +174,6 @@ fn remote_then_cpu_keeps_vaccels_priority_rule() {
     );
 }
 
-fn model_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/model");
-    assert!(
-        d.join("golden.json").exists(),
-        "{} is missing: run tools/setup-model.sh once",
-        d.display()
-    );
-    d
-}
-
 #[test]
 fn classify_over_tcp_and_unix_matches_local() {
     let dir = model_dir();
@@ -219,26 +206,15 @@ fn classify_over_tcp_and_unix_matches_local() {
         // vAccel's ImageClassification method: the top-5 text as tags.
         let mut c = agents[0].connect();
         let sid = c.session();
-        let reg = RegisterResourceRequest {
-            session_id: sid,
-            resource_type: ResourceType::MODEL.into(),
-            paths: vec!["imagenet".into()],
-            ..Default::default()
-        };
-        let (st, _) = c.call("RegisterResource", &reg);
+        let (st, _) = c.register_path(sid, ResourceType::MODEL, "imagenet");
         assert_eq!(st.code, 0, "{}", st.message);
-        let req = ImageClassificationRequest {
-            session_id: sid,
-            image: body.clone(),
-            ..Default::default()
-        };
-        let (st, p) = c.call("ImageClassification", &req);
+        let (st, tags) = c.classify(sid, &body);
         assert_eq!(st.code, 0, "{}", st.message);
-        let tags = ImageClassificationResponse::parse_from_bytes(&p)
-            .unwrap()
-            .tags;
         let top5: String = local.lines().skip(1).map(|l| format!("{l}\n")).collect();
-        assert_eq!(String::from_utf8(tags).unwrap(), top5, "{name}");
+        // The whole 1,024-byte buffer, NUL-padded, as vAccel's agent.
+        assert_eq!(tags.len(), 1024, "{name}");
+        let text = tags.split(|&b| b == 0).next().unwrap();
+        assert_eq!(std::str::from_utf8(text).unwrap(), top5, "{name}");
     }
 }
 

@@ -53,6 +53,7 @@ fn agent() -> &'static (AgentConfig, Executor) {
             max_frame: 1 << 20,
             max_connections: 1,
             shared_memory: true,
+            allow_client_libraries: false,
         };
         (cfg, exec)
     })

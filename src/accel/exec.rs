@@ -74,40 +74,49 @@ impl Libraries {
     /// Opens every library (RTLD_NOW: unresolved symbols fail here, not in
     /// a guest's call).
     pub fn open(named: &[(String, PathBuf)]) -> Result<Self, LibError> {
-        let mut libs = Vec::with_capacity(named.len());
+        let mut libs = Libraries::default();
         for (name, path) in named {
-            let err = |err| LibError {
-                name: name.clone(),
-                path: path.clone(),
-                err,
-            };
-            // SAFETY: the operator vouches for the library: loading it runs
-            // its initialisers in skiff's process.
-            let lib = unsafe {
-                libloading::os::unix::Library::open(
-                    Some(Path::new(path)),
-                    libc::RTLD_NOW | libc::RTLD_LOCAL,
-                )
-            }
-            .map_err(err)?;
-            let handle = lib.into_raw();
-            let mut link_map: *mut c_void = std::ptr::null_mut();
-            // SAFETY: `handle` is a live dlopen handle; RTLD_DI_LINKMAP
-            // writes one pointer.
-            unsafe {
-                libc::dlinfo(
-                    handle,
-                    libc::RTLD_DI_LINKMAP,
-                    (&mut link_map as *mut *mut c_void).cast(),
-                )
-            };
-            libs.push(Lib {
-                name: name.clone(),
-                handle,
-                link_map,
-            });
+            libs.add(name, path)?;
         }
-        Ok(Self { libs })
+        Ok(libs)
+    }
+
+    /// Opens `path` as library `name` (RTLD_NOW, as [`Libraries::open`]).
+    pub fn add(&mut self, name: &str, path: &Path) -> Result<(), LibError> {
+        let err = |err| LibError {
+            name: name.into(),
+            path: path.into(),
+            err,
+        };
+        // SAFETY: the operator vouches for the library (or, on an agent,
+        // allowed its clients' libraries): loading it runs its
+        // initialisers in skiff's process.
+        let lib = unsafe {
+            libloading::os::unix::Library::open(Some(path), libc::RTLD_NOW | libc::RTLD_LOCAL)
+        }
+        .map_err(err)?;
+        let handle = lib.into_raw();
+        let mut link_map: *mut c_void = std::ptr::null_mut();
+        // SAFETY: `handle` is a live dlopen handle; RTLD_DI_LINKMAP writes
+        // one pointer.
+        unsafe {
+            libc::dlinfo(
+                handle,
+                libc::RTLD_DI_LINKMAP,
+                (&mut link_map as *mut *mut c_void).cast(),
+            )
+        };
+        self.libs.push(Lib {
+            name: name.into(),
+            handle,
+            link_map,
+        });
+        Ok(())
+    }
+
+    /// Closes library `name` (dlclose).
+    pub fn remove(&mut self, name: &str) {
+        self.libs.retain(|l| l.name != name);
     }
 
     /// The function `symbol` defined in library `name` itself.

@@ -153,13 +153,20 @@ impl Accel {
                 return Err(err(std::io::Error::other("not a regular file")));
             }
         }
-        let libs = Libraries::open(&cfg.libs)?;
+        // With an agent, a library may be a file only it has (its PATH is
+        // what an EXEC sends there).
+        let local: Vec<_> = cfg
+            .libs
+            .iter()
+            .filter(|(_, p)| cfg.remote.is_none() || p.exists())
+            .cloned()
+            .collect();
+        let libs = Libraries::open(&local)?;
         let mut plugins = Vec::new();
         for k in kinds {
             let p = match (k, &cfg.remote) {
-                (plugins::PluginKind::Remote, Some(r)) => {
-                    remote::Remote::connect(r).map(|p| Box::new(p) as Box<dyn Plugin>)
-                }
+                (plugins::PluginKind::Remote, Some(r)) => remote::Remote::connect(r)
+                    .map(|p| Box::new(p.with_libs(cfg.libs.clone())) as Box<dyn Plugin>),
                 _ => k.init(),
             };
             match p {
@@ -345,19 +352,20 @@ impl Accel {
         self.run_op(hint, model.as_deref(), &mut op)
     }
 
-    /// Runs a decoded op on the plugin `hint` selects, here; `model` is the
-    /// operator's model file a classify uses (skiff agent calls this for
-    /// its clients). Returns the serving plugin's type flags.
+    /// Runs a decoded op on the plugin `hint` selects, here; `model` names
+    /// the classifier a classify uses (an operator's model NAME, or one
+    /// [`Accel::load_model`] added: skiff agent calls this for its
+    /// clients). Returns the serving plugin's type flags.
     pub fn run_op(
         &mut self,
         hint: u32,
-        model: Option<&std::path::Path>,
+        model: Option<&str>,
         op: &mut Op<'_>,
     ) -> Result<u32, Errno> {
         let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
         let r = match op {
             Op::Classify(c) => {
-                let m = model.and_then(|p| self.classifiers.find(p, &self.models));
+                let m = model.and_then(|n| self.classifiers.by_name(n));
                 self.classifiers.run(m.ok_or(ENOENT)?, i, c)
             }
             _ => run(self.plugins[i].as_mut(), op, &self.libs),
@@ -371,14 +379,39 @@ impl Accel {
         Ok(self.plugins[i].kind())
     }
 
-    /// The file of the session's first classifier MODEL resource.
-    fn session_model(&self, session: u32) -> Option<PathBuf> {
+    /// The classifier of the session's first classifier MODEL resource.
+    fn session_model(&self, session: u32) -> Option<String> {
         self.resources(session).find_map(|r| match &r.data {
             ResourceData::File(p) if r.kind == RESOURCE_MODEL => {
-                self.classifiers.find(p, &self.models).map(|_| p.clone())
+                let name = &self.models.iter().find(|(_, f)| f == p)?.0;
+                self.classifiers.by_name(name).map(|_| name.clone())
             }
             _ => None,
         })
+    }
+
+    /// Builds `m` as classifier `name` on this runtime's plugins (a model
+    /// an agent's client sent as bytes, already parsed and checked).
+    pub fn load_model(&mut self, name: &str, m: classify::model::Model) -> Result<(), String> {
+        self.classifiers
+            .add(name, m, &mut self.plugins)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Drops classifier `name` (its networks' memory).
+    pub fn unload_model(&mut self, name: &str) {
+        self.classifiers.remove(name);
+    }
+
+    /// Opens library `path` for EXEC as `name` (a client's library on an
+    /// agent that allows them).
+    pub fn load_library(&mut self, name: &str, path: &std::path::Path) -> Result<(), LibError> {
+        self.libs.add(name, path)
+    }
+
+    /// Closes library `name`.
+    pub fn unload_library(&mut self, name: &str) {
+        self.libs.remove(name);
     }
 
     /// The operator's model files and libraries, by name (skiff agent).

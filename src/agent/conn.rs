@@ -3,49 +3,40 @@
 //!
 //! Memory per connection is bounded: one frame body (at most the agent's
 //! frame limit, grown only as bytes arrive), its decoded message and the
-//! aligned copies of its arguments, plus resource blobs capped at
-//! [`RESOURCE_TOTAL_MAX`] and [`RESOURCES_MAX`] resources, [`SESSIONS_MAX`]
-//! sessions.
+//! aligned copies of its arguments, plus its resources (bounded in
+//! [`super::resource`]) and [`SESSIONS_MAX`] sessions.
+//!
+//! Every AgentService method of vAccel 0.8 is answered as vAccel's agent
+//! answers it: the TensorFlow, TFLite and Torch ones as for a plugin
+//! without those ops (skiff has none). With `-v` (or `SKIFF_LOG=info`)
+//! each call is one log line: method, session, op, status, duration.
 
 use super::exec::{Buf, Done, Executor, Job};
+use super::resource::Resources;
 use super::AgentConfig;
 use crate::accel::remote::addr::{Address, Stream};
 use crate::accel::remote::frame::{self, FrameError, Header};
 use crate::accel::remote::proto::{self, *};
 use crate::accel::remote::shm::{self, Region};
-use crate::accel::{RESOURCES_MAX, RESOURCE_BYTES_MAX, RESOURCE_TOTAL_MAX, SESSIONS_MAX};
+use crate::accel::SESSIONS_MAX;
 use guest_abi::accel::{arg, op, PLUGIN_ALL};
 use protobuf::Message;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A frame must be whole within this of its first byte (the default of
 /// `--frame-timeout`).
 pub const FRAME_TIME: Duration = Duration::from_secs(30);
 
-/// Session and resource ids: from 1, per agent process, as vAccel's.
+/// Session ids: from 1, per agent process, as vAccel's.
 static NEXT_SESSION: AtomicI64 = AtomicI64::new(1);
-static NEXT_RESOURCE: AtomicI64 = AtomicI64::new(1);
 
-#[derive(Debug)]
-enum Data {
-    /// An operator's model (or data) file.
-    File(PathBuf),
-    Bytes(Vec<u8>),
-    /// An operator's library (EXEC names it again per call).
-    Lib,
-}
-
-#[derive(Debug)]
-struct Resource {
-    id: i64,
-    kind: ResourceType,
-    data: Data,
-}
+/// The reply buffers of the ImageClassification method: vAccel's agent
+/// classifies into 1,024-byte buffers and returns the whole tag buffer
+/// (its client copies the caller's length out of it).
+const CLASSIFY_BUFFER: usize = 1024;
 
 #[derive(Debug)]
 struct Session {
@@ -66,10 +57,19 @@ pub struct Conn<'a> {
     cfg: &'a AgentConfig,
     exec: &'a Executor,
     sessions: Vec<Session>,
-    resources: Vec<Resource>,
-    bytes: u64,
+    resources: Resources,
     /// skiff's co-located fast path ([`super::shm`]), once attached.
     region: Option<Arc<Region>>,
+    /// The current call's session and op, for its log line.
+    seen: (Option<i64>, Option<u8>),
+}
+
+impl Drop for Conn<'_> {
+    /// A connection's resources go with it (classifiers and libraries
+    /// built from its blobs too).
+    fn drop(&mut self) {
+        self.resources.clear(self.exec);
+    }
 }
 
 /// A connection keeps its frame buffer between requests up to this size
@@ -203,9 +203,9 @@ impl<'a> Conn<'a> {
             cfg,
             exec,
             sessions: Vec::new(),
-            resources: Vec::new(),
-            bytes: 0,
+            resources: Resources::default(),
             region: None,
+            seen: (None, None),
         }
     }
 
@@ -216,15 +216,43 @@ impl<'a> Conn<'a> {
 
     /// One request body to its response.
     pub fn reply(&mut self, body: &[u8]) -> Reply {
+        let start = Instant::now();
+        self.seen = (None, None);
         // The payload is decoded from the frame itself: not copied first.
-        let r = match proto::split::<Request>(body, 3) {
-            Ok((req, p)) => self.dispatch(req, &body[p]),
-            Err(e) => Err(status(
-                CODE_INVALID_ARGUMENT,
-                format!("cannot decode the request envelope: {e}"),
-            )),
+        let (method, r) = match proto::split::<Request>(body, 3) {
+            Ok((req, p)) => (req.method.clone(), self.dispatch(req, &body[p])),
+            Err(e) => (
+                String::new(),
+                Err(status(
+                    CODE_INVALID_ARGUMENT,
+                    format!("cannot decode the request envelope: {e}"),
+                )),
+            ),
         };
+        self.log(&method, r.as_ref().err(), start);
         r.unwrap_or_else(|st| Reply::Body(error_response(st)))
+    }
+
+    /// The call's log line (a no-op unless tracing is on: `-v`).
+    fn log(&self, method: &str, err: Option<&Status>, start: Instant) {
+        if !tracing::enabled!(tracing::Level::INFO) {
+            return;
+        }
+        let (code, errno) = match err {
+            None => (CODE_OK, None),
+            Some(st) if st.code == CODE_INTERNAL => (st.code, Some(proto::errno_of(st))),
+            Some(st) => (st.code, None),
+        };
+        let took_us = start.elapsed().as_micros() as u64;
+        tracing::info!(
+            method,
+            session = self.seen.0,
+            op = self.seen.1,
+            status = code,
+            errno,
+            took_us,
+            "call"
+        );
     }
 
     fn dispatch(&mut self, req: Request, p: &[u8]) -> Result<Reply, Failure> {
@@ -245,14 +273,21 @@ impl<'a> Conn<'a> {
             "DestroySession" => self.destroy(parse(p)?),
             "RegisterResource" => self.register(parse(p)?),
             "UnregisterResource" => self.unregister(parse(p)?),
+            "SyncResource" => self.sync(parse(p)?),
             "Genop" => return self.genop(parse(p)?, false).map(Reply::Genop),
             "ImageClassification" => self.classify(parse(p)?),
-            _ => Err(unknown(&req)),
+            // vAccel's agent with profiling off: no profiler, any session.
+            "GetProfiler" => reply(&ProfilerResponse::new()),
+            m => match lacked_model_method(m) {
+                Some(what) => self.lacked(what, parse(p)?),
+                None => Err(unknown(&req)),
+            },
         };
         body.map(Reply::Body)
     }
 
     fn session(&mut self, id: i64) -> Result<&mut Session, Failure> {
+        self.seen.0 = Some(id);
         self.sessions
             .iter_mut()
             .find(|s| s.id == id)
@@ -267,6 +302,7 @@ impl<'a> Conn<'a> {
             return Err(ffi(libc::ENOMEM));
         }
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        self.seen.0 = Some(id);
         self.sessions.push(Session {
             id,
             hint: r.flags,
@@ -298,24 +334,7 @@ impl<'a> Conn<'a> {
     fn collect(&mut self) {
         let sessions = &self.sessions;
         let held = |id: i64| sessions.iter().any(|s| s.resources.contains(&id));
-        let mut freed = 0;
-        self.resources.retain(|r| {
-            let keep = held(r.id);
-            if !keep {
-                if let Data::Bytes(b) = &r.data {
-                    freed += b.len() as u64;
-                }
-            }
-            keep
-        });
-        self.bytes -= freed;
-    }
-
-    /// An operator-allowed file for `path` (its NAME or its PATH).
-    fn allowed(list: &[(String, PathBuf)], path: &str) -> Option<PathBuf> {
-        list.iter()
-            .find(|(n, p)| n == path || p.as_os_str() == path)
-            .map(|(_, p)| p.clone())
+        self.resources.collect(held, self.exec);
     }
 
     fn register(&mut self, mut r: RegisterResourceRequest) -> Result<Vec<u8>, Failure> {
@@ -323,25 +342,12 @@ impl<'a> Conn<'a> {
         self.session(sid)?;
         let id = if r.resource_id > 0 {
             let id = r.resource_id;
-            if !self.resources.iter().any(|x| x.id == id) {
+            if !self.resources.exists(id) {
                 return Err(status(CODE_NOT_FOUND, format!("Unknown resource {id}")));
             }
             id
         } else {
-            let kind = r
-                .resource_type
-                .enum_value()
-                .map_err(|_| ffi(libc::EINVAL))?;
-            if self.resources.len() >= RESOURCES_MAX {
-                return Err(ffi(libc::ENOMEM));
-            }
-            let data = self.resource_data(kind, &mut r)?;
-            let id = NEXT_RESOURCE.fetch_add(1, Ordering::Relaxed);
-            if let Data::Bytes(b) = &data {
-                self.bytes += b.len() as u64;
-            }
-            self.resources.push(Resource { id, kind, data });
-            id
+            self.resources.create(&mut r, self.cfg, self.exec)?
         };
         let s = self.session(sid)?;
         if !s.resources.contains(&id) {
@@ -351,38 +357,6 @@ impl<'a> Conn<'a> {
             resource_id: id,
             ..Default::default()
         })
-    }
-
-    fn resource_data(
-        &self,
-        kind: ResourceType,
-        r: &mut RegisterResourceRequest,
-    ) -> Result<Data, Failure> {
-        match (r.blobs.is_empty(), r.paths.as_slice()) {
-            (false, _) if kind == ResourceType::LIB => Err(ffi(libc::EINVAL)), // no client code runs here
-            (false, _) => {
-                let n: u64 = r.blobs.iter().map(|b| b.data.len() as u64).sum();
-                if n > RESOURCE_BYTES_MAX || self.bytes + n > RESOURCE_TOTAL_MAX {
-                    return Err(ffi(libc::ENOMEM));
-                }
-                let mut v = Vec::new();
-                v.try_reserve_exact(n as usize)
-                    .map_err(|_| ffi(libc::ENOMEM))?;
-                for b in &mut r.blobs {
-                    v.append(&mut b.data);
-                }
-                Ok(Data::Bytes(v))
-            }
-            (true, [path]) => {
-                let cfg = self.cfg;
-                match kind {
-                    ResourceType::LIB => Self::allowed(&cfg.accel.libs, path).map(|_| Data::Lib),
-                    _ => Self::allowed(&cfg.accel.models, path).map(Data::File),
-                }
-                .ok_or(ffi(libc::ENOENT))
-            }
-            _ => Err(ffi(libc::EINVAL)),
-        }
     }
 
     fn unregister(&mut self, r: UnregisterResourceRequest) -> Result<Vec<u8>, Failure> {
@@ -396,17 +370,28 @@ impl<'a> Conn<'a> {
         reply(&Empty::new())
     }
 
-    /// The session's hint and its first model file.
-    fn session_state(&mut self, sid: i64) -> Result<(u32, Option<PathBuf>), Failure> {
+    fn sync(&mut self, r: SyncResourceRequest) -> Result<Vec<u8>, Failure> {
+        reply(&self.resources.sync(r.resource_id)?)
+    }
+
+    /// A TensorFlow, TFLite or Torch method: vAccel's agent looks the
+    /// model up, then the session, then fails in the plugin, which here
+    /// never has the op (EOPNOTSUPP).
+    fn lacked(&mut self, what: &str, r: ModelRequest) -> Result<Vec<u8>, Failure> {
+        if !self.resources.exists(r.model_id) {
+            let msg = format!("Unknown {what} {}", r.model_id);
+            return Err(status(CODE_NOT_FOUND, msg));
+        }
+        self.session(r.session_id)?;
+        Err(ffi(libc::EOPNOTSUPP))
+    }
+
+    /// The session's hint, resources and classifier.
+    fn session_state(&mut self, sid: i64) -> Result<(u32, Vec<i64>, Option<String>), Failure> {
         let s = self.session(sid)?;
         let (hint, held) = (s.hint, s.resources.clone());
-        let model = self.resources.iter().find_map(|r| match &r.data {
-            Data::File(p) if r.kind == ResourceType::MODEL && held.contains(&r.id) => {
-                Some(p.clone())
-            }
-            _ => None,
-        });
-        Ok((hint, model))
+        let model = self.resources.classifier(&held, self.cfg);
+        Ok((hint, held, model))
     }
 
     /// skiff's SharedMemory/Attach: a fresh region for this connection
@@ -425,13 +410,15 @@ impl<'a> Conn<'a> {
     /// vAccel's Genop; `shared`: skiff's, whose float arrays may be spans
     /// of the connection's region.
     fn genop(&mut self, mut r: GenopRequest, shared: bool) -> Result<GenopResponse, Failure> {
-        let (hint, model) = self.session_state(r.session_id)?;
+        let (hint, held, model) = self.session_state(r.session_id)?;
         let region = self.region.clone().filter(|_| shared);
         let mut read = self.bufs(&mut r.read_args, region.as_ref())?;
         let write = self.bufs(&mut r.write_args, region.as_ref())?;
         drop(r);
         super::shm::disjoint(&read.iter().chain(&write).collect::<Vec<_>>())?;
+        self.seen.1 = read.first().and_then(|b| b.bytes().first().copied());
         self.exec_library(&mut read)?;
+        self.exec_with_resource(&mut read, &held)?;
         let done = self.run(hint, model, read, write)?;
         Ok(GenopResponse {
             write_args: done
@@ -484,7 +471,9 @@ impl<'a> Conn<'a> {
 
     /// EXEC names its library by a path on this machine (or the
     /// operator's NAME): only the operator's `--accel-lib` ones, by NAME
-    /// for the runtime. Any other stays unknown (ENOENT).
+    /// for the runtime. Any other is unknown (ENOENT): the runtime gets
+    /// "=", no library's name (operators' cannot hold '=', clients' are
+    /// `client=ID`), so no client names another's library.
     fn exec_library(&self, read: &mut [Buf]) -> Result<(), Failure> {
         let is_exec = read.first().map(|b| b.bytes()) == Some(&[op::EXEC][..]);
         let Some(lib) = read.get_mut(1).filter(|_| is_exec) else {
@@ -493,57 +482,93 @@ impl<'a> Conn<'a> {
         let text = lib.bytes().strip_suffix(b"\0").unwrap_or(lib.bytes());
         let text = String::from_utf8_lossy(text).into_owned();
         let libs = &self.cfg.accel.libs;
-        if let Some((name, _)) = libs
+        let name = libs
             .iter()
             .find(|(n, p)| *n == text || p.as_os_str() == text.as_str())
-        {
-            let mut v = name.as_bytes().to_vec();
-            v.push(0);
-            *lib = Buf::new(lib.ty, lib.custom, v).map_err(ffi)?;
+            .map_or("=", |(n, _)| n.as_str());
+        *lib = string_buf(lib.ty, name)?;
+        Ok(())
+    }
+
+    /// EXEC_WITH_RESOURCE (read: op, INT64 library resource id, symbol,
+    /// the function's inputs): the EXEC of the library the session
+    /// registered, which is an operator's or (when allowed) the client's.
+    fn exec_with_resource(&self, read: &mut [Buf], held: &[i64]) -> Result<(), Failure> {
+        if read.first().map(|b| b.bytes()) != Some(&[op::EXEC_WITH_RESOURCE][..]) {
+            return Ok(());
         }
+        let id = match read.get(1) {
+            Some(b) if b.ty == arg::INT64 => b.bytes().try_into().map(i64::from_le_bytes),
+            _ => return Err(ffi(libc::EINVAL)),
+        };
+        let id = id.map_err(|_| ffi(libc::EINVAL))?;
+        let name = self.resources.library(id, held).map_err(ffi)?;
+        read[0] = Buf::new(arg::UINT8, 0, vec![op::EXEC]).map_err(ffi)?;
+        read[1] = string_buf(arg::STRING, &name)?;
         Ok(())
     }
 
     fn run(
         &self,
         hint: u32,
-        model: Option<PathBuf>,
+        model: Option<String>,
         read: Vec<Buf>,
         write: Vec<Buf>,
     ) -> Result<Done, Failure> {
-        let (tx, rx) = mpsc::channel();
         let job = Job {
             hint,
             model,
             read,
             write,
-            reply: tx,
         };
         let gone = || status(CODE_INTERNAL, "the executor stopped".into());
-        self.exec.submit(job).ok_or_else(gone)?;
-        let done = rx.recv().map_err(|_| gone())?;
+        let done = self.exec.submit(job).ok_or_else(gone)?;
         done.result.map_err(ffi)?;
         Ok(done)
     }
 
     fn classify(&mut self, r: ImageClassificationRequest) -> Result<Vec<u8>, Failure> {
-        let (hint, model) = self.session_state(r.session_id)?;
+        let (hint, _, model) = self.session_state(r.session_id)?;
+        self.seen.1 = Some(op::IMAGE_CLASSIFY);
         let read = vec![
             Buf::new(arg::UINT8, 0, vec![op::IMAGE_CLASSIFY]).map_err(ffi)?,
             Buf::new(arg::BUFFER, 0, r.image).map_err(ffi)?,
         ];
         let write = vec![
-            Buf::new(arg::UCHAR_ARRAY, 0, vec![0; 256]).map_err(ffi)?,
-            Buf::new(arg::UCHAR_ARRAY, 0, vec![0; 4096]).map_err(ffi)?,
+            Buf::new(arg::UCHAR_ARRAY, 0, vec![0; CLASSIFY_BUFFER]).map_err(ffi)?,
+            Buf::new(arg::UCHAR_ARRAY, 0, vec![0; CLASSIFY_BUFFER]).map_err(ffi)?,
         ];
-        let done = self.run(hint, model, read, write)?;
-        let text = done.write[1].bytes();
-        let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+        let mut done = self.run(hint, model, read, write)?;
+        // The whole buffer, NUL-padded: never shorter than a caller's.
+        let tags = done.write.pop().map(Buf::into_vec).unwrap_or_default();
         reply(&ImageClassificationResponse {
-            tags: text[..end].to_vec(),
+            tags,
             ..Default::default()
         })
     }
+}
+
+/// A string argument (NUL-terminated, as vAccel's).
+fn string_buf(ty: u32, s: &str) -> Result<Buf, Failure> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    Buf::new(ty, 0, v).map_err(ffi)
+}
+
+/// The model methods of vAccel 0.8 skiff has no op for, with the words
+/// vAccel's agent names their model by when it is unknown.
+fn lacked_model_method(method: &str) -> Option<&'static str> {
+    Some(match method {
+        "TensorflowModelLoad" | "TensorflowModelUnload" | "TensorflowModelRun" => {
+            "TensorFlow model"
+        }
+        "TensorflowLiteModelLoad" | "TensorflowLiteModelUnload" | "TensorflowLiteModelRun" => {
+            "TensorFlow Lite model"
+        }
+        "TorchModelLoad" => "PyTorch model",
+        "TorchModelRun" => "Py model", // sic: vAccel's agent says so
+        _ => return None,
+    })
 }
 
 /// vAccel's answer to an unknown service or method.

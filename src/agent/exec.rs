@@ -1,14 +1,14 @@
 //! The executor: one thread owns the plugins (they are not `Send`, and a
 //! GPU or the single-threaded CPU sgemm runs one op at a time anyway) and
 //! runs every connection's ops through skiff's own decoders, selection
-//! rule and plugins ([`Accel::run_op`]). Connections do their socket I/O
-//! and protobuf work in parallel and queue here.
+//! rule and plugins ([`Accel::run_op`]), and builds (and drops) the
+//! classifiers and libraries clients send. Connections do their socket
+//! I/O, protobuf work and model parsing in parallel and queue here.
 
 use crate::accel::args::{Args, In, Out};
 use crate::accel::config::AccelConfig;
 use crate::accel::remote::shm::Region;
 use crate::accel::{ops, Accel, Errno};
-use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 
 /// A client's argument, 8-byte aligned (f32/f64 arrays are used in
@@ -104,11 +104,10 @@ impl Buf {
 #[derive(Debug)]
 pub struct Job {
     pub hint: u32,
-    /// The session's model file (an operator's `--accel-model` path).
-    pub model: Option<PathBuf>,
+    /// The session's classifier (see [`Accel::run_op`]).
+    pub model: Option<String>,
     pub read: Vec<Buf>,
     pub write: Vec<Buf>,
-    pub reply: mpsc::Sender<Done>,
 }
 
 /// A finished job: the result and the write buffers, filled.
@@ -118,17 +117,26 @@ pub struct Done {
     pub write: Vec<Buf>,
 }
 
+/// Work for the executor thread, on its runtime.
+type Task = Box<dyn FnOnce(&mut Accel) + Send>;
+
 /// The queue into the executor.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Executor {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Task>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Executor")
+    }
 }
 
 impl Executor {
     /// Starts the executor thread and its plugins; the build's error as
     /// one line (the operator's: a missing model or library).
     pub fn start(cfg: AccelConfig) -> Result<(Self, String), String> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Task>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("skiff-agent-exec".into())
@@ -140,12 +148,8 @@ impl Executor {
                 };
                 let names: Vec<String> = accel.plugins().iter().map(|p| p.describe()).collect();
                 let _ = ready_tx.send(Ok(names.join(", ")));
-                for mut job in rx {
-                    let result = run(&mut accel, &mut job);
-                    let _ = job.reply.send(Done {
-                        result,
-                        write: job.write,
-                    });
+                for task in rx {
+                    task(&mut accel);
                 }
             })
             .map_err(|e| format!("cannot start the executor thread: {e}"))?;
@@ -155,9 +159,24 @@ impl Executor {
         Ok((Executor { tx }, plugins))
     }
 
+    /// Runs `f` on the executor's runtime and waits for it; `None` if
+    /// the executor is gone.
+    pub fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Accel) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = mpsc::channel();
+        let task: Task = Box::new(move |a| drop(tx.send(f(a))));
+        self.tx.send(task).ok()?;
+        rx.recv().ok()
+    }
+
     /// Runs `job` and waits for it.
-    pub fn submit(&self, job: Job) -> Option<()> {
-        self.tx.send(job).ok()
+    pub fn submit(&self, mut job: Job) -> Option<Done> {
+        self.with(move |a| Done {
+            result: run(a, &mut job),
+            write: job.write,
+        })
     }
 }
 

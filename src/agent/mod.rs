@@ -19,10 +19,13 @@
 //! closed to make room, else the new one is closed at accept; such an idle
 //! connection is also closed after `--idle-timeout`; a frame must be whole
 //! within `--frame-timeout` of its first byte; per connection 64 sessions,
-//! 64 resources and 256 MiB of blobs.
+//! 64 resources and 256 MiB of blobs (at most 4 classifiers built from
+//! them: [`resource`]).
 
+pub mod blob;
 pub mod conn;
 pub mod exec;
+pub mod resource;
 pub mod shm;
 
 use crate::accel::config::AccelConfig;
@@ -51,6 +54,8 @@ pub struct AgentConfig {
     pub frame_timeout: Duration,
     /// Offer skiff's shared-memory fast path on unix sockets ([`shm`]).
     pub shared_memory: bool,
+    /// Load libraries clients send as bytes (their code runs here).
+    pub allow_client_libraries: bool,
 }
 
 #[derive(Debug, Error)]

@@ -41,6 +41,15 @@ pub struct AgentArgs {
     /// path (they then use vAccel's protocol, as with any agent).
     #[arg(long)]
     pub no_shared_memory: bool,
+    /// Load libraries that clients send as bytes, for EXEC_WITH_RESOURCE:
+    /// this runs the client's code on this host, as this user. Only for
+    /// clients you trust as you trust the agent's operator.
+    #[arg(long)]
+    pub allow_client_libraries: bool,
+    /// One log line per call on stderr (method, session, op, status,
+    /// duration); also SKIFF_LOG=info.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// Plugins (default: $VACCEL_PLUGINS, else cpu), models and libraries
     /// the agent's clients may use.
     #[command(flatten)]
@@ -64,11 +73,13 @@ impl AgentArgs {
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             frame_timeout: std::time::Duration::from_secs(self.frame_timeout),
             shared_memory: !self.no_shared_memory,
+            allow_client_libraries: self.allow_client_libraries,
         })
     }
 }
 
 pub fn main(prog: &str, a: AgentArgs) -> i32 {
+    crate::debug::trace::init(a.verbose);
     let cfg = match a.into_config(std::env::var("VACCEL_PLUGINS").ok()) {
         Ok(c) => c,
         Err(e) => {

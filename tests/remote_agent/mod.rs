@@ -184,6 +184,31 @@ impl Conn {
         (st, region)
     }
 
+    /// RegisterResource by path (or the operator's NAME): (status, id).
+    pub fn register_path(&mut self, sid: i64, kind: ResourceType, path: &str) -> (Status, i64) {
+        let req = RegisterResourceRequest {
+            session_id: sid,
+            resource_type: kind.into(),
+            paths: vec![path.into()],
+            ..Default::default()
+        };
+        let (st, p) = self.call("RegisterResource", &req);
+        let id = RegisterResourceResponse::parse_from_bytes(&p).unwrap();
+        (st, id.resource_id)
+    }
+
+    /// ImageClassification: (status, tags).
+    pub fn classify(&mut self, sid: i64, image: &[u8]) -> (Status, Vec<u8>) {
+        let req = ImageClassificationRequest {
+            session_id: sid,
+            image: image.to_vec(),
+            ..Default::default()
+        };
+        let (st, p) = self.call("ImageClassification", &req);
+        let r = ImageClassificationResponse::parse_from_bytes(&p).unwrap();
+        (st, r.tags)
+    }
+
     pub fn session(&mut self) -> i64 {
         let (st, p) = self.call("CreateSession", &CreateSessionRequest::new());
         assert_eq!(st.code, 0, "{}", st.message);
@@ -191,6 +216,17 @@ impl Conn {
             .unwrap()
             .session_id
     }
+}
+
+/// The classifier's model, images and golden answers (target/model).
+pub fn model_dir() -> std::path::PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/model");
+    assert!(
+        d.join("golden.json").exists(),
+        "{} is missing: run tools/setup-model.sh once",
+        d.display()
+    );
+    d
 }
 
 pub fn remote_flag(a: &Agent) -> String {

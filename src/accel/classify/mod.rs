@@ -87,35 +87,58 @@ impl Classifiers {
                 path: path.clone(),
                 err,
             })?;
-            let mut nets = Vec::new();
-            for p in plugins.iter_mut() {
-                let here = !p.forwards(); // a remote plugin's model is the agent's
-                nets.push(
-                    match here && p.implements(guest_abi::accel::op::IMAGE_CLASSIFY) {
-                        true => Some(p.network(&m).map_err(|err| BuildError {
-                            name: name.clone(),
-                            plugin: p.name(),
-                            err,
-                        })?),
-                        false => None,
-                    },
-                );
-            }
-            out.logits = vec![0.0; m.fc.cout.max(out.logits.len())];
-            out.models.push(Classifier {
-                name: name.clone(),
-                labels: m.labels,
-                nets,
-            });
+            out.add(name, m, plugins)?;
         }
         out.input = vec![0.0; 3 * SIDE * SIDE];
         Ok(out)
     }
 
+    /// Adds model `m` as classifier `name` (an operator's file, or a model
+    /// an agent's client sent): its network on each plugin that implements
+    /// IMAGE_CLASSIFY here.
+    pub fn add(
+        &mut self,
+        name: &str,
+        m: Model,
+        plugins: &mut [Box<dyn Plugin>],
+    ) -> Result<(), BuildError> {
+        let mut nets = Vec::new();
+        for p in plugins.iter_mut() {
+            let here = !p.forwards(); // a remote plugin's model is the agent's
+            nets.push(
+                match here && p.implements(guest_abi::accel::op::IMAGE_CLASSIFY) {
+                    true => Some(p.network(&m).map_err(|err| BuildError {
+                        name: name.into(),
+                        plugin: p.name(),
+                        err,
+                    })?),
+                    false => None,
+                },
+            );
+        }
+        self.logits = vec![0.0; m.fc.cout.max(self.logits.len())];
+        self.input.resize(3 * SIDE * SIDE, 0.0);
+        self.models.push(Classifier {
+            name: name.into(),
+            labels: m.labels,
+            nets,
+        });
+        Ok(())
+    }
+
+    /// Drops classifier `name` and its networks.
+    pub fn remove(&mut self, name: &str) {
+        self.models.retain(|c| c.name != name);
+    }
+
+    /// The classifier called `name`.
+    pub fn by_name(&self, name: &str) -> Option<usize> {
+        self.models.iter().position(|c| c.name == name)
+    }
+
     /// The classifier of the operator's model `name`, if it is one.
     pub fn find(&self, path: &Path, models: &[(String, PathBuf)]) -> Option<usize> {
-        let name = &models.iter().find(|(_, p)| p == path)?.0;
-        self.models.iter().position(|c| &c.name == name)
+        self.by_name(&models.iter().find(|(_, p)| p == path)?.0)
     }
 
     /// Runs `req` with model `model` on plugin `plugin`.

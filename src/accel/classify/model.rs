@@ -71,8 +71,16 @@ pub const SIDE: usize = 224;
 pub fn sniff(path: &Path) -> bool {
     let mut head = [0u8; 9];
     let ok = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
+    ok.is_ok() && sniff_bytes(&head)
+}
+
+/// [`sniff`] on a file's first bytes (a model a client sent).
+pub fn sniff_bytes(head: &[u8]) -> bool {
+    let Some(head) = head.get(..9) else {
+        return false;
+    };
     let len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
-    ok.is_ok() && head[8] == b'{' && len < (100 << 20)
+    head[8] == b'{' && len < (100 << 20)
 }
 
 fn meta<'a>(

@@ -84,6 +84,10 @@ pub struct Remote {
     addr: Address,
     sessions: Vec<RemoteSession>,
     reported: bool,
+    /// The run's `--accel-lib` NAME=PATH: an EXEC sends PATH, a path on
+    /// the agent's host, which vAccel's agent dlopens (skiff's agent
+    /// takes either).
+    libs: Vec<(String, std::path::PathBuf)>,
 }
 
 /// Keeps large message buffers in malloc's heap between calls instead of
@@ -111,7 +115,14 @@ impl Remote {
             addr: cfg.addr.clone(),
             sessions: Vec::new(),
             reported: false,
+            libs: Vec::new(),
         })
+    }
+
+    /// The run's libraries, by NAME (see [`Remote::libs`]).
+    pub fn with_libs(mut self, libs: Vec<(String, std::path::PathBuf)>) -> Self {
+        self.libs = libs;
+        self
     }
 
     /// The agent session of guest session `local`, created on first use.
@@ -181,7 +192,7 @@ impl Remote {
     }
 
     fn genop(&mut self, sid: i64, op: &mut Op<'_>) -> Result<(), CallError> {
-        let (args, region) = self.client.genop(&mut genop_request(sid, op))?;
+        let (args, region) = self.client.genop(&mut genop_request(sid, op, &self.libs))?;
         write_back(&args, region, op)
     }
 
@@ -198,8 +209,13 @@ impl Remote {
 
 /// The Genop request for a decoded op: `read[0]` the op number, then the
 /// op's arguments in vAccel's genop order, borrowing the guest's checked
-/// buffers (encoded from there straight to the socket).
-pub fn genop_request<'a>(sid: i64, op: &'a Op<'_>) -> GenopRef<'a> {
+/// buffers (encoded from there straight to the socket). An EXEC's library
+/// NAME becomes its PATH in `libs`.
+pub fn genop_request<'a>(
+    sid: i64,
+    op: &'a Op<'_>,
+    libs: &'a [(String, std::path::PathBuf)],
+) -> GenopRef<'a> {
     let mut req = GenopRef {
         session_id: sid,
         read: vec![owned(arg::UINT8, vec![op.number()])],
@@ -248,7 +264,7 @@ pub fn genop_request<'a>(sid: i64, op: &'a Op<'_>) -> GenopRef<'a> {
             w.push(borrowed(arg::FLOAT64, 0, &min[..]));
             w.push(borrowed(arg::FLOAT64, 0, &max[..]));
         }
-        Op::Exec(e) => exec_args(e, &mut req),
+        Op::Exec(e) => exec_args(e, libs, &mut req),
         Op::Classify(c) => {
             r.push(borrowed(arg::BUFFER, 0, c.image));
             let w = &mut req.write;
@@ -316,13 +332,17 @@ pub fn write_back(
     Ok(())
 }
 
-fn exec_args<'a>(e: &'a Exec<'_>, req: &mut GenopRef<'a>) {
+fn exec_args<'a>(e: &'a Exec<'_>, libs: &[(String, std::path::PathBuf)], req: &mut GenopRef<'a>) {
+    use std::os::unix::ffi::OsStrExt;
     let string = |s: &[u8]| {
         let mut v = s.to_vec();
         v.push(0);
         owned(arg::STRING, v)
     };
-    req.read.push(string(e.library));
+    let path = libs.iter().find(|(n, _)| n.as_bytes() == e.library);
+    req.read.push(string(
+        path.map_or(e.library, |(_, p)| p.as_os_str().as_bytes()),
+    ));
     req.read.push(string(e.symbol));
     for i in e.inputs() {
         req.read.push(borrowed(i.ty, i.custom, i.bytes));

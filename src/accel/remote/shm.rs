@@ -26,6 +26,18 @@ pub const MIN_ARG: usize = 64 << 10;
 /// arrays on their own cache lines).
 pub const ALIGN: u64 = 64;
 
+/// A fresh empty memfd that can be sealed (close-on-exec).
+pub fn memfd(name: &std::ffi::CStr) -> io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a NUL-terminated name.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// A shared mapping of a memfd.
 #[derive(Debug)]
 pub struct Region {
@@ -43,18 +55,7 @@ impl Region {
     /// A fresh sealed memfd of `len` bytes, mapped; the fd is returned to
     /// be passed on.
     pub fn create(len: usize, populate: bool) -> io::Result<(Region, OwnedFd)> {
-        // SAFETY: memfd_create with a static NUL-terminated name.
-        let fd = unsafe {
-            libc::memfd_create(
-                c"skiff-agent-shm".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = memfd(c"skiff-agent-shm")?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         // SAFETY: ftruncate and fcntl on our own memfd.
         let r = unsafe {

@@ -101,7 +101,7 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
         c: &mut c,
         ldc: 2,
     });
-    let req = genop_request(1, &op);
+    let req = genop_request(1, &op, &[]);
     // Encoded from the borrowed buffers, and as the generated message.
     assert_eq!(proto::to_vec(&req).unwrap(), captured_sgemm(&a, &b));
     let generated = req.to_request().write_to_bytes().unwrap();
@@ -428,4 +428,93 @@ fn only_a_sealed_memfd_large_enough_is_mapped() {
     // SAFETY: ftruncate on our own memfd.
     assert_eq!(unsafe { libc::ftruncate(raw, 4096) }, 0);
     assert!(Region::map(&m, 4096, false).is_err());
+}
+
+/// skiff's remote plugin against vAccel's agent: an EXEC names its
+/// library by the run's PATH (what vAccel's agent dlopens), never by the
+/// guest's NAME. The agent here replays vAccel's captured CreateSession
+/// reply and answers the Genop as vAccel's agent does (caller-sized).
+#[test]
+fn exec_sends_the_path_vaccels_agent_dlopens() {
+    use crate::accel::args::{Args, In, Out};
+    use crate::accel::plugins::Plugin;
+    use guest_abi::accel::{arg, op};
+    let listener: Address = "tcp://127.0.0.1:0".parse().unwrap();
+    let l = listener.listen().unwrap();
+    let addr = l.local(&listener);
+    let agent = std::thread::spawn(move || {
+        let mut s = l.accept().unwrap();
+        let (_, body) = frame::read_frame(&mut s, frame::VACCEL_MAX, None, None).unwrap();
+        assert_eq!(body, CREATE_REQ[10..]);
+        s.write_all(CREATE_RESP).unwrap();
+        let (hd, body) = frame::read_frame(&mut s, frame::VACCEL_MAX, None, None).unwrap();
+        let (req, p) = proto::split::<Request>(&body, 3).unwrap();
+        assert_eq!(req.method, "Genop");
+        let g = GenopRequest::parse_from_bytes(&body[p]).unwrap();
+        let reply = GenopResponse {
+            write_args: vec![Arg {
+                buf: 15u32.to_le_bytes().to_vec(),
+                size: 4,
+                arg_type: arg::UINT32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let b = ok_response(&reply).unwrap();
+        s.write_all(&frame_of(frame::TYPE_RESPONSE, hd.stream, &b))
+            .unwrap();
+        g
+    });
+    let cfg = super::RemoteConfig {
+        addr,
+        timeout: std::time::Duration::from_secs(20),
+    };
+    let lib = "/opt/functions/libskiffexec.so";
+    let mut remote = super::Remote::connect(&cfg)
+        .unwrap()
+        .with_libs(vec![("testlib".into(), lib.into())]);
+    let nums: Vec<u8> = [1u32, 2, 3, 4, 5]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let read = [
+        In {
+            ty: arg::UINT8,
+            custom: 0,
+            bytes: &[op::EXEC],
+        },
+        In {
+            ty: arg::STRING,
+            custom: 0,
+            bytes: b"testlib\0",
+        },
+        In {
+            ty: arg::STRING,
+            custom: 0,
+            bytes: b"sum_u32\0",
+        },
+        In {
+            ty: arg::UINT32_ARRAY,
+            custom: 0,
+            bytes: &nums,
+        },
+    ];
+    let mut sum = [0u8; 4];
+    let write = [Out {
+        ty: arg::UINT32,
+        custom: 0,
+        bytes: &mut sum,
+    }];
+    {
+        let mut args = Args::from_host(&read, write).unwrap();
+        let mut o = crate::accel::ops::decode(&mut args).unwrap();
+        remote.forward(1, 0, &[], &mut o).unwrap();
+    }
+    assert_eq!(u32::from_le_bytes(sum), 15);
+    let g = agent.join().unwrap();
+    let sent: Vec<&[u8]> = g.read_args.iter().map(|a| &a.buf[..]).collect();
+    let mut path = lib.as_bytes().to_vec();
+    path.push(0);
+    assert_eq!(sent, [&[op::EXEC][..], &path, b"sum_u32\0", &nums]);
+    assert_eq!(g.read_args[1].size as usize, path.len()); // STRING sizes count the NUL
 }
