@@ -105,7 +105,7 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
     )
     .map_err(BuildError::Layout)?;
     vm.vcpu.set_boot_state(&boot, &vm.mem)?;
-    crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
+    crate::marks::mark(crate::marks::Mark::KvmReady);
 
     vm.devices.function = crate::devices::function::Function::from_env();
     crate::devices::function::widen_pipes();

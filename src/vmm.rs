@@ -4,11 +4,12 @@
 //! first and may pause the run there (`skiff snapshot` stops at the first
 //! REQ_READ) or answer it itself; [`Vm::run`] is the loop with no hook.
 
-use crate::bench::marks::{self, Mark};
 use crate::devices::{Devices, Stop};
 use crate::hypercall::{self, Control, GuestFault, Request};
+use crate::marks::{self, Mark};
 use crate::memory::GuestMemory;
-use crate::vcpu::{signals, Vcpu, VcpuError};
+use crate::signals;
+use crate::vcpu::{Vcpu, VcpuError};
 use kvm_ioctls::{Kvm, VmFd};
 use std::convert::Infallible;
 use thiserror::Error;
@@ -175,7 +176,7 @@ impl Vm {
                 }
                 let exit = self.vcpu.run()?;
                 marks::count_exit();
-                crate::debug::trace::exit(&exit);
+                crate::trace::exit(&exit);
                 hypercall::decode(&exit, &self.mem)
             }
         };
@@ -183,13 +184,13 @@ impl Vm {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);
-                let traced = crate::debug::trace::hypercall(&req);
+                let traced = crate::trace::hypercall(&req);
                 let result = match hook.on_request(&req, &self.mem) {
                     Hooked::Handle => self.devices.handle(req, &self.mem),
                     Hooked::Handled(result) => result,
                     Hooked::Pause(p) => return Ok(Some(Ended::Paused(p))),
                 };
-                crate::debug::trace::answered(traced, &result);
+                crate::trace::answered(traced, &result);
                 result
             }
             Err(fault) => Err(Stop::Fault(fault)),

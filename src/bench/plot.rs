@@ -6,7 +6,7 @@
 //! done by each time).
 
 use super::harness::Report;
-use super::marks::{COUNT, NAMES};
+use crate::marks::{COUNT, NAMES};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use thiserror::Error;

@@ -18,12 +18,12 @@ pub fn log_env() -> bool {
 
 pub fn run(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &DebugArgs) -> i32 {
     let status = build_and_debug(prog, cfg, restore, d);
-    crate::bench::marks::report();
+    crate::marks::report();
     status
 }
 
 fn build_and_debug(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &DebugArgs) -> i32 {
-    crate::debug::trace::init(d.trace);
+    crate::trace::init(d.trace);
     // Bind first, so a bad or busy address fails before any work.
     let listener = match d.gdb.map(gdb::listen).transpose() {
         Ok(l) => l,

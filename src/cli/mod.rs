@@ -108,9 +108,9 @@ pub(super) fn skiff_command() -> clap::Command {
 
 /// The whole program; returns the process exit status.
 pub fn main() -> i32 {
-    crate::bench::marks::mark(crate::bench::marks::Mark::Main);
-    crate::bench::marks::mark(crate::bench::marks::Mark::Request);
-    crate::vcpu::signals::install();
+    crate::marks::mark(crate::marks::Mark::Main);
+    crate::marks::mark(crate::marks::Mark::Request);
+    crate::signals::install();
     crate::devices::function::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());

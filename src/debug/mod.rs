@@ -7,7 +7,6 @@ pub mod gdb;
 mod kick;
 pub mod paging;
 pub mod regs;
-pub mod trace;
 
 use clap::Args;
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 use super::{write_back, Stop};
 use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::signals;
+use crate::signals;
 use guest_abi::hvt::ret;
 use guest_abi::skiff::{
     self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_META_NAME_MAX,

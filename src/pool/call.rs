@@ -5,7 +5,7 @@
 //! worker, seeing the hang-up, stops the guest.
 
 use super::proto::{self, Reply, REPLY_LEN};
-use crate::bench::marks::{self, Mark};
+use crate::marks::{self, Mark};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -50,7 +50,7 @@ pub fn call(socket: &Path) -> Result<i32, CallError> {
     (&conn).write_all(&msg[sent..]).map_err(CallError::Send)?;
     let mut buf = [0u8; REPLY_LEN];
     let mut got = 0;
-    if let Some(sig) = crate::vcpu::signals::pending() {
+    if let Some(sig) = crate::signals::pending() {
         return Err(CallError::Signal(sig));
     }
     while got < REPLY_LEN {
@@ -58,7 +58,7 @@ pub fn call(socket: &Path) -> Result<i32, CallError> {
             Ok(0) => return Err(CallError::NoAnswer),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                if let Some(sig) = crate::vcpu::signals::pending() {
+                if let Some(sig) = crate::signals::pending() {
                     return Err(CallError::Signal(sig));
                 }
             }

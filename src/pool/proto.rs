@@ -3,7 +3,7 @@
 //! one reply from the worker when the guest has ended. Both sides are
 //! this binary, so a magic with a version is all the negotiation there is.
 
-use crate::bench::marks::COUNT;
+use crate::marks::COUNT;
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use thiserror::Error;

@@ -8,10 +8,10 @@
 //! into another request either way.
 
 use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
-use crate::bench::marks::{self, Mark, COUNT};
 use crate::config::RunConfig;
 use crate::devices::function::Function;
 use crate::diag::line as report;
+use crate::marks::{self, Mark, COUNT};
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
 use crate::snapshot::rewind::Origin;
@@ -91,7 +91,7 @@ pub(super) fn serve(
         },
         _ => None,
     };
-    crate::vcpu::signals::watch(libc::SIGIO);
+    crate::signals::watch(libc::SIGIO);
     let mut buf = vec![0u8; REQUEST_HEADER + VARS_MAX];
     let policy = match cfg.accel.plugins {
         Some(_) => Policy::Accel,
@@ -119,7 +119,7 @@ pub(super) fn serve(
         };
         // Only a guest that ended by itself, with nothing pending that was
         // meant for it, is rewound.
-        if crate::vcpu::signals::pending().is_some() || sigio_pending() {
+        if crate::signals::pending().is_some() || sigio_pending() {
             return 0;
         }
         ready = match origin.rewind(vm) {
@@ -281,7 +281,7 @@ fn sigio_pending() -> bool {
 /// connection but lost it to another wait again. `Err`: exit status.
 pub(super) fn accept_one(prog: &str, listener: &UnixListener) -> Result<Option<UnixStream>, i32> {
     loop {
-        if crate::vcpu::signals::pending().is_some() {
+        if crate::signals::pending().is_some() {
             return Ok(None);
         }
         let mut p = libc::pollfd {

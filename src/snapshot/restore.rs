@@ -203,7 +203,7 @@ impl Prepared {
         let mut vm = self.vm;
         vm.devices.function = function;
         crate::devices::function::widen_pipes();
-        crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
+        crate::marks::mark(crate::marks::Mark::KvmReady);
         Ok(vm)
     }
 }

@@ -4,11 +4,11 @@
 mod cpuid;
 mod exit;
 mod pvm;
-pub mod signals;
 
 pub use exit::Exit;
 
 use crate::memory::{BootState, GuestMemory, BOOT_CR3, BOOT_GDT_SELECTORS};
+use crate::signals;
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
