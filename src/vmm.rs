@@ -2,14 +2,16 @@
 //! from the config). [`Vm::run_with`] is the one vCPU loop: exit ->
 //! decode -> (hook) -> handle. A [`RunHook`] sees each decoded hypercall
 //! first and may pause the run there (`skiff snapshot` stops at the first
-//! REQ_READ) or answer it itself; [`Vm::run`] is the loop with no hook.
+//! REQ_READ) or answer it itself, and a debugger's hook pauses at the
+//! #BP and single-step exits it asked for; [`Vm::run`] is the loop with no
+//! hook.
 
 use crate::devices::{Devices, Stop};
 use crate::hypercall::{self, Control, GuestFault, Request};
 use crate::marks::{self, Mark};
 use crate::memory::GuestMemory;
 use crate::signals;
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::vcpu::{Exit, Vcpu, VcpuError};
 use kvm_ioctls::{Kvm, VmFd};
 use std::convert::Infallible;
 use thiserror::Error;
@@ -108,6 +110,14 @@ pub trait RunHook {
     /// What the hook returns when it pauses the run.
     type Pause;
     fn on_request(&mut self, req: &Request, mem: &GuestMemory) -> Hooked<Self::Pause>;
+    /// A debug exit (#BP or single step: only a debugger's
+    /// KVM_SET_GUEST_DEBUG makes them): `Some` pauses the run there, with
+    /// the vCPU at the stop; `None` (the default) ends the run as the guest
+    /// fault of an exit nobody asked for.
+    #[inline(always)]
+    fn on_debug(&mut self) -> Option<Self::Pause> {
+        None
+    }
 }
 
 /// The plain run: every hypercall goes to its device; never pauses.
@@ -157,7 +167,7 @@ impl Vm {
     }
 
     /// Runs the guest to its next exit and acts on it: `Some(status)` once
-    /// the guest has halted.
+    /// the guest has halted (benches/exit_cost times one exit).
     pub fn step(&mut self) -> Result<Option<i32>, RunError> {
         Ok(match self.step_with(&mut NoHook)? {
             Some(Ended::Halted(status)) => Some(status),
@@ -166,8 +176,12 @@ impl Vm {
         })
     }
 
-    /// One exit of the loop. The hot path: no allocation, one `KVM_RUN`.
-    fn step_with<H: RunHook>(&mut self, hook: &mut H) -> Result<Option<Ended<H::Pause>>, RunError> {
+    /// One exit of the loop: `Some` once the guest halted or `hook` paused
+    /// it. The hot path: no allocation, one `KVM_RUN`.
+    pub fn step_with<H: RunHook>(
+        &mut self,
+        hook: &mut H,
+    ) -> Result<Option<Ended<H::Pause>>, RunError> {
         let decoded = match self.resume.take() {
             Some(req) => Ok(Some(req)),
             None => {
@@ -177,6 +191,11 @@ impl Vm {
                 let exit = self.vcpu.run()?;
                 marks::count_exit();
                 crate::trace::exit(&exit);
+                if exit == Exit::Debug {
+                    if let Some(p) = hook.on_debug() {
+                        return Ok(Some(Ended::Paused(p)));
+                    }
+                }
                 hypercall::decode(&exit, &self.mem)
             }
         };

@@ -173,6 +173,7 @@ impl Vcpu {
                 VcpuExit::MmioRead(addr, _) => Exit::Mmio { addr, write: false },
                 VcpuExit::MmioWrite(addr, _) => Exit::Mmio { addr, write: true },
                 VcpuExit::Hlt => Exit::Hlt,
+                VcpuExit::Debug(_) => Exit::Debug,
                 VcpuExit::Shutdown if self.pvm_native => return self.redeliver(),
                 VcpuExit::Shutdown => Exit::Shutdown,
                 VcpuExit::FailEntry(reason, _) => Exit::FailEntry(reason),
