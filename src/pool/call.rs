@@ -43,7 +43,7 @@ pub fn call(socket: &Path) -> Result<i32, CallError> {
     let vars: Vec<_> = std::env::vars_os()
         .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"Http_"))
         .collect();
-    let msg = proto::encode_request(&vars)?;
+    let msg = proto::encode_request(proto::Flags::default(), &vars)?;
     let sent = conn
         .send_with_fds(&[&msg[..]], &[0, 1, 2])
         .map_err(|e| CallError::Send(std::io::Error::from_raw_os_error(e.errno())))?;

@@ -69,8 +69,9 @@ pub(super) fn next_request(
         let next = worker::accept_one(&prog, &fds.listener).ok().flatten()?;
         super::set_stop_signals(libc::SIG_UNBLOCK);
         worker::tell(pipe, TAKEN);
+        // The server's next request asks what the first did (framed, warm).
         let vars = match worker::receive(&next, &mut buf) {
-            Ok(v) => v,
+            Ok((_, v)) => v,
             Err(e) => {
                 report(&prog, &e);
                 return None;

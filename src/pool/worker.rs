@@ -169,8 +169,8 @@ fn one_request(
     tell(pipe, TAKEN);
     marks::set_from(Mark::Main, &[0; COUNT], 0);
     marks::mark(Mark::Request);
-    let vars = match receive(&conn, buf) {
-        Ok(v) => v,
+    let (flags, vars) = match receive(&conn, buf) {
+        Ok(r) => r,
         Err(e) => {
             report(prog, &e);
             return Served::Done(1);
@@ -182,15 +182,13 @@ fn one_request(
     }
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
-    let framed = vars.iter().any(|(k, _)| k == proto::FRAMED_VAR);
-    let warm = vars.iter().any(|(k, _)| k == proto::WARM_VAR);
     let mut function = Function::from_vars(vars.into_iter());
-    if framed {
+    if flags.framed {
         function = function.framed();
     }
     let conn = std::rc::Rc::new(std::cell::RefCell::new(conn));
     // A warm guest's hook takes the parking fds: its worker ends with it.
-    if let Some(w) = park.take_if(|_| warm) {
+    if let Some(w) = park.take_if(|_| flags.warm) {
         function = function.warm(super::warm::next_request(
             prog.to_string(),
             conn.clone(),
@@ -248,7 +246,7 @@ fn one_request(
     Served::Ran {
         status: halted,
         vm,
-        again: answered && !warm && park.is_some(),
+        again: answered && !flags.warm && park.is_some(),
     }
 }
 
@@ -356,11 +354,11 @@ impl Ready {
 }
 
 /// Reads the request and puts the caller's stdin, stdout and stderr on
-/// fds 0, 1 and 2; returns its variables.
+/// fds 0, 1 and 2; returns its flags and variables.
 pub(super) fn receive(
     conn: &UnixStream,
     buf: &mut [u8],
-) -> Result<Vec<(OsString, OsString)>, RequestError> {
+) -> Result<(proto::Flags, Vec<(OsString, OsString)>), RequestError> {
     conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut fds = [-1; FDS + 1];
     let mut iov = [libc::iovec {
@@ -384,7 +382,7 @@ pub(super) fn receive(
     fill(conn, buf, REQUEST_HEADER, &mut got)?;
     let mut header = [0u8; REQUEST_HEADER];
     header.copy_from_slice(&buf[..REQUEST_HEADER]);
-    let len = proto::decode_request_header(&header)?;
+    let (flags, len) = proto::decode_request_header(&header)?;
     fill(conn, buf, REQUEST_HEADER + len, &mut got)?;
     let vars = proto::decode_vars(&buf[REQUEST_HEADER..REQUEST_HEADER + len])?;
     for (target, fd) in owned.iter().enumerate() {
@@ -394,7 +392,7 @@ pub(super) fn receive(
             return Err(std::io::Error::last_os_error().into());
         }
     }
-    Ok(vars)
+    Ok((flags, vars))
 }
 
 /// Reads from `conn` until `buf` holds `want` bytes (`got` so far).
