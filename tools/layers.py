@@ -5,7 +5,8 @@ above. Lists every `crate::X` a file names (also inside `use crate::{..}`)
 and prints each upward or sideways use with its file and line.
 
 A new top-level module must be added to LAYERS (an unlisted one fails), so
-the table stays the map. Test files (`tests.rs`) are exempt: a test may
+the table stays the map. clap, argv's parser, is for src/cli/ only: the
+library takes plain config. Test files (`tests.rs`) are exempt: a test may
 drive a lower layer through a higher one."""
 
 import os
@@ -80,6 +81,8 @@ def main():
             for i, line in enumerate(code.split("\n"), 1):
                 for n in PATH.findall(line):
                     check(bad, path, i, module, n)
+                if module != "cli" and re.search(r"\bclap::", line):
+                    bad.append(f"{path}:{i}: clap outside src/cli/ (take plain config)")
     for b in sorted(set(bad)):
         print(b)
     if bad:

@@ -294,11 +294,11 @@ fn a_plugin_failure_maps_to_its_errno() {
 
 #[test]
 fn flags_parse() {
-    use config::AccelArgs;
+    use config::AccelFlags;
     use plugins::PluginKind::*;
-    let a = |accel: Option<&str>| AccelArgs {
+    let a = |accel: Option<&str>| AccelFlags {
         accel: accel.map(String::from),
-        ..AccelArgs::default()
+        ..AccelFlags::default()
     };
     assert_eq!(
         a(Some("cuda,opencl,cpu"))

@@ -8,6 +8,7 @@
 //! N is 128+N; a run is its guest's HALT status. As `solo5-hvt`, usage
 //! errors are solo5-hvt's own lines and status 1 (see `solo5.rs`).
 
+mod accel;
 mod agent;
 mod bench;
 mod call;

@@ -15,9 +15,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MB", value_parser = MemSize::from_mib, default_value = "512")]
     pub mem: MemSize,
     #[command(flatten)]
-    pub accel: crate::accel::config::AccelArgs,
+    pub accel: super::accel::AccelArgs,
     #[command(flatten)]
-    pub debug: crate::debug::DebugArgs,
+    pub debug: super::debug::DebugArgs,
     /// Resume the function from this snapshot (`skiff snapshot`) instead of
     /// booting it; KERNEL and the flags must be the snapshot's.
     #[arg(long, value_name = "FILE")]
