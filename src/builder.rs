@@ -105,10 +105,9 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
     )
     .map_err(BuildError::Layout)?;
     vm.vcpu.set_boot_state(&boot, &vm.mem)?;
-    crate::marks::mark(crate::marks::Mark::KvmReady);
 
-    vm.devices.function = crate::devices::function::Function::from_env();
-    crate::devices::function::widen_pipes();
+    // 6. The request: this process's stdio and Http_* variables.
+    vm.take_request(crate::devices::function::Function::from_env());
     Ok(vm)
 }
 

@@ -23,6 +23,7 @@ pub mod seccomp;
 pub mod serve;
 pub mod signals;
 pub mod snapshot;
+pub mod stdio;
 pub mod teardown;
 pub mod trace;
 pub mod vcpu;

@@ -245,6 +245,15 @@ impl Vm {
         Ok(())
     }
 
+    /// The last step of every path to a runnable guest (a boot, a restore,
+    /// a pool worker's request): the guest gets its request's function
+    /// I/O, piped stdio is widened, and the VM is marked ready.
+    pub fn take_request(&mut self, function: crate::devices::function::Function) {
+        self.devices.function = function;
+        crate::stdio::widen_pipes();
+        marks::mark(Mark::KvmReady);
+    }
+
     /// Sends the guest's console (PUTS) to `fd` instead of stdout.
     pub fn set_console(&mut self, fd: std::os::fd::RawFd) {
         self.devices.console = crate::devices::console::Console::to_fd(fd);

@@ -17,6 +17,8 @@ import sys
 LAYERS = [
     # Leaves: process-wide services every layer may use; they use nothing.
     ["marks", "trace", "signals", "diag", "teardown", "seccomp"],
+    # The process's stdio (widening pipes asks seccomp about an outer filter).
+    ["stdio"],
     ["memory"],
     ["vcpu", "image"],
     ["hypercall"],

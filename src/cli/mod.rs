@@ -112,7 +112,7 @@ pub fn main() -> i32 {
     crate::marks::mark(crate::marks::Mark::Main);
     crate::marks::mark(crate::marks::Mark::Request);
     crate::signals::install();
-    crate::devices::function::reserve_stdio();
+    crate::stdio::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
     if prog.starts_with("solo5-hvt") {

@@ -50,6 +50,23 @@ impl Flags {
     }
 }
 
+/// The head frame that starts a framed response (a request with
+/// [`Flags::framed`]; `skiff serve` reads it before the body): `SKH1`, status (u16 LE,
+/// 0: not set), content type length (u16 LE), content type.
+pub const HEAD_MAGIC: [u8; 4] = *b"SKH1";
+/// The fixed part of a head frame.
+pub const HEAD_FIXED: usize = 8;
+
+/// A head frame for `status` (0: the default) and `content_type`.
+pub fn head_frame(status: u16, content_type: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(HEAD_FIXED + content_type.len());
+    f.extend_from_slice(&HEAD_MAGIC);
+    f.extend_from_slice(&status.to_le_bytes());
+    f.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
+    f.extend_from_slice(content_type);
+    f
+}
+
 /// `SKIFFST1`, status (i32 LE), 4 zero bytes, the worker's marks and exit
 /// count (u64 LE each).
 pub const REPLY_MAGIC: [u8; 8] = *b"SKIFFST1";

@@ -184,7 +184,7 @@ fn one_request(
     // than the guest's whole run (it goes when the process exits).
     let mut function = Function::from_vars(vars.into_iter());
     if flags.framed {
-        function = function.framed();
+        function = function.framed(proto::head_frame);
     }
     let conn = std::rc::Rc::new(std::cell::RefCell::new(conn));
     // A warm guest's hook takes the parking fds: its worker ends with it.
@@ -345,8 +345,7 @@ impl Ready {
         match self {
             Ready::Restored(p) => p.resume(function).map_err(|e| e.to_string()),
             Ready::Cold(mut vm) => {
-                vm.devices.function = function;
-                crate::devices::function::widen_pipes();
+                vm.take_request(function);
                 Ok(vm)
             }
         }

@@ -5,8 +5,7 @@
 //! Dropping a [`Guest`] hangs up on the worker, which stops the guest
 //! (SIGIO, as `skiff call` going away does).
 
-use crate::devices::function::{HEAD_FIXED, HEAD_MAGIC};
-use crate::pool::proto::{self, Reply, REPLY_LEN};
+use crate::pool::proto::{self, Reply, HEAD_FIXED, HEAD_MAGIC, REPLY_LEN};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -124,7 +123,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, GuestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::function::head_frame;
+    use crate::pool::proto::head_frame;
 
     #[test]
     fn head_frames_parse_whole_or_ask_for_more() {
