@@ -318,6 +318,22 @@ fn flags_parse() {
     assert!(a(Some("cpu,gpu")).into_config(None).is_err());
 }
 
+/// The cpu plugin is the reference: it serves exactly the ops of
+/// `ops::OPS`, so a new op without its `implements` entry fails here (the
+/// compiler does not see that list; docs/architecture.md, "An accelerator
+/// op").
+#[test]
+fn the_cpu_plugin_implements_every_op_of_the_table() {
+    use plugins::Plugin;
+    for o in 0..=u8::MAX {
+        assert_eq!(
+            plugins::cpu::Cpu.implements(o),
+            ops::spec(o).is_some(),
+            "op {o}"
+        );
+    }
+}
+
 /// A small deterministic generator (xorshift), so failures reproduce.
 struct Rng(u64);
 
