@@ -9,9 +9,9 @@
 //! (default 20) and SKIFF_BENCH_ROUNDS (default 3: local and remote
 //! alternate, the best round counts) change the shape and counts.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
 use common::env_num;
@@ -20,38 +20,18 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A `skiff agent`, killed on drop.
-struct Agent(Child, String);
+#[path = "../tests/support/agent.rs"]
+mod agent;
+use agent::Agent;
 
-impl Agent {
-    fn start(addr: &str, model: Option<&PathBuf>, flags: &[&str]) -> Agent {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
-        cmd.args(["agent", "-a", addr, "--accel=cpu"]).args(flags);
-        if let Some(m) = model {
-            cmd.arg(format!("--accel-model=imagenet={}", m.display()));
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("skiff agent");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(!line.is_empty(), "skiff agent did not start");
-        Agent(child, line.trim().to_string())
+/// `skiff agent -a ADDR --accel=cpu`, with the model when there is one.
+fn agent(addr: &str, model: Option<&PathBuf>, flags: &[&str]) -> Agent {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.args(["agent", "-a", addr, "--accel=cpu"]).args(flags);
+    if let Some(m) = model {
+        cmd.arg(format!("--accel-model=imagenet={}", m.display()));
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        if let Some(p) = self.1.strip_prefix("unix://") {
-            let _ = std::fs::remove_file(p);
-        }
-    }
+    Agent::spawn(cmd)
 }
 
 /// `skiff run --accel=cpu` (no agent) or `--accel=remote` (agent).
@@ -59,7 +39,7 @@ fn skiff(agent: Option<&Agent>, guest: &str, args: &[&str], model: Option<&PathB
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
     cmd.arg("run");
     match agent {
-        Some(a) => cmd.args(["--accel=remote", &format!("--accel-remote={}", a.1)]),
+        Some(a) => cmd.args(["--accel=remote", &format!("--accel-remote={}", a.addr)]),
         None => cmd.arg("--accel=cpu"),
     };
     if let Some(m) = model {
@@ -118,10 +98,10 @@ fn main() {
     let sock = std::env::temp_dir().join(format!("skiff-bench-remote-{}.sock", std::process::id()));
     let m = have_model.then_some(&model);
     let sock2 = sock.with_extension("vaccel.sock");
-    let tcp = Agent::start("tcp://127.0.0.1:0", m, &[]);
-    let unix = Agent::start(&format!("unix://{}", sock.display()), m, &[]);
+    let tcp = agent("tcp://127.0.0.1:0", m, &[]);
+    let unix = agent(&format!("unix://{}", sock.display()), m, &[]);
     // vAccel's protocol over unix: what a vAccel agent there would allow.
-    let unix_wire = Agent::start(
+    let unix_wire = agent(
         &format!("unix://{}", sock2.display()),
         m,
         &["--no-shared-memory"],

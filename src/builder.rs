@@ -105,10 +105,9 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
     )
     .map_err(BuildError::Layout)?;
     vm.vcpu.set_boot_state(&boot, &vm.mem)?;
-    crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
 
-    vm.devices.function = crate::devices::function::Function::from_env();
-    crate::devices::function::widen_pipes();
+    // 6. The request: this process's stdio and Http_* variables.
+    vm.take_request(crate::devices::function::Function::from_env());
     Ok(vm)
 }
 
@@ -175,4 +174,39 @@ pub(crate) fn machine(mem: GuestMemory, devices: Devices) -> Result<Vm, BuildErr
         kvm,
         resume: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `SKIFF_FEATURE_*` bit of guest-abi is offered by the builder
+    /// and defined in the C header: a new hypercall's feature bit left out
+    /// of either would go unnoticed (guests would think the host lacks
+    /// it). docs/architecture.md, "A hypercall".
+    #[test]
+    fn every_feature_bit_is_offered_and_in_the_c_header() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+        let (abi, header) = (
+            read("guest-abi/src/skiff.rs"),
+            read("guest-abi/include/skiff_hvt.h"),
+        );
+        let builder = read("src/builder.rs");
+        let names: Vec<&str> = abi
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const SKIFF_FEATURE_"))
+            .filter_map(|l| l.split(':').next())
+            .collect();
+        assert!(names.len() >= 5, "{names:?}");
+        for n in names {
+            let name = format!("SKIFF_FEATURE_{n}");
+            assert!(
+                builder.contains(&format!("skiff::{name}")),
+                "builder does not offer {name}"
+            );
+            assert!(
+                header.contains(&format!("#define {name} ")),
+                "skiff_hvt.h lacks {name}"
+            );
+        }
+    }
 }

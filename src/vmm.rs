@@ -2,13 +2,16 @@
 //! from the config). [`Vm::run_with`] is the one vCPU loop: exit ->
 //! decode -> (hook) -> handle. A [`RunHook`] sees each decoded hypercall
 //! first and may pause the run there (`skiff snapshot` stops at the first
-//! REQ_READ) or answer it itself; [`Vm::run`] is the loop with no hook.
+//! REQ_READ) or answer it itself, and a debugger's hook pauses at the
+//! #BP and single-step exits it asked for; [`Vm::run`] is the loop with no
+//! hook.
 
-use crate::bench::marks::{self, Mark};
 use crate::devices::{Devices, Stop};
 use crate::hypercall::{self, Control, GuestFault, Request};
+use crate::marks::{self, Mark};
 use crate::memory::GuestMemory;
-use crate::vcpu::{signals, Vcpu, VcpuError};
+use crate::signals;
+use crate::vcpu::{Exit, Vcpu, VcpuError};
 use kvm_ioctls::{Kvm, VmFd};
 use std::convert::Infallible;
 use thiserror::Error;
@@ -107,6 +110,14 @@ pub trait RunHook {
     /// What the hook returns when it pauses the run.
     type Pause;
     fn on_request(&mut self, req: &Request, mem: &GuestMemory) -> Hooked<Self::Pause>;
+    /// A debug exit (#BP or single step: only a debugger's
+    /// KVM_SET_GUEST_DEBUG makes them): `Some` pauses the run there, with
+    /// the vCPU at the stop; `None` (the default) ends the run as the guest
+    /// fault of an exit nobody asked for.
+    #[inline(always)]
+    fn on_debug(&mut self) -> Option<Self::Pause> {
+        None
+    }
 }
 
 /// The plain run: every hypercall goes to its device; never pauses.
@@ -156,7 +167,7 @@ impl Vm {
     }
 
     /// Runs the guest to its next exit and acts on it: `Some(status)` once
-    /// the guest has halted.
+    /// the guest has halted (benches/exit_cost times one exit).
     pub fn step(&mut self) -> Result<Option<i32>, RunError> {
         Ok(match self.step_with(&mut NoHook)? {
             Some(Ended::Halted(status)) => Some(status),
@@ -165,8 +176,12 @@ impl Vm {
         })
     }
 
-    /// One exit of the loop. The hot path: no allocation, one `KVM_RUN`.
-    fn step_with<H: RunHook>(&mut self, hook: &mut H) -> Result<Option<Ended<H::Pause>>, RunError> {
+    /// One exit of the loop: `Some` once the guest halted or `hook` paused
+    /// it. The hot path: no allocation, one `KVM_RUN`.
+    pub fn step_with<H: RunHook>(
+        &mut self,
+        hook: &mut H,
+    ) -> Result<Option<Ended<H::Pause>>, RunError> {
         let decoded = match self.resume.take() {
             Some(req) => Ok(Some(req)),
             None => {
@@ -175,7 +190,12 @@ impl Vm {
                 }
                 let exit = self.vcpu.run()?;
                 marks::count_exit();
-                crate::debug::trace::exit(&exit);
+                crate::trace::exit(&exit);
+                if exit == Exit::Debug {
+                    if let Some(p) = hook.on_debug() {
+                        return Ok(Some(Ended::Paused(p)));
+                    }
+                }
                 hypercall::decode(&exit, &self.mem)
             }
         };
@@ -183,13 +203,13 @@ impl Vm {
             Ok(None) => return Ok(None),
             Ok(Some(req)) => {
                 marks::mark(Mark::FirstHypercall);
-                let traced = crate::debug::trace::hypercall(&req);
+                let traced = crate::trace::hypercall(&req);
                 let result = match hook.on_request(&req, &self.mem) {
                     Hooked::Handle => self.devices.handle(req, &self.mem),
                     Hooked::Handled(result) => result,
                     Hooked::Pause(p) => return Ok(Some(Ended::Paused(p))),
                 };
-                crate::debug::trace::answered(traced, &result);
+                crate::trace::answered(traced, &result);
                 result
             }
             Err(fault) => Err(Stop::Fault(fault)),
@@ -223,6 +243,15 @@ impl Vm {
         self.vcpu.fd_mut().set_kvm_immediate_exit(1);
         self.vcpu.run()?;
         Ok(())
+    }
+
+    /// The last step of every path to a runnable guest (a boot, a restore,
+    /// a pool worker's request): the guest gets its request's function
+    /// I/O, piped stdio is widened, and the VM is marked ready.
+    pub fn take_request(&mut self, function: crate::devices::function::Function) {
+        self.devices.function = function;
+        crate::stdio::widen_pipes();
+        marks::mark(Mark::KvmReady);
     }
 
     /// Sends the guest's console (PUTS) to `fd` instead of stdout.

@@ -247,3 +247,38 @@ fn install_reports_what_it_did() {
         "{status:#x}"
     );
 }
+
+/// Every policy file is compiled and used: named in build.rs's POLICIES
+/// (whose constant `bpf::NAME` the `Policy` enum must then return). A
+/// JSON file that build.rs does not list would never be enforced, and
+/// nothing else would notice (docs/architecture.md, "A subcommand").
+#[test]
+fn every_policy_file_is_compiled_and_has_a_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let build = std::fs::read_to_string(root.join("build.rs")).unwrap();
+    let lib = std::fs::read_to_string(root.join("src/seccomp.rs")).unwrap();
+    let mut files = 0;
+    for e in std::fs::read_dir(root.join("seccomp")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        files += 1;
+        let row = format!(
+            "(\"seccomp/{name}\", \"{stem}\", \"{}\"",
+            stem.to_uppercase()
+        );
+        let squashed: String = build.split_whitespace().collect::<Vec<_>>().join(" ");
+        let squashed = squashed.replace("( ", "(");
+        assert!(
+            squashed.contains(&row),
+            "seccomp/{name} has no row {row}...) in build.rs's POLICIES"
+        );
+        let constant = format!("bpf::{}", stem.to_uppercase());
+        assert!(
+            lib.contains(&constant),
+            "no Policy returns {constant} (src/seccomp.rs)"
+        );
+    }
+    assert!(files >= 6, "only {files} policy files");
+}

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The static checks CI runs (.ci/run calls this): formatting (skiff and the
 # guests workspace), clippy with warnings as errors (the workspace lints in
-# Cargo.toml deny undocumented unsafe blocks), and the layering rule that
-# only src/cli/ and src/main.rs may use crate::cli.
+# Cargo.toml deny undocumented unsafe blocks), and the layering rule
+# (tools/layers.py: a module uses only lower layers; crate::cli is the top,
+# so nothing outside src/cli/ uses it).
 # Runs every check, then exits non-zero if any failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -17,22 +18,10 @@ step() {
     fi
 }
 
-# Library modules report through typed errors; only the CLI talks to the
-# user. Prints each offending file and line.
-no_cli_imports() {
-    hits=$(grep -rn --include='*.rs' -E 'crate::cli\b|crate::\{[^}]*\bcli\b' src \
-        | grep -v -E '^src/cli/|^src/main\.rs:' || true)
-    if [ -n "$hits" ]; then
-        echo "crate::cli used outside src/cli/ and src/main.rs:"
-        echo "$hits"
-        return 1
-    fi
-}
-
 step fmt cargo fmt --all --check
 step fmt-guests sh -c 'cd guests && cargo fmt --check'
 step clippy cargo clippy --workspace --all-targets -- -D warnings
-step cli-layering no_cli_imports
+step layering python3 tools/layers.py
 
 if [ -n "$failed" ]; then
     echo "lint: FAILED:$failed"

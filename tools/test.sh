@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 
 # Every Debian package the tests use, in one place: OpenCL on the CPU
 # (accel, classify), runc (oci), ip and ping (net), libseccomp (seccomp's
-# cross-check), gdb (debugging), QEMU and busybox (the standard-KVM lane).
+# cross-check), gdb (debugging), QEMU and busybox (the standard-KVM lane),
+# python3 (tools/lint.sh's layering check).
 PACKAGES=(pocl-opencl-icd ocl-icd-opencl-dev runc iproute2 iputils-ping
-    libseccomp-dev gdb qemu-system-x86 busybox-static curl)
+    libseccomp-dev gdb qemu-system-x86 busybox-static curl python3)
 
 if [ "$(id -u)" != 0 ]; then
     echo "tools/test.sh: run me as root: the tests use /dev/kvm, TAPs, network namespaces and runc, and I install Debian packages (${PACKAGES[*]})" >&2

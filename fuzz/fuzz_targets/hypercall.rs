@@ -43,7 +43,7 @@ fn exit_from(r: &[u8]) -> Exit {
     let port = u16::from_le_bytes([r[2], r[3]]);
     let data = [r[4], r[5], r[6], r[7]];
     let word = u32::from_le_bytes(data);
-    match r[0] % 16 {
+    match r[0] % 17 {
         // Mostly well-formed hypercalls, so the handlers get exercised.
         0..=5 => Exit::IoOut {
             port: HYPERCALL_PIO_BASE + u16::from(r[2] % 24),
@@ -66,6 +66,7 @@ fn exit_from(r: &[u8]) -> Exit {
         12 => Exit::InternalError(word),
         13 => Exit::TranslationFault,
         14 => Exit::Interrupted,
+        15 => Exit::Debug,
         _ => Exit::Other(word),
     }
 }

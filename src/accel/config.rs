@@ -3,32 +3,21 @@
 //! `,`-separated), `--accel-model=NAME=PATH`, `--accel-lib=NAME=PATH`.
 
 use super::plugins::PluginKind;
-use clap::Args;
 use std::path::PathBuf;
 use thiserror::Error;
 
-/// The flags, as `skiff run` takes them.
-#[derive(Debug, Default, Args)]
-pub struct AccelArgs {
-    /// Accelerator plugins in priority order (cpu, opencl, cuda, remote), e.g.
-    /// --accel=cuda,opencl,cpu; default: $VACCEL_PLUGINS.
-    #[arg(long = "accel", value_name = "PLUGINS")]
+/// The flags as given (src/cli/accel.rs parses them from argv).
+#[derive(Debug, Default, Clone)]
+pub struct AccelFlags {
+    /// `--accel`: plugins in priority order.
     pub accel: Option<String>,
-    /// A model file the guest may register by NAME (repeatable).
-    #[arg(long = "accel-model", value_name = "NAME=PATH")]
+    /// `--accel-model=NAME=PATH` (repeatable).
     pub models: Vec<String>,
-    /// A host library whose functions the guest may EXEC by NAME (repeatable).
-    #[arg(long = "accel-lib", value_name = "NAME=PATH")]
+    /// `--accel-lib=NAME=PATH` (repeatable).
     pub libs: Vec<String>,
-    /// The agent of --accel=remote: tcp://HOST:PORT, unix://PATH,
-    /// unix://@NAME or vsock://CID:PORT; default: $VACCEL_RPC_ADDRESS,
-    /// then $VACCEL_RPC_ADDR, then tcp://127.0.0.1:65500.
-    #[arg(long = "accel-remote", value_name = "ADDR")]
+    /// `--accel-remote`: the agent's address.
     pub remote: Option<String>,
-    /// Seconds a call to the remote agent may take before the guest gets
-    /// EIO (default 60).
-    #[arg(long = "accel-remote-timeout", value_name = "SECS",
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// `--accel-remote-timeout`: seconds (1..=3600, checked by the parser).
     pub remote_timeout: Option<u64>,
 }
 
@@ -115,7 +104,7 @@ fn named(
     Ok(out)
 }
 
-impl AccelArgs {
+impl AccelFlags {
     /// Validates the flags; `env` is `$VACCEL_PLUGINS`, used without `--accel`.
     pub fn into_config(self, env: Option<String>) -> Result<AccelConfig, AccelConfigError> {
         let plugins = match (&self.accel, env) {

@@ -294,11 +294,11 @@ fn a_plugin_failure_maps_to_its_errno() {
 
 #[test]
 fn flags_parse() {
-    use config::AccelArgs;
+    use config::AccelFlags;
     use plugins::PluginKind::*;
-    let a = |accel: Option<&str>| AccelArgs {
+    let a = |accel: Option<&str>| AccelFlags {
         accel: accel.map(String::from),
-        ..AccelArgs::default()
+        ..AccelFlags::default()
     };
     assert_eq!(
         a(Some("cuda,opencl,cpu"))
@@ -316,6 +316,22 @@ fn flags_parse() {
     );
     assert_eq!(a(None).into_config(None).unwrap().plugins, None);
     assert!(a(Some("cpu,gpu")).into_config(None).is_err());
+}
+
+/// The cpu plugin is the reference: it serves exactly the ops of
+/// `ops::OPS`, so a new op without its `implements` entry fails here (the
+/// compiler does not see that list; docs/architecture.md, "An accelerator
+/// op").
+#[test]
+fn the_cpu_plugin_implements_every_op_of_the_table() {
+    use plugins::Plugin;
+    for o in 0..=u8::MAX {
+        assert_eq!(
+            plugins::cpu::Cpu.implements(o),
+            ops::spec(o).is_some(),
+            "op {o}"
+        );
+    }
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.

@@ -6,8 +6,8 @@
 //! it measures sustained runs per second with `--callers` concurrent
 //! callers instead.
 
-use super::marks::{Mark, NAMES};
 use super::process::{open_stdin, pause, run_once, Sample};
+use crate::marks::{Mark, NAMES};
 use serde::{Serialize, Serializer};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -103,7 +103,7 @@ pub struct Report {
 #[derive(Debug, Default)]
 pub struct Samples {
     /// skiff's cumulative phase marks (as `marks::NAMES`) per run.
-    pub phases: Vec<[u64; super::marks::COUNT]>,
+    pub phases: Vec<[u64; crate::marks::COUNT]>,
     /// skiff's exec-to-exit per run.
     pub total: Vec<u64>,
     /// The compared tender's exec-to-exit per run.

@@ -2,6 +2,5 @@
 //! of itself while it runs.
 
 pub mod harness;
-pub mod marks;
 pub mod plot;
 mod process;

@@ -6,7 +6,7 @@
 //! done by each time).
 
 use super::harness::Report;
-use super::marks::{COUNT, NAMES};
+use crate::marks::{COUNT, NAMES};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -205,14 +205,7 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
             x += len;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 12))
-        .draw()
-        .map_err(|x| e(&x))?;
+    legend(&mut chart)?;
 
     // Right: the exec-to-exit distribution (empirical CDF) per tender.
     let dists = distributions(r);
@@ -254,15 +247,25 @@ fn draw(r: &Report, path: &Path) -> Result<(), String> {
                 PathElement::new([(lx, ly), (lx + 16, ly)], color.stroke_width(2))
             });
     }
-    cdf.configure_series_labels()
+    legend(&mut cdf)?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}
+
+/// The legend both panels draw: lower right, on a light box.
+fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 12))
         .draw()
-        .map_err(|x| e(&x))?;
-    root.present().map_err(|x| e(&x))?;
-    Ok(())
+        .map_err(|x| x.to_string())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! exit status (its last stderr line says why when it is not).
 
 use super::harness::BenchError;
-use super::marks;
+use crate::marks;
 use std::ffi::OsString;
 use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -31,7 +31,7 @@ pub(super) fn run_once(
     stdin: Option<&PathBuf>,
 ) -> Result<Sample, BenchError> {
     let name = program.display().to_string();
-    if let Some(sig) = crate::vcpu::signals::pending() {
+    if let Some(sig) = crate::signals::pending() {
         return Err(BenchError::Signal(sig));
     }
     let mut fds = [-1; 2];
@@ -162,7 +162,7 @@ fn wait(pid: libc::pid_t, name: &str) -> Result<(i32, libc::rusage), BenchError>
     // SAFETY: a fresh fd that nothing else owns (if pidfd_open worked).
     let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
     loop {
-        if let Some(sig) = crate::vcpu::signals::pending() {
+        if let Some(sig) = crate::signals::pending() {
             // SAFETY: killing and reaping our own child.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -201,7 +201,7 @@ fn wait(pid: libc::pid_t, name: &str) -> Result<(i32, libc::rusage), BenchError>
 pub(super) fn pause(d: Duration) -> Result<(), BenchError> {
     let end = Instant::now() + d;
     loop {
-        if let Some(sig) = crate::vcpu::signals::pending() {
+        if let Some(sig) = crate::signals::pending() {
             return Err(BenchError::Signal(sig));
         }
         let left = end.saturating_duration_since(Instant::now());

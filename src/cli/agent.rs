@@ -1,6 +1,6 @@
 //! `skiff agent`: its flags and entry (the server is src/agent/).
 
-use crate::accel::config::AccelArgs;
+use super::accel::AccelArgs;
 use crate::accel::remote::addr::{self, Address};
 use crate::agent::AgentConfig;
 use clap::Args;

@@ -14,7 +14,7 @@ pub struct CallArgs {
 pub fn main(prog: &str, a: CallArgs) -> i32 {
     match crate::pool::call::call(&a.socket) {
         Ok(status) => {
-            crate::bench::marks::report();
+            crate::marks::report();
             status
         }
         Err(e) => {

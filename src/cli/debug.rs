@@ -7,9 +7,48 @@ use super::run::{build_vm, confine, outcome};
 use crate::config::RunConfig;
 use crate::debug::dumpcore::{self, Core};
 use crate::debug::gdb::{self, Outcome};
-use crate::debug::DebugArgs;
 use crate::vmm::RunError;
-use std::path::Path;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where `--gdb` listens when given no address.
+pub const DEFAULT_GDB: &str = "127.0.0.1:1234";
+
+/// `skiff run`'s debugging flags.
+#[derive(Debug, Args, Default, Clone)]
+pub struct DebugArgs {
+    /// Wait for gdb on ADDR (default 127.0.0.1:1234; a bare port means
+    /// 127.0.0.1:PORT) before the guest's first instruction.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+          default_missing_value = DEFAULT_GDB, value_parser = parse_gdb_addr)]
+    pub gdb: Option<SocketAddr>,
+    /// When the guest faults or aborts, write an ELF core file of it to
+    /// DIR (default: the current directory).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true,
+          default_missing_value = ".")]
+    pub dumpcore: Option<PathBuf>,
+    /// Print each exit and hypercall, its arguments and its time to
+    /// stderr (also: SKIFF_LOG=trace).
+    #[arg(long)]
+    pub trace: bool,
+}
+
+impl DebugArgs {
+    /// Whether any debugging flag was given.
+    pub fn any(&self) -> bool {
+        self.gdb.is_some() || self.dumpcore.is_some() || self.trace
+    }
+}
+
+/// `--gdb`'s address: HOST:PORT, or a port alone on 127.0.0.1.
+pub fn parse_gdb_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an address (HOST:PORT or PORT)"))
+}
 
 /// Whether `SKIFF_LOG` asks for tracing on a run without debug flags.
 pub fn log_env() -> bool {
@@ -18,12 +57,12 @@ pub fn log_env() -> bool {
 
 pub fn run(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &DebugArgs) -> i32 {
     let status = build_and_debug(prog, cfg, restore, d);
-    crate::bench::marks::report();
+    crate::marks::report();
     status
 }
 
 fn build_and_debug(prog: &str, cfg: &RunConfig, restore: Option<&Path>, d: &DebugArgs) -> i32 {
-    crate::debug::trace::init(d.trace);
+    crate::trace::init(d.trace);
     // Bind first, so a bad or busy address fails before any work.
     let listener = match d.gdb.map(gdb::listen).transpose() {
         Ok(l) => l,
@@ -137,5 +176,23 @@ fn dump(vm: &crate::vmm::Vm, image: &[u8], cfg: &RunConfig, dir: &Path, halted: 
         ),
         Ok(path) => format!("core dumped to {}", path.display()),
         Err(e) => format!("no core: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdb_addresses() {
+        assert_eq!(
+            parse_gdb_addr("1234").unwrap(),
+            "127.0.0.1:1234".parse().unwrap()
+        );
+        assert_eq!(
+            parse_gdb_addr("0.0.0.0:9").unwrap(),
+            "0.0.0.0:9".parse().unwrap()
+        );
+        assert!(parse_gdb_addr("nowhere").is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! N is 128+N; a run is its guest's HALT status. As `solo5-hvt`, usage
 //! errors are solo5-hvt's own lines and status 1 (see `solo5.rs`).
 
+mod accel;
 mod agent;
 mod bench;
 mod call;
@@ -108,10 +109,10 @@ pub(super) fn skiff_command() -> clap::Command {
 
 /// The whole program; returns the process exit status.
 pub fn main() -> i32 {
-    crate::bench::marks::mark(crate::bench::marks::Mark::Main);
-    crate::bench::marks::mark(crate::bench::marks::Mark::Request);
-    crate::vcpu::signals::install();
-    crate::devices::function::reserve_stdio();
+    crate::marks::mark(crate::marks::Mark::Main);
+    crate::marks::mark(crate::marks::Mark::Request);
+    crate::signals::install();
+    crate::stdio::reserve_stdio();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let prog = invoked_as(argv.first());
     if prog.starts_with("solo5-hvt") {

@@ -15,9 +15,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MB", value_parser = MemSize::from_mib, default_value = "512")]
     pub mem: MemSize,
     #[command(flatten)]
-    pub accel: crate::accel::config::AccelArgs,
+    pub accel: super::accel::AccelArgs,
     #[command(flatten)]
-    pub debug: crate::debug::DebugArgs,
+    pub debug: super::debug::DebugArgs,
     /// Resume the function from this snapshot (`skiff snapshot`) instead of
     /// booting it; KERNEL and the flags must be the snapshot's.
     #[arg(long, value_name = "FILE")]
@@ -115,7 +115,7 @@ pub fn regular_file(path: &Path) -> Result<(), String> {
 /// status is the exit status.
 fn run_guest(prog: &str, cfg: &RunConfig, restore: Option<&Path>) -> i32 {
     let status = build_and_run(prog, cfg, restore);
-    crate::bench::marks::report();
+    crate::marks::report();
     status
 }
 
@@ -133,7 +133,7 @@ pub(super) fn build_vm(
     match built {
         Ok(vm) => Ok(vm),
         // A signal during the build (a FIFO, a slow plugin) ends it too.
-        Err(_) if crate::vcpu::signals::pending().is_some() => Err(signalled(prog)),
+        Err(_) if crate::signals::pending().is_some() => Err(signalled(prog)),
         Err(e) => Err(refuse(prog, &e)),
     }
 }
@@ -188,7 +188,7 @@ pub fn outcome(prog: &str, result: Result<i32, crate::vmm::RunError>) -> i32 {
 
 /// Reports the pending signal; its 128+N status.
 pub fn signalled(prog: &str) -> i32 {
-    let sig = crate::vcpu::signals::pending().unwrap_or(libc::SIGTERM);
+    let sig = crate::signals::pending().unwrap_or(libc::SIGTERM);
     let e = crate::vmm::RunError::Signal(sig);
     report(prog, &e);
     e.exit_status()

@@ -34,7 +34,7 @@ pub fn main(prog: &str, a: SnapshotArgs) -> i32 {
     let saved =
         crate::snapshot::save::snapshot(&cfg, &a.out, a.backdate.saturating_mul(1_000_000_000));
     // Nothing half-written stays behind, nor a file the user stopped.
-    let signal = crate::vcpu::signals::pending();
+    let signal = crate::signals::pending();
     if saved.is_err() || signal.is_some() {
         remove_partial(&a.out, saved.is_ok());
     }

@@ -185,3 +185,19 @@ fn value_flags_are_clap_s() {
         assert!(pool.iter().any(|x| x == f), "pool lacks {f}: {pool:?}");
     }
 }
+
+/// The argv rule (`solo5::kernel_rule`) finds a subcommand's KERNEL by
+/// its clap id `kernel`: under another id, skiff would parse the guest's
+/// arguments as its own, and the test above would skip the subcommand.
+#[test]
+fn a_kernel_operand_has_the_id_kernel() {
+    for sub in skiff_command().get_subcommands() {
+        for a in sub.get_positionals() {
+            let names = a.get_value_names().unwrap_or_default();
+            if a.get_id() == "kernel" || names.iter().any(|n| n == "KERNEL") {
+                assert_eq!(a.get_id(), "kernel", "skiff {}", sub.get_name());
+                assert_eq!(names, ["KERNEL"], "skiff {}", sub.get_name());
+            }
+        }
+    }
+}

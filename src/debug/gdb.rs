@@ -3,12 +3,14 @@
 //! instruction. Memory is read and written at guest-virtual addresses
 //! through the guest's page tables (src/debug/paging.rs); breakpoints and
 //! single steps use KVM_SET_GUEST_DEBUG (software breakpoints: skiff
-//! patches `int3`, KVM reports the #BP); Ctrl-C arrives as SIGIO-style
+//! patches `int3`, KVM reports the #BP, and the run hook [`Stops`] pauses
+//! the run there); Ctrl-C arrives as SIGIO-style
 //! signal on the socket, which kicks the vCPU out of KVM_RUN.
 
 use super::regs;
-use crate::hypercall::GuestFault;
-use crate::vmm::{RunError, Vm};
+use crate::hypercall::Request;
+use crate::memory::GuestMemory;
+use crate::vmm::{Ended, Hooked, RunError, RunHook, Vm};
 use gdbstub::common::Signal;
 use gdbstub::conn::ConnectionExt;
 use gdbstub::stub::run_blocking::{self, BlockingEventLoop};
@@ -33,9 +35,6 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use thiserror::Error;
 
-/// KVM_EXIT_DEBUG: a #BP or single step the debugger asked KVM to report.
-/// The vCPU layer passes it on as an unhandled exit.
-const KVM_EXIT_DEBUG: u32 = 4;
 const INT3: u8 = 0xcc;
 
 /// Why the debugger could not be served.
@@ -129,7 +128,7 @@ pub fn serve(vm: &mut Vm, stream: TcpStream, pvm: bool) -> Result<Outcome, GdbEr
             if let Some(fault) = target.fault.take() {
                 return Ok(Outcome::Finished(Err(fault)));
             }
-            Ok(Outcome::Finished(target.vm.run_on()))
+            Ok(Outcome::Finished(target.vm.run()))
         }
         DisconnectReason::TargetExited(status) => Ok(Outcome::Finished(Ok(i32::from(status)))),
         DisconnectReason::TargetTerminated(_) => Ok(Outcome::Finished(Err(target
@@ -216,15 +215,12 @@ impl Debuggee<'_> {
                     ConnectionExt::read(conn).map_err(GdbError::Connection)?,
                 ));
             }
-            match self.vm.step() {
+            match self.vm.step_with(&mut Stops) {
                 Ok(None) => {}
-                Ok(Some(status)) => {
+                Ok(Some(Ended::Halted(status))) => {
                     return Ok(Event::Stopped(SingleThreadStopReason::Exited(status as u8)))
                 }
-                Err(RunError::Guest {
-                    fault: GuestFault::Unhandled(KVM_EXIT_DEBUG),
-                    ..
-                }) => {
+                Ok(Some(Ended::Paused(Stop))) => {
                     return Ok(Event::Stopped(if self.stepping {
                         SingleThreadStopReason::DoneStep
                     } else {
@@ -244,6 +240,23 @@ impl Debuggee<'_> {
                 }
             }
         }
+    }
+}
+
+/// The debugged run's hook: hypercalls go to their devices; the #BP and
+/// single-step exits gdb asked KVM for pause the run.
+struct Stops;
+
+/// A stop gdb asked for (a breakpoint or the end of a step).
+struct Stop;
+
+impl RunHook for Stops {
+    type Pause = Stop;
+    fn on_request(&mut self, _: &Request, _: &GuestMemory) -> Hooked<Stop> {
+        Hooked::Handle
+    }
+    fn on_debug(&mut self) -> Option<Stop> {
+        Some(Stop)
     }
 }
 
@@ -489,20 +502,5 @@ impl MonitorCmd for Debuggee<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// `vm.run`'s tail for a guest already started (after a detach).
-trait RunOn {
-    fn run_on(&mut self) -> Result<i32, RunError>;
-}
-
-impl RunOn for Vm {
-    fn run_on(&mut self) -> Result<i32, RunError> {
-        loop {
-            if let Some(status) = self.step()? {
-                return Ok(status);
-            }
-        }
     }
 }

@@ -23,7 +23,7 @@ struct OwnerEx {
 
 extern "C" fn on_kick(_: libc::c_int) {
     // The vCPU's own pointer, which it clears before its kvm_run goes.
-    crate::vcpu::signals::interrupt_run();
+    crate::signals::interrupt_run();
 }
 
 /// Arms `sock` to kick the calling thread's KVM_RUN on incoming bytes (the

@@ -8,7 +8,7 @@
 use super::{write_back, Stop};
 use crate::hypercall::GuestFault;
 use crate::memory::{Gpa, GuestMemory};
-use crate::vcpu::signals;
+use crate::signals;
 use guest_abi::hvt::ret;
 use guest_abi::skiff::{
     self, HcReqMeta, HcReqNext, HcReqRead, HcRespHead, HcRespWrite, REQ_META_NAME_MAX,
@@ -45,69 +45,44 @@ pub struct Function {
     eof: bool,
     /// `Http_*` variables at start-up, prefix removed: (name, value).
     meta: Vec<(Vec<u8>, Vec<u8>)>,
-    /// stdout starts with a head frame ([`head_frame`]): `skiff serve`
-    /// asked for it, to learn the status and type before the body.
-    framed: bool,
+    /// stdout starts with a head frame made by this: `skiff serve` asked
+    /// for it, to learn the status and type before the body.
+    framed: Option<HeadFrame>,
     /// The head is settled: RESP_HEAD was called, or a body byte written.
     head_done: bool,
     /// How to end this request and take the next (REQ_NEXT); `None`:
     /// guests are not kept warm here.
-    next: Option<NextRequest>,
+    next: Option<Box<dyn NextRequest>>,
 }
 
-/// Ends the current request (its response is complete) and waits for the
-/// next one, whose stdio it puts on fds 0-2: that request's variables, or
-/// `None` when there will be none (the server is stopping).
-pub struct NextRequest(pub Box<dyn FnMut() -> Option<Vars>>);
+/// Where REQ_NEXT's next request comes from (a warm pool worker:
+/// pool/warm.rs). The device only asks; how requests arrive is not its
+/// business.
+pub trait NextRequest {
+    /// Ends the current request (its response is complete) and waits for
+    /// the next one, whose stdio it puts on fds 0-2: that request's
+    /// variables, or `None` when there will be none (the server is
+    /// stopping).
+    fn next(&mut self) -> Option<Vars>;
+}
+
+/// How a framed response starts: the head frame for a status (0: the
+/// default) and a content type (pool/proto.rs writes `skiff serve`'s).
+pub type HeadFrame = fn(u16, &[u8]) -> Vec<u8>;
 
 /// Request variables (`Http_*` and the pool's own), as name and value.
 pub type Vars = Vec<(OsString, OsString)>;
 
-impl std::fmt::Debug for NextRequest {
+impl std::fmt::Debug for dyn NextRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("NextRequest")
     }
-}
-
-/// The head frame that starts a framed response: `SKH1`, status (u16 LE,
-/// 0: not set), content type length (u16 LE), content type.
-pub const HEAD_MAGIC: [u8; 4] = *b"SKH1";
-/// The fixed part of a head frame.
-pub const HEAD_FIXED: usize = 8;
-
-/// A head frame for `status` (0: the default) and `content_type`.
-pub fn head_frame(status: u16, content_type: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(HEAD_FIXED + content_type.len());
-    f.extend_from_slice(&HEAD_MAGIC);
-    f.extend_from_slice(&status.to_le_bytes());
-    f.extend_from_slice(&(content_type.len() as u16).to_le_bytes());
-    f.extend_from_slice(content_type);
-    f
 }
 
 fn io_error(e: VolatileMemoryError) -> std::io::Error {
     match e {
         VolatileMemoryError::IOError(io) => io,
         other => std::io::Error::other(other.to_string()),
-    }
-}
-
-/// Makes sure fds 0, 1 and 2 are open before skiff opens anything, so a
-/// file skiff opens (the image, /dev/kvm) never lands on a closed one and
-/// gets the guest's request or response. A closed one becomes /dev/null,
-/// read-only: a closed stdin is an empty request, and writing to a closed
-/// stdout fails (EBADF) rather than vanishing.
-pub fn reserve_stdio() {
-    for fd in 0..=2 {
-        // SAFETY: an all-zero stat is valid for fstat to overwrite.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat writes only into `st`; a closed fd gives EBADF.
-        if unsafe { libc::fstat(fd, &mut st) } == 0 {
-            continue;
-        }
-        // SAFETY: a NUL-terminated path; the lowest free fd is `fd` because
-        // every lower one is open by now. It is deliberately never closed.
-        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
     }
 }
 
@@ -148,31 +123,6 @@ pub(crate) fn write_all(
     Ok(ret::OK)
 }
 
-/// Pipe capacity skiff asks for on a piped stdin/stdout: with the default
-/// 64 KiB every request or response of more moves in 64 KiB pieces, a
-/// context switch (and a guest exit) each.
-const PIPE_SIZE: libc::c_int = 1 << 20;
-
-/// Widens stdin and stdout when they are pipes (the watchdog's case).
-/// Not under an outer seccomp filter: urunc's allowlist has no fcntl. A
-/// refusal (an unprivileged user over /proc/sys/fs/pipe-max-size) leaves
-/// the pipe as it was.
-pub fn widen_pipes() {
-    if crate::seccomp::outer_filter() {
-        return;
-    }
-    for fd in [0, 1] {
-        // SAFETY: an all-zero stat is valid for fstat to overwrite; fcntl
-        // F_SETPIPE_SZ only changes the pipe's capacity.
-        unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO {
-                libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_SIZE);
-            }
-        }
-    }
-}
-
 impl Function {
     /// Captures the request metadata (the `Http_*` variables only).
     pub fn from_env() -> Self {
@@ -194,7 +144,7 @@ impl Function {
     }
 
     /// Keeps the guest warm: REQ_NEXT ends the request through `next`.
-    pub fn warm(mut self, next: NextRequest) -> Self {
+    pub fn warm(mut self, next: Box<dyn NextRequest>) -> Self {
         self.next = Some(next);
         self
     }
@@ -206,7 +156,7 @@ impl Function {
         let mut req: HcReqNext = mem
             .read_obj(arg)
             .map_err(|err| GuestFault::BadArgument { call, err })?;
-        let next = self.next.as_mut().and_then(|n| (n.0)());
+        let next = self.next.as_mut().and_then(|n| n.next());
         req.ret = match next {
             Some(vars) => {
                 let fresh = Function::from_vars(vars.into_iter());
@@ -219,18 +169,18 @@ impl Function {
         Ok(write_back(mem, call, arg, req)?)
     }
 
-    /// Starts stdout with a head frame (see [`head_frame`]).
-    pub fn framed(mut self) -> Self {
-        self.framed = true;
+    /// Starts stdout with a head frame made by `frame`.
+    pub fn framed(mut self, frame: HeadFrame) -> Self {
+        self.framed = Some(frame);
         self
     }
 
     /// Settles the head: in framed mode, writes its frame to stdout.
     fn send_head(&mut self, status: u16, content_type: &[u8]) -> Result<(), Stop> {
         self.head_done = true;
-        if !self.framed {
+        let Some(head_frame) = self.framed else {
             return Ok(());
-        }
+        };
         let frame = head_frame(status, content_type);
         // SAFETY: `frame` is a live, initialised buffer of its length.
         let buf = unsafe { VolatileSlice::new(frame.as_ptr() as *mut u8, frame.len()) };

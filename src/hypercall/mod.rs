@@ -92,6 +92,8 @@ pub fn decode(exit: &Exit, mem: &GuestMemory) -> Result<Option<Request>, GuestFa
         Exit::FailEntry(r) => return Err(GuestFault::FailEntry(r)),
         Exit::InternalError(s) => return Err(GuestFault::InternalError(s)),
         Exit::TranslationFault => return Err(GuestFault::TranslationFault),
+        // Reached only when no debugger asked for it (vmm::RunHook::on_debug).
+        Exit::Debug => return Err(GuestFault::Unhandled(kvm_bindings::KVM_EXIT_DEBUG)),
         Exit::Other(r) => return Err(GuestFault::Unhandled(r)),
     };
     if size != 4 || !(HYPERCALL_PIO_BASE..HYPERCALL_PIO_BASE + HYPERCALL_MAX).contains(&port) {

@@ -224,7 +224,7 @@ pub fn read_state(mut r: impl Read) -> Result<State, HookError> {
             Ok(n) if (buf.len() + n) as u64 > STATE_MAX => return Err(HookError::StateTooBig),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                if let Some(sig) = crate::vcpu::signals::pending() {
+                if let Some(sig) = crate::signals::pending() {
                     return Err(HookError::Signal(sig));
                 }
             }

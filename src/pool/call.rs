@@ -5,7 +5,7 @@
 //! worker, seeing the hang-up, stops the guest.
 
 use super::proto::{self, Reply, REPLY_LEN};
-use crate::bench::marks::{self, Mark};
+use crate::marks::{self, Mark};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -43,14 +43,14 @@ pub fn call(socket: &Path) -> Result<i32, CallError> {
     let vars: Vec<_> = std::env::vars_os()
         .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"Http_"))
         .collect();
-    let msg = proto::encode_request(&vars)?;
+    let msg = proto::encode_request(proto::Flags::default(), &vars)?;
     let sent = conn
         .send_with_fds(&[&msg[..]], &[0, 1, 2])
         .map_err(|e| CallError::Send(std::io::Error::from_raw_os_error(e.errno())))?;
     (&conn).write_all(&msg[sent..]).map_err(CallError::Send)?;
     let mut buf = [0u8; REPLY_LEN];
     let mut got = 0;
-    if let Some(sig) = crate::vcpu::signals::pending() {
+    if let Some(sig) = crate::signals::pending() {
         return Err(CallError::Signal(sig));
     }
     while got < REPLY_LEN {
@@ -58,7 +58,7 @@ pub fn call(socket: &Path) -> Result<i32, CallError> {
             Ok(0) => return Err(CallError::NoAnswer),
             Ok(n) => got += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                if let Some(sig) = crate::vcpu::signals::pending() {
+                if let Some(sig) = crate::signals::pending() {
                     return Err(CallError::Signal(sig));
                 }
             }

@@ -172,7 +172,7 @@ fn restores_here(cfg: &RunConfig, snap: Option<&Path>) -> Result<(), PoolError> 
                 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
             {
             }
-            if let Some(sig) = crate::vcpu::signals::pending() {
+            if let Some(sig) = crate::signals::pending() {
                 return Err(PoolError::Signal(sig));
             }
             match libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
@@ -256,7 +256,7 @@ pub(super) fn set_stop_signals(how: libc::c_int) {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in crate::vcpu::signals::STOP {
+        for sig in crate::signals::STOP {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(how, &set, std::ptr::null_mut());
@@ -330,7 +330,7 @@ fn supervise(p: &Pool, listener: &UnixListener, ready: &dyn Fn()) -> PoolError {
                 revents: 0,
             })
             .collect();
-        if let Some(sig) = crate::vcpu::signals::pending() {
+        if let Some(sig) = crate::signals::pending() {
             break PoolError::Signal(sig);
         }
         // SIGINT/SIGTERM are blocked except inside ppoll, so one cannot

@@ -7,7 +7,7 @@
 
 use super::proto::{Reply, REQUEST_HEADER, VARS_MAX};
 use super::worker::{self, READY, TAKEN};
-use crate::devices::function::NextRequest;
+use crate::devices::function::{NextRequest, Vars};
 use crate::diag::line as report;
 use std::cell::RefCell;
 use std::io::Write;
@@ -38,48 +38,70 @@ impl Fds {
     }
 }
 
-/// The REQ_NEXT hook for the guest of the request on `conn`.
+/// The REQ_NEXT source for the guest of the request on `conn`.
 pub(super) fn next_request(
     prog: String,
     conn: Rc<RefCell<UnixStream>>,
     fds: Fds,
     pipe: RawFd,
-) -> NextRequest {
-    let mut buf = vec![0u8; REQUEST_HEADER + VARS_MAX];
-    NextRequest(Box::new(move || {
+) -> Box<dyn NextRequest> {
+    Box::new(Warm {
+        prog,
+        conn,
+        fds,
+        pipe,
+        buf: vec![0u8; REQUEST_HEADER + VARS_MAX],
+    })
+}
+
+/// A warm worker between requests: its current caller, its parking fds,
+/// the pipe to the pool and a buffer for the next request.
+struct Warm {
+    prog: String,
+    conn: Rc<RefCell<UnixStream>>,
+    fds: Fds,
+    pipe: RawFd,
+    buf: Vec<u8>,
+}
+
+impl NextRequest for Warm {
+    fn next(&mut self) -> Option<Vars> {
         {
-            let old = conn.borrow();
+            let old = self.conn.borrow();
             // SAFETY: fcntl clears O_ASYNC on our own socket: its hang-up,
             // once answered, must not stop the guest. dup2 parks 0-2.
             unsafe {
                 libc::fcntl(old.as_raw_fd(), libc::F_SETFL, 0);
                 for fd in 0..3 {
-                    libc::dup2(fds.park.as_raw_fd(), fd);
+                    libc::dup2(self.fds.park.as_raw_fd(), fd);
                 }
             }
             let reply = Reply {
                 status: 0,
-                marks: [0; crate::bench::marks::COUNT],
+                marks: [0; crate::marks::COUNT],
                 exits: 0,
             };
             let _ = (&*old).write_all(&reply.encode());
         }
-        worker::tell(pipe, READY);
+        worker::tell(self.pipe, READY);
         super::set_stop_signals(libc::SIG_BLOCK);
-        let next = worker::accept_one(&prog, &fds.listener).ok().flatten()?;
+        let next = worker::accept_one(&self.prog, &self.fds.listener)
+            .ok()
+            .flatten()?;
         super::set_stop_signals(libc::SIG_UNBLOCK);
-        worker::tell(pipe, TAKEN);
-        let vars = match worker::receive(&next, &mut buf) {
-            Ok(v) => v,
+        worker::tell(self.pipe, TAKEN);
+        // The server's next request asks what the first did (framed, warm).
+        let vars = match worker::receive(&next, &mut self.buf) {
+            Ok((_, v)) => v,
             Err(e) => {
-                report(&prog, &e);
+                report(&self.prog, &e);
                 return None;
             }
         };
         if !worker::watch_hangup(&next) {
             return None;
         }
-        *conn.borrow_mut() = next;
+        *self.conn.borrow_mut() = next;
         Some(vars)
-    }))
+    }
 }

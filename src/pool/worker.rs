@@ -8,10 +8,10 @@
 //! into another request either way.
 
 use super::proto::{self, ProtoError, Reply, FDS, REQUEST_HEADER, VARS_MAX};
-use crate::bench::marks::{self, Mark, COUNT};
 use crate::config::RunConfig;
 use crate::devices::function::Function;
 use crate::diag::line as report;
+use crate::marks::{self, Mark, COUNT};
 use crate::seccomp::Policy;
 use crate::snapshot::restore;
 use crate::snapshot::rewind::Origin;
@@ -91,7 +91,7 @@ pub(super) fn serve(
         },
         _ => None,
     };
-    crate::vcpu::signals::watch(libc::SIGIO);
+    crate::signals::watch(libc::SIGIO);
     let mut buf = vec![0u8; REQUEST_HEADER + VARS_MAX];
     let policy = match cfg.accel.plugins {
         Some(_) => Policy::Accel,
@@ -119,7 +119,7 @@ pub(super) fn serve(
         };
         // Only a guest that ended by itself, with nothing pending that was
         // meant for it, is rewound.
-        if crate::vcpu::signals::pending().is_some() || sigio_pending() {
+        if crate::signals::pending().is_some() || sigio_pending() {
             return 0;
         }
         ready = match origin.rewind(vm) {
@@ -169,8 +169,8 @@ fn one_request(
     tell(pipe, TAKEN);
     marks::set_from(Mark::Main, &[0; COUNT], 0);
     marks::mark(Mark::Request);
-    let vars = match receive(&conn, buf) {
-        Ok(v) => v,
+    let (flags, vars) = match receive(&conn, buf) {
+        Ok(r) => r,
         Err(e) => {
             report(prog, &e);
             return Served::Done(1);
@@ -182,15 +182,13 @@ fn one_request(
     }
     // The VM lives until the reply is sent: tearing it down takes longer
     // than the guest's whole run (it goes when the process exits).
-    let framed = vars.iter().any(|(k, _)| k == proto::FRAMED_VAR);
-    let warm = vars.iter().any(|(k, _)| k == proto::WARM_VAR);
     let mut function = Function::from_vars(vars.into_iter());
-    if framed {
-        function = function.framed();
+    if flags.framed {
+        function = function.framed(proto::head_frame);
     }
     let conn = std::rc::Rc::new(std::cell::RefCell::new(conn));
     // A warm guest's hook takes the parking fds: its worker ends with it.
-    if let Some(w) = park.take_if(|_| warm) {
+    if let Some(w) = park.take_if(|_| flags.warm) {
         function = function.warm(super::warm::next_request(
             prog.to_string(),
             conn.clone(),
@@ -248,7 +246,7 @@ fn one_request(
     Served::Ran {
         status: halted,
         vm,
-        again: answered && !warm && park.is_some(),
+        again: answered && !flags.warm && park.is_some(),
     }
 }
 
@@ -281,7 +279,7 @@ fn sigio_pending() -> bool {
 /// connection but lost it to another wait again. `Err`: exit status.
 pub(super) fn accept_one(prog: &str, listener: &UnixListener) -> Result<Option<UnixStream>, i32> {
     loop {
-        if crate::vcpu::signals::pending().is_some() {
+        if crate::signals::pending().is_some() {
             return Ok(None);
         }
         let mut p = libc::pollfd {
@@ -347,8 +345,7 @@ impl Ready {
         match self {
             Ready::Restored(p) => p.resume(function).map_err(|e| e.to_string()),
             Ready::Cold(mut vm) => {
-                vm.devices.function = function;
-                crate::devices::function::widen_pipes();
+                vm.take_request(function);
                 Ok(vm)
             }
         }
@@ -356,11 +353,11 @@ impl Ready {
 }
 
 /// Reads the request and puts the caller's stdin, stdout and stderr on
-/// fds 0, 1 and 2; returns its variables.
+/// fds 0, 1 and 2; returns its flags and variables.
 pub(super) fn receive(
     conn: &UnixStream,
     buf: &mut [u8],
-) -> Result<Vec<(OsString, OsString)>, RequestError> {
+) -> Result<(proto::Flags, Vec<(OsString, OsString)>), RequestError> {
     conn.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut fds = [-1; FDS + 1];
     let mut iov = [libc::iovec {
@@ -384,7 +381,7 @@ pub(super) fn receive(
     fill(conn, buf, REQUEST_HEADER, &mut got)?;
     let mut header = [0u8; REQUEST_HEADER];
     header.copy_from_slice(&buf[..REQUEST_HEADER]);
-    let len = proto::decode_request_header(&header)?;
+    let (flags, len) = proto::decode_request_header(&header)?;
     fill(conn, buf, REQUEST_HEADER + len, &mut got)?;
     let vars = proto::decode_vars(&buf[REQUEST_HEADER..REQUEST_HEADER + len])?;
     for (target, fd) in owned.iter().enumerate() {
@@ -394,7 +391,7 @@ pub(super) fn receive(
             return Err(std::io::Error::last_os_error().into());
         }
     }
-    Ok(vars)
+    Ok((flags, vars))
 }
 
 /// Reads from `conn` until `buf` holds `want` bytes (`got` so far).

@@ -5,8 +5,7 @@
 //! Dropping a [`Guest`] hangs up on the worker, which stops the guest
 //! (SIGIO, as `skiff call` going away does).
 
-use crate::devices::function::{HEAD_FIXED, HEAD_MAGIC};
-use crate::pool::proto::{self, Reply, FRAMED_VAR, REPLY_LEN, WARM_VAR};
+use crate::pool::proto::{self, Reply, HEAD_FIXED, HEAD_MAGIC, REPLY_LEN};
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -54,12 +53,8 @@ impl Guest {
         vars: &[(OsString, OsString)],
         warm: bool,
     ) -> Result<(Self, pipe::Sender), GuestError> {
-        let mut vars = vars.to_vec();
-        vars.push((FRAMED_VAR.into(), "1".into()));
-        if warm {
-            vars.push((WARM_VAR.into(), "1".into()));
-        }
-        let msg = proto::encode_request(&vars)?;
+        let flags = proto::Flags { framed: true, warm };
+        let msg = proto::encode_request(flags, vars)?;
         let (in_r, in_w) = pipe_pair().map_err(GuestError::Pipe)?;
         let (out_r, out_w) = pipe_pair().map_err(GuestError::Pipe)?;
         let conn = std::os::unix::net::UnixStream::connect(pool).map_err(GuestError::Connect)?;
@@ -128,7 +123,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, GuestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::function::head_frame;
+    use crate::pool::proto::head_frame;
 
     #[test]
     fn head_frames_parse_whole_or_ask_for_more() {

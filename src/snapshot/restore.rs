@@ -201,9 +201,7 @@ impl Prepared {
     pub fn resume(self, function: crate::devices::function::Function) -> Result<Vm, RestoreError> {
         vcpu::set_tsc(self.vm.vcpu.fd(), self.tsc_hz, |now| self.tsc_at(now))?;
         let mut vm = self.vm;
-        vm.devices.function = function;
-        crate::devices::function::widen_pipes();
-        crate::bench::marks::mark(crate::bench::marks::Mark::KvmReady);
+        vm.take_request(function);
         Ok(vm)
     }
 }

@@ -20,6 +20,9 @@ pub enum Exit {
         write: bool,
     },
     Hlt,
+    /// KVM_EXIT_DEBUG: a #BP or single step that a debugger asked KVM to
+    /// report (KVM_SET_GUEST_DEBUG); the run hook decides (see vmm.rs).
+    Debug,
     Shutdown,
     FailEntry(u64),
     InternalError(u32),

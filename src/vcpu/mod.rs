@@ -4,11 +4,11 @@
 mod cpuid;
 mod exit;
 mod pvm;
-pub mod signals;
 
 pub use exit::Exit;
 
 use crate::memory::{BootState, GuestMemory, BOOT_CR3, BOOT_GDT_SELECTORS};
+use crate::signals;
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
@@ -173,6 +173,7 @@ impl Vcpu {
                 VcpuExit::MmioRead(addr, _) => Exit::Mmio { addr, write: false },
                 VcpuExit::MmioWrite(addr, _) => Exit::Mmio { addr, write: true },
                 VcpuExit::Hlt => Exit::Hlt,
+                VcpuExit::Debug(_) => Exit::Debug,
                 VcpuExit::Shutdown if self.pvm_native => return self.redeliver(),
                 VcpuExit::Shutdown => Exit::Shutdown,
                 VcpuExit::FailEntry(reason, _) => Exit::FailEntry(reason),

@@ -28,8 +28,8 @@
 //! one exits to skiff as on any KVM. skiff spends that wake itself before
 //! the guest's first instruction ([`FirstHlt`]).
 
-use super::signals;
 use crate::memory::{Gpa, GuestMemory};
+use crate::signals;
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 

@@ -7,17 +7,14 @@ use protobuf::Message;
 use skiff::accel::remote::frame::{self, Header};
 use skiff::accel::remote::proto::{self, *};
 use skiff::accel::remote::shm;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-/// A running `skiff agent`, killed (and its socket removed) on drop.
-pub struct Agent {
-    pub child: Child,
-    pub addr: String,
-    stderr: std::thread::JoinHandle<String>,
-}
+#[path = "../support/agent.rs"]
+mod agent;
+pub use agent::Agent;
 
 impl Agent {
     /// `skiff agent -a ADDR FLAGS`; waits until it listens.
@@ -27,35 +24,12 @@ impl Agent {
 
     /// [`Agent::start`] with extra environment variables.
     pub fn start_env(addr: &str, flags: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Agent {
-        let mut child = Command::new(skiff())
-            .args(["agent", "-a", addr])
+        let mut cmd = Command::new(skiff());
+        cmd.args(["agent", "-a", addr])
             .args(flags)
             .envs(env.iter().copied())
-            .env_remove("VACCEL_PLUGINS")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn skiff agent");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        assert!(
-            !line.is_empty(),
-            "agent did not start: {}",
-            stderr.join().unwrap()
-        );
-        Agent {
-            child,
-            addr: line.trim().to_string(),
-            stderr,
-        }
+            .env_remove("VACCEL_PLUGINS");
+        Agent::spawn(cmd)
     }
 
     pub fn tcp(flags: &[&str]) -> Agent {
@@ -69,39 +43,12 @@ impl Agent {
         )
     }
 
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Sends `sig` and waits for the agent to end; its status and stderr.
-    pub fn stop(mut self, sig: i32) -> (std::process::ExitStatus, String) {
-        self.signal(sig);
-        let st = self.child.wait().unwrap();
-        let err = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        // What the agent left behind is the test's to see: not removed.
-        self.addr.clear();
-        (st, err.join().unwrap())
-    }
-
     /// A raw connection.
     pub fn connect(&self) -> Conn {
         let a: skiff::accel::remote::addr::Address = self.addr.parse().unwrap();
         let s = a.connect().unwrap();
         s.set_timeouts(Some(Duration::from_secs(20))).unwrap();
         Conn { s, next: 1 }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(p) = self.addr.strip_prefix("unix://") {
-            if !p.starts_with('@') {
-                let _ = std::fs::remove_file(p);
-            }
-        }
     }
 }
 

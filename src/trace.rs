@@ -4,10 +4,11 @@
 //!
 //! Off, this costs the hot path one relaxed load per call site (tracing's
 //! global max level, which stays OFF until a subscriber is installed).
+//!
+//! A leaf: it takes what it prints as `Debug`, so the vCPU loop (and
+//! anything else) may call it without this module knowing their types.
 
-use crate::devices::Stop;
-use crate::hypercall::{Control, Request};
-use crate::vcpu::Exit;
+use std::fmt::Debug;
 use std::time::Instant;
 
 /// Installs the stderr subscriber if `flag` or `SKIFF_LOG` asks for it
@@ -33,13 +34,13 @@ pub fn init(flag: bool) -> bool {
 
 /// One vCPU exit.
 #[inline]
-pub fn exit(e: &Exit) {
+pub fn exit(e: &impl Debug) {
     tracing::trace!(exit = ?e, "exit");
 }
 
 /// A hypercall about to be handled: its start time if tracing is on.
 #[inline]
-pub fn hypercall(req: &Request) -> Option<Instant> {
+pub fn hypercall(req: &impl Debug) -> Option<Instant> {
     if tracing::enabled!(tracing::Level::TRACE) {
         tracing::trace!(request = ?req, "hypercall");
         Some(Instant::now())
@@ -50,7 +51,7 @@ pub fn hypercall(req: &Request) -> Option<Instant> {
 
 /// The hypercall's result and the time skiff took to answer it.
 #[inline]
-pub fn answered(start: Option<Instant>, result: &Result<Control, Stop>) {
+pub fn answered<T: Debug, E: Debug>(start: Option<Instant>, result: &Result<T, E>) {
     if let Some(t) = start {
         let us = t.elapsed().as_secs_f64() * 1e6;
         match result {

@@ -2,6 +2,9 @@
 //! skiff takes of itself at fixed points of a run (a clock read each, via
 //! the vDSO), reported on the fd named by `SKIFF_BENCH_FD` when set.
 //! The guest-side marks are taken at the exits, from skiff's own clock.
+//!
+//! A leaf: the vCPU loop, the builder, the pool's wire format and the
+//! bench harness all use it, and it uses nothing of skiff's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -3,6 +3,9 @@
 //! signal and sets `immediate_exit` so `KVM_RUN` returns at once, even if
 //! the signal lands just before the guest is entered. Works as PID 1 too,
 //! where default dispositions would ignore SIGTERM.
+//!
+//! A leaf (process-wide state: one handler per signal), used by the vCPU,
+//! the pool, `skiff call`, oci and the bench harness alike.
 
 use kvm_bindings::kvm_run;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
@@ -64,7 +67,7 @@ extern "C" fn on_kick(_sig: libc::c_int) {
 /// Makes `sig` interrupt a running guest so skiff can look at it (kvm_pvm's
 /// native-mode watchdog, see vcpu/pvm.rs), without ending it: SA_RESTART,
 /// so no other blocking call of skiff's sees EINTR.
-pub(super) fn kick_on(sig: libc::c_int) {
+pub(crate) fn kick_on(sig: libc::c_int) {
     // SAFETY: as in `watch`; the handler only does async-signal-safe stores.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
@@ -75,18 +78,18 @@ pub(super) fn kick_on(sig: libc::c_int) {
 }
 
 /// Whether a kick arrived since the last call.
-pub(super) fn take_kick() -> bool {
+pub(crate) fn take_kick() -> bool {
     KICKED.swap(false, Ordering::SeqCst)
 }
 
-pub(super) fn set_kvm_run(run: &mut kvm_run) {
+pub(crate) fn set_kvm_run(run: &mut kvm_run) {
     KVM_RUN.store(run, Ordering::SeqCst);
 }
 
 /// Forgets the kvm_run (its vCPU is going): a signal that arrives later
 /// (a stop signal, the pvm watchdog's SIGXCPU, gdb's socket) must not write
 /// into an unmapped page.
-pub(super) fn clear_kvm_run() {
+pub(crate) fn clear_kvm_run() {
     KVM_RUN.store(std::ptr::null_mut(), Ordering::SeqCst);
 }
 
