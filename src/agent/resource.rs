@@ -71,6 +71,11 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// No resource registered (the connection may then be closed as idle).
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     pub fn exists(&self, id: i64) -> bool {
         self.list.iter().any(|r| r.id == id)
     }

@@ -79,7 +79,7 @@ impl AgentArgs {
 }
 
 pub fn main(prog: &str, a: AgentArgs) -> i32 {
-    crate::debug::trace::init(a.verbose);
+    crate::trace::init(a.verbose);
     let cfg = match a.into_config(std::env::var("VACCEL_PLUGINS").ok()) {
         Ok(c) => c,
         Err(e) => {
