@@ -30,7 +30,19 @@ fn sample(id: &str) -> &'static str {
         "pool" => "p.sock",
         "listen" => "127.0.0.1:8080",
         "metrics" => "127.0.0.1:9100",
-        "max_body" | "timeout" | "queue" | "drain" => "100",
+        "max_body"
+        | "timeout"
+        | "queue"
+        | "drain"
+        | "queue_per_peer"
+        | "max_connections"
+        | "max_connections_per_peer"
+        | "header_timeout"
+        | "idle_timeout"
+        | "send_timeout"
+        | "body_timeout"
+        | "body_buffer"
+        | "frame_timeout" => "100",
         "remote" => "127.0.0.1:9",
         "remote_timeout" => "2",
         "gdb" => "127.0.0.1:0",
