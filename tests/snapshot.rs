@@ -102,43 +102,151 @@ fn now_ns() -> i128 {
         .as_nanos() as i128
 }
 
+fn on_kvm_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The guest clock error skiff states for a restore on kvm_pvm (its
+/// SKIFF_LOG=debug line), in ns.
+fn stated_error_ns(o: &std::process::Output) -> Option<i128> {
+    let e = stderr(o);
+    let at = e.split("the guest's wall clock is ").nth(1)?;
+    let us: i128 = at.split_whitespace().next()?.parse().ok()?;
+    Some(us * 1000)
+}
+
+/// Restores the `clock` guest from `snap` with SKIFF_LOG=debug and `env`;
+/// checks its clock: on a KVM that lets skiff set the TSC, within the slack
+/// of the host's wall time; on kvm_pvm, off by what skiff states (the
+/// host's own wall-clock adjustments since the snapshot), which is
+/// returned (0 elsewhere).
+fn restore_clock(snap: &Path, env: &[(&str, &str)], what: &str) -> i128 {
+    let mut env = env.to_vec();
+    env.push(("SKIFF_LOG", "debug"));
+    let o = run(Some(snap), "clock", &env, b"x");
+    assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(&o));
+    let (derived, fresh) = clock_answer(&o);
+    let off = derived - fresh;
+    match stated_error_ns(&o) {
+        Some(stated) => {
+            assert!(on_kvm_pvm(), "{what}: {}", stderr(&o));
+            println!(
+                "{what}: derived - fresh = {} us, stated {} us",
+                off / 1000,
+                stated / 1000
+            );
+            assert!(
+                (off - stated).abs() < clock_slack_ns(),
+                "{what}: {}",
+                stderr(&o)
+            );
+            stated
+        }
+        None => {
+            println!("{what}: derived - fresh = {} us", off / 1000);
+            assert!(!on_kvm_pvm(), "{what}: no error stated: {}", stderr(&o));
+            assert!(off.abs() < clock_slack_ns(), "{what}: {}", stdout(&o));
+            0
+        }
+    }
+}
+
 #[test]
 fn a_restored_guest_keeps_the_wall_time() {
+    // On the real clocks.
     let dir = TempDir::new("snap-clock");
     let snap = snapshot(dir.path(), "clock", &[], &[]);
     std::thread::sleep(Duration::from_millis(1500));
     let before = now_ns();
-    let o = run(Some(&snap), "clock", &[], b"x");
-    let after = now_ns();
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let (derived, fresh) = clock_answer(&o);
-    println!(
-        "1.5 s old snapshot: derived - fresh = {} us",
-        (derived - fresh) / 1000
-    );
-    assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
-    assert!(before <= fresh && fresh <= after);
+    restore_clock(&snap, &[], "1.5 s old snapshot");
+    assert!(now_ns() > before);
 
-    // An hour-old snapshot (--backdate: the guest's boot WALLTIME and the
-    // saved timestamp both an hour back). Where KVM lets skiff set the
-    // guest's TSC, the guest's clock is right; kvm_pvm pins guests to the
-    // host's TSC, and there the restore must refuse rather than resume a
-    // guest an hour off.
+    // An hour-old snapshot (--backdate: the guest's boot WALLTIME, the
+    // saved timestamp and raw clock an hour back, its boot unknown, its
+    // TSC not). Where KVM lets skiff set the guest's TSC, the guest's
+    // clock is right; kvm_pvm pins guests to the host's TSC, which did
+    // not count that hour: there the restore must refuse rather than
+    // resume a guest an hour off.
     let old = snapshot(dir.path(), "clock", &["--backdate", "3600"], &[]);
-    let o = run(Some(&old), "clock", &[], b"x");
-    // Only kvm_pvm may refuse: every other KVM takes the TSC offset.
-    if o.status.code() == Some(1) && Path::new("/sys/module/kvm_pvm").exists() {
-        assert_refused(&o, "kvm_pvm does not let skiff set the guest's TSC");
+    if on_kvm_pvm() {
+        let o = run(Some(&old), "clock", &[], b"x");
+        assert_refused(&o, "CLOCK_MONOTONIC_RAW");
         assert!(o.stdout.is_empty());
         println!("hour-old snapshot: refused (this KVM pins the guest TSC)");
     } else {
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let (derived, fresh) = clock_answer(&o);
-        println!(
-            "hour-old snapshot: derived - fresh = {} us",
-            (derived - fresh) / 1000
-        );
-        assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
+        restore_clock(&old, &[], "hour-old snapshot");
+    }
+}
+
+/// A restore seconds after the snapshot, while the host's wall clock runs
+/// 0.5 % fast (as right after a VM's boot) and was then stepped 2 s ahead:
+/// a standard KVM's guest gets the host's wall time; kvm_pvm's is behind
+/// it by exactly those adjustments, stated, not refused.
+#[test]
+fn a_restore_seconds_later_survives_a_slewed_and_stepped_wall_clock() {
+    let dir = TempDir::new("snap-slew");
+    let anchor = now_ns().to_string();
+    let fast = format!("0,5000,{anchor}");
+    let stepped = format!("2000000000,5000,{anchor}");
+    let snap = make_snapshot_env(
+        dir.path(),
+        "clock",
+        MEM,
+        &[],
+        &[],
+        &[("SKIFF_TEST_WALLCLOCK", &fast)],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let err = restore_clock(
+        &snap,
+        &[("SKIFF_TEST_WALLCLOCK", &fast)],
+        "3 s, wall clock 0.5 % fast",
+    );
+    if on_kvm_pvm() {
+        // 0.5 % of at least 3 s, and not much more.
+        assert!((-30_000_000..=-14_000_000).contains(&err), "{err}");
+    }
+    let err = restore_clock(
+        &snap,
+        &[("SKIFF_TEST_WALLCLOCK", &stepped)],
+        "3 s, wall clock fast and stepped 2 s",
+    );
+    if on_kvm_pvm() {
+        assert!((-2_030_000_000..=-2_014_000_000).contains(&err), "{err}");
+    }
+}
+
+/// Rewrites the snapshot at `p` through `f` on its metadata, with a valid
+/// checksum (a snapshot as another skiff would have written it).
+fn rewrite_meta(p: &Path, f: impl Fn(&mut format::Meta)) {
+    let b = std::fs::read(p).unwrap();
+    let (h, mut m) = format::decode(&b, b.len() as u64).unwrap();
+    f(&mut m);
+    let mut head = format::encode(&h, &m);
+    let h2 = format::decode_header(&head).unwrap();
+    assert_eq!(h2.data_offset, h.data_offset, "metadata grew past a page");
+    head.resize(h.data_offset as usize, 0);
+    head.extend_from_slice(&b[h.data_offset as usize..]);
+    std::fs::write(p, head).unwrap();
+}
+
+/// A snapshot from another boot of the host: kvm_pvm cannot give its
+/// guest the right clock and refuses it with one line saying so; a KVM
+/// that sets the TSC restores it right.
+#[test]
+fn a_snapshot_of_another_boot() {
+    let dir = TempDir::new("snap-boot");
+    let snap = snapshot(dir.path(), "clock", &[], &[]);
+    rewrite_meta(&snap, |m| {
+        assert_eq!(m.boot_id.len(), 36, "no boot id recorded");
+        m.boot_id = b"00000000-0000-4000-8000-000000000000".to_vec();
+    });
+    if on_kvm_pvm() {
+        let o = run(Some(&snap), "clock", &[], b"x");
+        assert_refused(&o, "another boot of this host");
+        assert!(o.stdout.is_empty());
+    } else {
+        restore_clock(&snap, &[], "another boot's snapshot");
     }
 }
 
@@ -153,14 +261,7 @@ fn a_snapshot_restored_at_once_keeps_the_wall_time() {
     for env in [&[][..], &[("SKIFF_TSC_BY_MSR", "1")][..]] {
         let snap = snapshot(dir.path(), "clock", &[], &[]);
         for _ in 0..3 {
-            let o = run(Some(&snap), "clock", env, b"x");
-            assert_eq!(o.status.code(), Some(0), "{env:?}: {}", stderr(&o));
-            let (derived, fresh) = clock_answer(&o);
-            println!(
-                "fresh snapshot {env:?}: derived - fresh = {} us",
-                (derived - fresh) / 1000
-            );
-            assert!((derived - fresh).abs() < clock_slack_ns(), "{}", stdout(&o));
+            restore_clock(&snap, env, &format!("fresh snapshot {env:?}"));
         }
     }
 }
@@ -199,7 +300,7 @@ fn bad_snapshots_are_refused_before_the_guest_runs() {
         (variant("trunc-meta", &|b| b.truncate(200)), "truncated"),
         (variant("empty", &|b| b.clear()), "truncated"),
         (variant("magic", &|b| b[0] = b'X'), "bad magic"),
-        (variant("version", &|b| b[8] = 2), "version 2"),
+        (variant("version", &|b| b[8] = 9), "version 9"),
         (
             variant("meta-byte", &|b| b[format::HEADER_LEN + 40] ^= 1),
             "checksum",

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub const MAGIC: [u8; 8] = *b"SKIFFSNP";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const PAGE: u64 = 4096;
 pub const HEADER_LEN: usize = 136;
 const CHECKSUM_AT: usize = 104;
@@ -80,6 +80,10 @@ pub struct DeviceRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Meta {
     pub cmdline: Vec<u8>,
+    /// The host's boot id when the snapshot was made (empty if unknown)
+    /// and CLOCK_MONOTONIC_RAW at `Header::saved_at_ns` (snapshot/clock.rs).
+    pub boot_id: Vec<u8>,
+    pub saved_raw_ns: u64,
     /// The guest-physical argument of the REQ_READ the guest is inside.
     pub pending_req_read: u64,
     /// Page-aligned ranges mapped read-only (the image's text and rodata).
@@ -182,6 +186,8 @@ impl Meta {
     fn encode(&self) -> Vec<u8> {
         let mut w = W(Vec::with_capacity(8192));
         w.bytes(&self.cmdline);
+        w.bytes(&self.boot_id);
+        w.u64(self.saved_raw_ns);
         w.u64(self.pending_req_read);
         w.u64(self.read_only.len() as u64);
         for &(a, b) in &self.read_only {
@@ -216,6 +222,8 @@ impl Meta {
         let mut r = R(b);
         let mut m = Meta {
             cmdline: r.bytes()?,
+            boot_id: r.bytes()?,
+            saved_raw_ns: r.u64()?,
             pending_req_read: r.u64()?,
             ..Meta::default()
         };
@@ -246,6 +254,9 @@ impl Meta {
                 pages: r.u64()?,
                 file_page: r.u64()?,
             });
+        }
+        if !matches!(m.boot_id.len(), 0 | 36) {
+            return Err(FormatError::Invalid("boot id"));
         }
         if !r.0.is_empty() {
             return Err(FormatError::Invalid("trailing metadata"));
@@ -371,6 +382,8 @@ mod tests {
         };
         let m = Meta {
             cmdline: b"a b".to_vec(),
+            boot_id: vec![b'x'; 36],
+            saved_raw_ns: 99,
             pending_req_read: 0x1234,
             read_only: vec![(0x100000, 0x102000)],
             devices: vec![DeviceRecord {

@@ -36,8 +36,7 @@ use kvm_ioctls::{Kvm, VcpuFd};
 /// KVM refuses a KVM_GET/SET_MSRS of 256 MSRs or more (E2BIG).
 const MSRS_PER_CALL: usize = 128;
 
-/// kvm_pvm's registration MSR (vcpu/pvm.rs): set last, it re-registers.
-const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
+use crate::vcpu::MSR_PVM_REGISTER;
 
 /// MSRs a guest can write that KVM_GET_MSR_INDEX_LIST may leave out
 /// (VMMs save the MTRRs themselves): the variable ranges, the fixed
@@ -70,7 +69,7 @@ pub struct Origin {
     events: Option<kvm_vcpu_events>,
     mp_state: Option<kvm_mp_state>,
     msrs: Vec<kvm_msr_entry>,
-    tsc: (u64, u64, u64),
+    clock: (super::clock::Saved, Option<super::clock::Keeping>),
     native: bool,
 }
 
@@ -116,7 +115,7 @@ impl Origin {
             events: fd.get_vcpu_events().ok(),
             mp_state: fd.get_mp_state().ok(),
             msrs: settable_msrs(&vm.kvm, fd)?,
-            tsc: p.tsc_plan(),
+            clock: p.clock(),
             native: vm.vcpu.pvm_native(),
         })
     }
@@ -160,8 +159,7 @@ impl Origin {
             nr: Hypercall::ReqRead,
             arg: Gpa(self.pages.pending_req_read),
         });
-        let (tsc_hz, guest_tsc, saved_at_ns) = self.tsc;
-        Ok(Prepared::from_parts(vm, tsc_hz, guest_tsc, saved_at_ns))
+        Ok(Prepared::from_parts(vm, self.clock))
     }
 }
 

@@ -59,7 +59,13 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     // skiff provides.
     vm.complete_io()?;
     let state = vcpu::capture(vm.vcpu.fd())?;
-    let (guest_tsc, now) = vcpu::read_tsc(vm.vcpu.fd())?;
+    let (guest_tsc, now, raw) = super::clock::read_tsc(vm.vcpu.fd())?;
+    // A backdated snapshot's TSC did not count the time it claims: it
+    // stands for one whose boot is unknown (its raw clock moved back too).
+    let boot_id = match backdate_ns {
+        0 => crate::vcpu::boot_id().map(Vec::from).unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let bi: BootInfo = vm.mem.read_obj(Gpa(BOOT_INFO_BASE))?;
 
     let (runs, pages) = nonzero_runs(&vm.mem)?;
@@ -76,6 +82,8 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     };
     let meta = Meta {
         cmdline: cfg.cmdline.clone(),
+        boot_id,
+        saved_raw_ns: raw.saturating_sub(backdate_ns),
         pending_req_read: arg.0,
         read_only: vm.mem.read_only().to_vec(),
         devices: device_record(&vm.mem, &bi)?,

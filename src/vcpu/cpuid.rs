@@ -67,7 +67,9 @@ fn read_small(path: &str, buf: &mut [u8]) -> Option<(usize, libc::stat)> {
     }
 }
 
-fn boot_id() -> Option<[u8; 36]> {
+/// This boot of the host (`/proc/sys/kernel/random/boot_id`); `None` where
+/// there is no /proc (urunc's sandbox).
+pub fn boot_id() -> Option<[u8; 36]> {
     let mut b = [0u8; 64];
     let (n, _) = read_small("/proc/sys/kernel/random/boot_id", &mut b)?;
     (n >= 36).then(|| b[..36].try_into().ok()).flatten()

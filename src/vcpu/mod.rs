@@ -2,11 +2,13 @@
 //! turned into a KVM-free [`Exit`] for the hypercall layer.
 
 mod cpuid;
+pub use cpuid::boot_id;
 mod exit;
 mod pvm;
 pub mod signals;
 
 pub use exit::Exit;
+pub use pvm::MSR_PVM_REGISTER;
 
 use crate::memory::{BootState, GuestMemory, BOOT_CR3, BOOT_GDT_SELECTORS};
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};

@@ -34,7 +34,7 @@ use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 
 /// kvm_pvm's vCPU registration MSR: guest-physical page address | flags.
-const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
+pub const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
 /// Bit 0: register the page.
 const REGISTER: u64 = 1;
 /// A page inside guest memory the guest never maps (below the boot info,
