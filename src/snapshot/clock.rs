@@ -15,8 +15,8 @@
 //!   where /proc is missing (urunc), by the TSC against CLOCK_MONOTONIC_RAW,
 //!   which neither NTP nor `date` moves and which restarts at boot too.
 
-use super::vcpu::{set_msrs, StateError, MSR_IA32_TSC};
 use crate::devices::clock::{clock_ns, now_ns};
+use crate::vcpu::state::{set_msrs, StateError, MSR_IA32_TSC};
 use kvm_bindings::{kvm_device_attr, kvm_msr_entry, Msrs, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET};
 use kvm_ioctls::VcpuFd;
 use thiserror::Error;
@@ -135,7 +135,7 @@ pub fn host_tsc_raw() -> (u64, u64) {
 /// if skiff can: fails now rather than at every request when the guest's
 /// time cannot be right.
 pub fn check(fd: &VcpuFd, saved: &Saved) -> Result<Keeping, ClockError> {
-    if is_kvm_pvm(fd) {
+    if crate::vcpu::is_kvm_pvm(fd) {
         saved.same_boot(host_tsc_raw)?;
         Ok(Keeping::HostTsc)
     } else {
@@ -320,17 +320,6 @@ fn set_tsc_offset(fd: &VcpuFd, offset: u64) -> Result<(), ClockError> {
         .map_err(ClockError::TscOffset)
 }
 
-/// kvm_pvm, and only it, knows its registration MSR.
-pub fn is_kvm_pvm(fd: &VcpuFd) -> bool {
-    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
-        index: crate::vcpu::MSR_PVM_REGISTER,
-        ..Default::default()
-    }]) else {
-        return false;
-    };
-    fd.get_msrs(&mut msrs) == Ok(1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,8 +354,9 @@ mod tests {
         let hour = 3_600_000_000_000u64;
         let tsc = s.guest_tsc + 3600 * HZ;
         assert_eq!(s.raw_check(tsc, s.raw_ns + hour), Ok(()));
-        // 100 ms off within an hour is another boot's TSC.
-        assert!(s.raw_check(tsc + HZ / 10, s.raw_ns + hour).is_err());
+        // 500 ms off within an hour (slack: 181 ms) is another boot's TSC.
+        assert_eq!(s.raw_check(tsc + HZ / 2, s.raw_ns + hour), Err(500_000));
+        assert_eq!(s.raw_check(tsc + HZ / 10, s.raw_ns + hour), Ok(()));
         // The raw clock went back: restarted.
         assert!(s.raw_check(tsc, s.raw_ns - 1).is_err());
         // Slack grows with age: 50 ppm of an hour is 180 ms.

@@ -89,11 +89,16 @@ pub struct Meta {
     /// Page-aligned ranges mapped read-only (the image's text and rodata).
     pub read_only: Vec<(u64, u64)>,
     pub devices: Vec<DeviceRecord>,
-    /// Raw kvm_regs, kvm_sregs, kvm_xsave, kvm_xcrs.
+    /// The vCPU (vcpu/state.rs): raw kvm_regs, kvm_sregs, kvm_xsave,
+    /// kvm_xcrs, and kvm_debugregs, kvm_vcpu_events, kvm_mp_state (empty
+    /// where the KVM had none).
     pub regs: Vec<u8>,
     pub sregs: Vec<u8>,
     pub xsave: Vec<u8>,
     pub xcrs: Vec<u8>,
+    pub debugregs: Vec<u8>,
+    pub events: Vec<u8>,
+    pub mp_state: Vec<u8>,
     /// (index, value), IA32_TSC excluded (it is set from the header).
     pub msrs: Vec<(u32, u64)>,
     pub runs: Vec<Run>,
@@ -201,7 +206,15 @@ impl Meta {
             w.u64(d.a);
             w.u64(d.b);
         }
-        for b in [&self.regs, &self.sregs, &self.xsave, &self.xcrs] {
+        for b in [
+            &self.regs,
+            &self.sregs,
+            &self.xsave,
+            &self.xcrs,
+            &self.debugregs,
+            &self.events,
+            &self.mp_state,
+        ] {
             w.bytes(b);
         }
         w.u64(self.msrs.len() as u64);
@@ -245,6 +258,9 @@ impl Meta {
         m.sregs = r.bytes()?;
         m.xsave = r.bytes()?;
         m.xcrs = r.bytes()?;
+        m.debugregs = r.bytes()?;
+        m.events = r.bytes()?;
+        m.mp_state = r.bytes()?;
         for _ in 0..r.count(12)? {
             m.msrs.push((r.u32()?, r.u64()?));
         }
@@ -396,6 +412,9 @@ mod tests {
             sregs: vec![2; 20],
             xsave: vec![3; 30],
             xcrs: vec![4; 4],
+            debugregs: vec![5; 5],
+            events: vec![],
+            mp_state: vec![6; 4],
             msrs: vec![(0x10, 5)],
             runs: vec![
                 Run {

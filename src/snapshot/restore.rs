@@ -11,11 +11,11 @@
 use super::clock::{self, ClockError, Keeping};
 use super::format::{self, FormatError, Header, Meta, HEADER_LEN, PAGE};
 use super::rewind::Pages;
-use super::vcpu::{self, StateError};
 use crate::builder::{self, BuildError};
 use crate::config::RunConfig;
 use crate::hypercall::Request;
 use crate::memory::{Gpa, GuestMemory, MemoryError};
+use crate::vcpu::state::StateError;
 use crate::vcpu::VcpuError;
 use crate::vmm::Vm;
 use guest_abi::hvt::Hypercall;
@@ -276,7 +276,7 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
             here: hz / 1000,
         });
     }
-    let native = vcpu::restore(vm.vcpu.fd(), &meta)?;
+    let native = super::vcpu::from_meta(&meta)?.apply(&mut vm.vcpu)?;
     vm.vcpu.set_pvm_native(native);
     vm.vcpu.resume_through_stub(&vm.mem)?;
     vm.resume = Some(Request::Extension {

@@ -2,11 +2,11 @@
 //! (ready for its request), write the snapshot.
 
 use super::format::{self, DeviceRecord, Header, Meta, Run, PAGE};
-use super::vcpu::{self, StateError};
 use crate::config::RunConfig;
 use crate::devices::Stop;
 use crate::hypercall::{Control, Request};
 use crate::memory::{Gpa, GuestMemory};
+use crate::vcpu::state::{StateError, VcpuState};
 use crate::vmm::{Ended, Hooked, RunError, RunHook};
 use guest_abi::hvt::{BootInfo, HcWalltime, Hypercall, BOOT_INFO_BASE};
 use sha2::{Digest, Sha256};
@@ -58,7 +58,7 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     // The guest is just past its REQ_READ, whose result the restoring
     // skiff provides.
     vm.complete_io()?;
-    let state = vcpu::capture(vm.vcpu.fd())?;
+    let state = VcpuState::capture(&vm.kvm, &vm.vcpu)?;
     let (guest_tsc, now, raw) = super::clock::read_tsc(vm.vcpu.fd())?;
     // A backdated snapshot's TSC did not count the time it claims: it
     // stands for one whose boot is unknown (its raw clock moved back too).
@@ -80,20 +80,17 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         data_pages: pages,
         ..Header::default()
     };
-    let meta = Meta {
+    let mut meta = Meta {
         cmdline: cfg.cmdline.clone(),
         boot_id,
         saved_raw_ns: raw.saturating_sub(backdate_ns),
         pending_req_read: arg.0,
         read_only: vm.mem.read_only().to_vec(),
         devices: device_record(&vm.mem, &bi)?,
-        regs: state.regs,
-        sregs: state.sregs,
-        xsave: state.xsave,
-        xcrs: state.xcrs,
-        msrs: state.msrs,
         runs,
+        ..Meta::default()
     };
+    super::vcpu::to_meta(&state, &mut meta);
     write_file(out, &header, &meta, &vm.mem)
 }
 

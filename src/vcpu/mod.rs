@@ -6,9 +6,10 @@ pub use cpuid::boot_id;
 mod exit;
 mod pvm;
 pub mod signals;
+pub mod state;
 
 pub use exit::Exit;
-pub use pvm::MSR_PVM_REGISTER;
+pub use pvm::{is_kvm_pvm, MSR_PVM_REGISTER};
 
 use crate::memory::{BootState, GuestMemory, BOOT_CR3, BOOT_GDT_SELECTORS};
 use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
@@ -254,10 +255,6 @@ impl Vcpu {
         if on {
             WATCHDOG.call_once(pvm::arm_watchdog);
         }
-    }
-
-    pub(crate) fn pvm_native(&self) -> bool {
-        self.pvm_native
     }
 
     /// The watchdog kicked a native guest: if it runs on page tables of its

@@ -2,8 +2,11 @@
 //! leaves some itself: it answers with the values it finds in a static, in
 //! memory past its image, in an SSE register, in two MSRs (KERNEL_GS_BASE,
 //! which the snapshot saves, and the first variable-range MTRR, which only
-//! a full vCPU rewind restores) and in debug register 0, and then writes
-//! the number in its request body into all of them. A tender that gives
+//! a full vCPU rewind restores), in debug registers 0 and 1, in CR8 (the
+//! task priority, which KVM takes from `kvm_run` at each entry), EFER, CR4
+//! and XCR0, the x87 control word, MXCSR and the upper half of AVX register
+//! ymm7 (enabling AVX itself when the CPU has it), and then writes the
+//! number in its request body into all of them. A tender that gives
 //! every request a fresh guest makes every answer the same. A body of
 //! `hlt` makes it halt the CPU instead (`cli; hlt`), which must end it:
 //! if it goes on, it answers `still running` and exits 3.
@@ -18,6 +21,9 @@ guest_abi::manifest!();
 guest_abi::entry!(main, function);
 
 const KERNEL_GS_BASE: u32 = 0xc000_0102;
+const EFER: u32 = 0xc000_0080;
+const EFER_NXE: u64 = 1 << 11;
+const CR4_OSXSAVE: u64 = 1 << 18;
 const MTRR_PHYS_BASE0: u32 = 0x200;
 
 static mut MARK: u64 = 0;
@@ -69,6 +75,36 @@ fn main(ctx: &Ctx) -> i32 {
         asm!("mov {0}, dr0", out(reg) dr0, options(nomem, nostack));
     }
     let kgs = rdmsr(KERNEL_GS_BASE);
+    let efer = rdmsr(EFER);
+    let (cr8, cr4, dr1): (u64, u64, u64);
+    let mut fcw: u16 = 0;
+    let mut mxcsr: u32 = 0;
+    // SAFETY: register reads, and stores into the two locals.
+    unsafe {
+        asm!("mov {0}, cr8", out(reg) cr8, options(nomem, nostack));
+        asm!("mov {0}, cr4", out(reg) cr4, options(nomem, nostack));
+        asm!("mov {0}, dr1", out(reg) dr1, options(nomem, nostack));
+        asm!("fnstcw [{0}]", in(reg) &mut fcw, options(nostack));
+        asm!("stmxcsr [{0}]", in(reg) &mut mxcsr, options(nostack));
+    }
+    // AVX: the boot state leaves CR4.OSXSAVE clear; a request turns it on
+    // (and XCR0's AVX bit), which a rewind must turn off again.
+    let avx = core::arch::x86_64::__cpuid(1).ecx & (1 << 28) != 0;
+    let (mut xcr0, mut ymm_hi) = (0u64, 0u64);
+    if avx {
+        // SAFETY: the CPU has XSAVE and AVX (CPUID); enabling them and
+        // reading ymm7's upper lane touches registers only.
+        unsafe {
+            asm!("mov cr4, {0}", in(reg) cr4 | CR4_OSXSAVE, options(nomem, nostack));
+            let (lo, hi): (u32, u32);
+            asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
+            xcr0 = (u64::from(hi) << 32) | u64::from(lo);
+            asm!("xsetbv", in("ecx") 0, in("eax") (xcr0 | 7) as u32, in("edx") (xcr0 >> 32) as u32,
+                 options(nomem, nostack));
+            asm!("vextractf128 xmm0, ymm7, 1", "movq {0}, xmm0", out(reg) ymm_hi,
+                 out("xmm0") _, options(nomem, nostack));
+        }
+    }
     let mtrr = rdmsr(MTRR_PHYS_BASE0);
     // SAFETY: single-threaded; the static is only used here.
     let mark = unsafe { read_volatile(addr_of_mut!(MARK)) };
@@ -90,13 +126,21 @@ fn main(ctx: &Ctx) -> i32 {
         .unwrap_or(1)
         & 0xff_ffff; // small enough to be a canonical address and an MTRR base
 
-    let fields: [(&[u8], u64); 6] = [
+    let fields: [(&[u8], u64); 14] = [
         (b"static=", mark),
         (b" memory=", past),
         (b" xmm7=", xmm),
         (b" dr0=", dr0),
         (b" kernel_gs_base=", kgs),
         (b" mtrr_base0=", mtrr),
+        (b" dr1=", dr1),
+        (b" cr8=", cr8),
+        (b" efer=", efer),
+        (b" cr4=", cr4),
+        (b" xcr0=", xcr0),
+        (b" fcw=", u64::from(fcw)),
+        (b" mxcsr=", u64::from(mxcsr)),
+        (b" ymm7_hi=", ymm_hi),
     ];
     for (name, v) in fields {
         let mut d = [0u8; 20];
@@ -111,9 +155,21 @@ fn main(ctx: &Ctx) -> i32 {
         write_volatile(addr_of_mut!(MARK), new);
         asm!("movq xmm7, {0}", in(reg) new, options(nomem, nostack));
         asm!("mov dr0, {0}", in(reg) new << 12, options(nomem, nostack));
+        asm!("mov dr1, {0}", in(reg) new << 13, options(nomem, nostack));
+        asm!("mov cr8, {0}", in(reg) (new & 0xf) | 1, options(nomem, nostack));
+        // Precision control and rounding: valid whatever `new` is.
+        let fcw = fcw ^ (((new as u16) & 3) << 8) ^ 0x0c00;
+        asm!("fldcw [{0}]", in(reg) &fcw, options(nostack));
+        let mxcsr = mxcsr ^ (((new as u32) & 3) << 13) ^ 0x8000;
+        asm!("ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack));
+        if avx {
+            asm!("movq xmm0, {0}", "vinsertf128 ymm7, ymm7, xmm0, 1", in(reg) new,
+                 out("xmm0") _, options(nomem, nostack));
+        }
     }
     buf[..8].copy_from_slice(&new.to_le_bytes());
     wrmsr(KERNEL_GS_BASE, new << 12);
     wrmsr(MTRR_PHYS_BASE0, (new << 12) | 6);
+    wrmsr(EFER, efer | EFER_NXE);
     0
 }
