@@ -36,10 +36,62 @@ pub enum ClockError {
     RawMismatch { off_us: i64 },
     #[error("this KVM kept the guest's TSC {off_us} us away from the snapshot's clock after skiff set it (by the TSC offset attribute or MSR): the guest's time would be wrong")]
     TscKept { off_us: i64 },
+    #[error("the snapshot's guest was booted with a {snap_khz} kHz TSC, this host's is {here_khz} kHz ({ppm} ppm off; without KVM_SET_TSC_KHZ at most {TSC_HZ_TOLERANCE_PPM} ppm is accepted)")]
+    TscHz {
+        snap_khz: u64,
+        here_khz: u64,
+        ppm: i64,
+    },
+    #[error("KVM_GET_TSC_KHZ failed: {0}")]
+    TscKhz(kvm_ioctls::Error),
     #[error("KVM_SET_DEVICE_ATTR (TSC offset) failed: {0}")]
     TscOffset(std::io::Error),
     #[error("{0}")]
     State(#[from] StateError),
+}
+
+/// How far this host's TSC frequency may be from the snapshot's where KVM
+/// cannot scale it (KVM_SET_TSC_KHZ): the guest, converting ticks with
+/// the snapshot's frequency, then gains or loses up to this much of the
+/// time it runs (250 ppm: 0.9 s an hour, well inside what NTP corrects
+/// in a guest that asks; the standard-KVM lane's TCG and this project's
+/// kvm_pvm host differ by 9 ppm).
+pub const TSC_HZ_TOLERANCE_PPM: i64 = 250;
+
+/// Gives the guest the snapshot's TSC frequency `snap_hz`: as it is, by
+/// KVM_SET_TSC_KHZ where KVM can scale the TSC (KVM_CAP_TSC_CONTROL), or
+/// within [`TSC_HZ_TOLERANCE_PPM`]. Returns how many ppm the guest's clock
+/// runs fast (positive) or slow (stated as a debug trace line).
+pub fn match_tsc_hz(kvm: &kvm_ioctls::Kvm, fd: &VcpuFd, snap_hz: u64) -> Result<i64, ClockError> {
+    let here = |fd: &VcpuFd| {
+        fd.get_tsc_khz()
+            .map(|k| u64::from(k) * 1000)
+            .map_err(ClockError::TscKhz)
+    };
+    let mut hz = here(fd)?;
+    if hz != snap_hz
+        && kvm.check_extension(kvm_ioctls::Cap::TscControl)
+        && fd.set_tsc_khz((snap_hz / 1000) as u32).is_ok()
+    {
+        hz = here(fd)?;
+    }
+    let ppm =
+        ((i128::from(hz) - i128::from(snap_hz)) * 1_000_000 / i128::from(snap_hz.max(1))) as i64;
+    if ppm.abs() > TSC_HZ_TOLERANCE_PPM {
+        return Err(ClockError::TscHz {
+            snap_khz: snap_hz / 1000,
+            here_khz: hz / 1000,
+            ppm,
+        });
+    }
+    if hz != snap_hz {
+        tracing::debug!(
+            "restore: this host's TSC runs at {} kHz, the snapshot's guest counts {} kHz: its clock runs {ppm} ppm off",
+            hz / 1000,
+            snap_hz / 1000
+        );
+    }
+    Ok(ppm)
 }
 
 /// The clock as the snapshot recorded it.

@@ -19,6 +19,8 @@ use thiserror::Error;
 pub const MAGIC: [u8; 8] = *b"SKIFFSNP";
 pub const VERSION: u32 = 2;
 pub const PAGE: u64 = 4096;
+/// [`Meta::kvm`] of a snapshot made on kvm_pvm.
+pub const KVM_PVM: u32 = 1;
 pub const HEADER_LEN: usize = 136;
 const CHECKSUM_AT: usize = 104;
 
@@ -99,6 +101,10 @@ pub struct Meta {
     pub debugregs: Vec<u8>,
     pub events: Vec<u8>,
     pub mp_state: Vec<u8>,
+    /// The CPUID the guest saw: (function, index, flags, eax, ebx, ecx, edx).
+    pub cpuid: Vec<[u32; 7]>,
+    /// Which KVM made it: [`KVM_PVM`] or 0 (a standard KVM).
+    pub kvm: u32,
     /// (index, value), IA32_TSC excluded (it is set from the header).
     pub msrs: Vec<(u32, u64)>,
     pub runs: Vec<Run>,
@@ -217,6 +223,11 @@ impl Meta {
         ] {
             w.bytes(b);
         }
+        w.u64(self.cpuid.len() as u64);
+        for e in &self.cpuid {
+            e.iter().for_each(|&v| w.u32(v));
+        }
+        w.u32(self.kvm);
         w.u64(self.msrs.len() as u64);
         for &(i, v) in &self.msrs {
             w.u32(i);
@@ -261,6 +272,14 @@ impl Meta {
         m.debugregs = r.bytes()?;
         m.events = r.bytes()?;
         m.mp_state = r.bytes()?;
+        for _ in 0..r.count(28)? {
+            let mut e = [0u32; 7];
+            for v in &mut e {
+                *v = r.u32()?;
+            }
+            m.cpuid.push(e);
+        }
+        m.kvm = r.u32()?;
         for _ in 0..r.count(12)? {
             m.msrs.push((r.u32()?, r.u64()?));
         }
@@ -415,6 +434,8 @@ mod tests {
             debugregs: vec![5; 5],
             events: vec![],
             mp_state: vec![6; 4],
+            cpuid: vec![[1, 0, 0, 2, 3, 4, 5]],
+            kvm: KVM_PVM,
             msrs: vec![(0x10, 5)],
             runs: vec![
                 Run {

@@ -16,7 +16,7 @@ use crate::config::RunConfig;
 use crate::hypercall::Request;
 use crate::memory::{Gpa, GuestMemory, MemoryError};
 use crate::vcpu::state::StateError;
-use crate::vcpu::VcpuError;
+use crate::vcpu::{GuestCpuid, VcpuError};
 use crate::vmm::Vm;
 use guest_abi::hvt::Hypercall;
 use sha2::{Digest, Sha256};
@@ -54,8 +54,6 @@ pub enum RestoreError {
     Map(std::io::Error),
     #[error("{0}")]
     Vcpu(#[from] VcpuError),
-    #[error("the snapshot's guest was booted with a {snap} kHz TSC, this host's is {here} kHz")]
-    TscHz { snap: u64, here: u64 },
     #[error("cannot restore the vCPU: {0}")]
     State(#[from] StateError),
     #[error("{0}")]
@@ -265,17 +263,12 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     }
 
     // 4. KVM.
-    let mut vm = builder::machine(mem, devices)?;
+    let cpuid = super::vcpu::cpuid_from_meta(&meta);
+    let mut vm = builder::machine(mem, devices, GuestCpuid::Saved(&cpuid))?;
 
     // 5. The saved vCPU, which converts TSC ticks with the frequency it
     //    was booted with; it resumes inside its REQ_READ.
-    let hz = vm.vcpu.tsc_hz()?;
-    if hz != h.tsc_hz {
-        return Err(RestoreError::TscHz {
-            snap: h.tsc_hz / 1000,
-            here: hz / 1000,
-        });
-    }
+    clock::match_tsc_hz(&vm.kvm, vm.vcpu.fd(), h.tsc_hz)?;
     let native = super::vcpu::from_meta(&meta)?.apply(&mut vm.vcpu)?;
     vm.vcpu.set_pvm_native(native);
     vm.vcpu.resume_through_stub(&vm.mem)?;

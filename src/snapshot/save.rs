@@ -26,6 +26,8 @@ pub enum SaveError {
     AccelInUse,
     #[error("cannot read the vCPU state: {0}")]
     State(#[from] StateError),
+    #[error("{0}")]
+    Vcpu(#[from] crate::vcpu::VcpuError),
     #[error("cannot read guest memory: {0}")]
     Memory(#[from] crate::memory::OutOfRange),
     #[error("cannot write {path}: {err}")]
@@ -91,6 +93,10 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         ..Meta::default()
     };
     super::vcpu::to_meta(&state, &mut meta);
+    meta.cpuid = super::vcpu::cpuid_to_meta(&vm.vcpu.cpuid()?);
+    if crate::vcpu::is_kvm_pvm(vm.vcpu.fd()) {
+        meta.kvm = format::KVM_PVM;
+    }
     write_file(out, &header, &meta, &vm.mem)
 }
 

@@ -10,6 +10,7 @@
 //! checksum and is simply redone.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+
 use kvm_ioctls::Kvm;
 use std::ffi::CString;
 use std::mem::size_of;
@@ -155,6 +156,187 @@ fn store(boot: &[u8; 36], cpuid: &CpuId) {
             libc::write(fd, body.as_ptr().cast(), body.len());
             libc::close(fd);
         }
+    }
+}
+
+/// What CPUID a booted guest sees (`--cpu-template`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuTemplate {
+    /// Everything KVM supports on this host.
+    #[default]
+    Host,
+    /// A fleet-common x86-64 feature set (docs/snapshots.md, "Travel"):
+    /// x86-64-v3 (SSE to SSE4.2, POPCNT, AVX, AVX2, FMA, BMI1/2, F16C,
+    /// MOVBE, LZCNT), AES, PCLMULQDQ, RDRAND/RDSEED, ADX, XSAVE with x87,
+    /// SSE and AVX state only; no AVX-512, AMX, PKU, TSX, SHA or vendor-only
+    /// extensions. Any AMD since Zen and Intel since Haswell has all of it.
+    Baseline,
+}
+
+/// The feature registers a template masks and a restore compares:
+/// (leaf, subleaf, register 0..4 = EAX..EDX, the baseline's mask).
+const FEATURE_REGS: [(u32, u32, usize, u32); 9] = [
+    // SSE3 PCLMUL SSSE3 FMA CX16 SSE4.1 SSE4.2 x2APIC MOVBE POPCNT
+    // TSC-deadline AES XSAVE OSXSAVE AVX F16C RDRAND hypervisor
+    (1, 0, 2, 0xfff8_3203),
+    (1, 0, 3, 0xffff_ffff),
+    // FSGSBASE BMI1 AVX2 SMEP BMI2 ERMS INVPCID RDSEED ADX SMAP
+    // CLFLUSHOPT CLWB
+    (7, 0, 1, 0x019c_07a9),
+    (7, 0, 2, 0),
+    (7, 0, 3, 0),
+    (7, 1, 0, 0),
+    // XCR0: x87, SSE, AVX; XSAVEOPT
+    (0xd, 0, 0, 0x7),
+    (0xd, 1, 0, 0x1),
+    // LAHF LZCNT PREFETCHW
+    (0x8000_0001, 0, 2, 0x0000_0121),
+];
+/// SYSCALL NX 1G-pages RDTSCP LM, and the rest of the old AMD EDX bits.
+const EXT_EDX_BASELINE: u32 = 0x2c10_0800 | 0x0183_f3ff;
+
+/// Bits that say what the guest's OS turned on, not what the CPU has.
+fn dynamic(leaf: u32, sub: u32, reg: usize) -> u32 {
+    match (leaf, sub, reg) {
+        (1, 0, 2) => 1 << 27, // OSXSAVE
+        (1, 0, 3) => 1 << 9,  // APIC (follows the APIC base MSR)
+        (7, 0, 2) => 1 << 4,  // OSPKE
+        _ => 0,
+    }
+}
+
+fn reg(e: &kvm_cpuid_entry2, r: usize) -> u32 {
+    [e.eax, e.ebx, e.ecx, e.edx][r]
+}
+
+fn reg_mut(e: &mut kvm_cpuid_entry2, r: usize) -> &mut u32 {
+    match r {
+        0 => &mut e.eax,
+        1 => &mut e.ebx,
+        2 => &mut e.ecx,
+        _ => &mut e.edx,
+    }
+}
+
+/// Every feature register compared, with the baseline's mask.
+fn feature_regs() -> impl Iterator<Item = (u32, u32, usize, u32)> {
+    FEATURE_REGS
+        .into_iter()
+        .chain([(0x8000_0001, 0, 3, EXT_EDX_BASELINE)])
+}
+
+/// Masks `cpuid` to `template`.
+pub fn apply_template(cpuid: &mut CpuId, template: CpuTemplate) {
+    if template == CpuTemplate::Host {
+        return;
+    }
+    for e in cpuid.as_mut_slice() {
+        for (leaf, sub, r, mask) in feature_regs() {
+            if e.function == leaf && e.index == sub {
+                *reg_mut(e, r) &= mask | dynamic(leaf, sub, r);
+            }
+        }
+        match (e.function, e.index) {
+            // The XSAVE area for x87, SSE and AVX only.
+            (0xd, 0) => {
+                e.ecx = 0x340;
+                e.ebx = e.ebx.min(0x340);
+                e.edx = 0;
+            }
+            (0xd, 1) => (e.ebx, e.ecx, e.edx) = (0, 0, 0),
+            (0xd, i) if i > 2 => {
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The feature leaves as this process's own CPUID instruction sees them:
+/// what a guest kvm_pvm runs natively sees (CPUID is not KVM's there).
+pub fn native() -> Vec<kvm_cpuid_entry2> {
+    let mut leaves: Vec<(u32, u32)> = feature_regs().map(|(l, s, _, _)| (l, s)).collect();
+    leaves.dedup();
+    leaves
+        .into_iter()
+        .map(|(function, index)| {
+            let r = core::arch::x86_64::__cpuid_count(function, index);
+            kvm_cpuid_entry2 {
+                function,
+                index,
+                flags: 1, // KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+                eax: r.eax,
+                ebx: r.ebx,
+                ecx: r.ecx,
+                edx: r.edx,
+                padding: [0; 3],
+            }
+        })
+        .collect()
+}
+
+/// The features a guest saw (`guest`) that this host's KVM lacks
+/// (`host`), named: empty when the guest can run here.
+pub fn missing_features(guest: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -> Vec<String> {
+    let find = |l: &[kvm_cpuid_entry2], leaf, sub| {
+        l.iter()
+            .find(|e| e.function == leaf && (e.index == sub || e.flags & 1 == 0))
+            .copied()
+    };
+    let mut out = Vec::new();
+    for (leaf, sub, r, _) in feature_regs() {
+        let Some(g) = find(guest, leaf, sub) else {
+            continue;
+        };
+        let h = find(host, leaf, sub).map_or(0, |h| reg(&h, r));
+        let lacking = reg(&g, r) & !h & !dynamic(leaf, sub, r);
+        for bit in (0..32).filter(|b| lacking & (1 << b) != 0) {
+            out.push(feature_name(leaf, sub, r, bit));
+        }
+    }
+    out
+}
+
+/// A feature's usual name, or its CPUID coordinates.
+fn feature_name(leaf: u32, sub: u32, r: usize, bit: u32) -> String {
+    let known = match (leaf, sub, r, bit) {
+        (1, 0, 2, 0) => "sse3",
+        (1, 0, 2, 1) => "pclmulqdq",
+        (1, 0, 2, 9) => "ssse3",
+        (1, 0, 2, 12) => "fma",
+        (1, 0, 2, 19) => "sse4.1",
+        (1, 0, 2, 20) => "sse4.2",
+        (1, 0, 2, 22) => "movbe",
+        (1, 0, 2, 23) => "popcnt",
+        (1, 0, 2, 25) => "aes",
+        (1, 0, 2, 26) => "xsave",
+        (1, 0, 2, 28) => "avx",
+        (1, 0, 2, 29) => "f16c",
+        (1, 0, 2, 30) => "rdrand",
+        (7, 0, 1, 3) => "bmi1",
+        (7, 0, 1, 5) => "avx2",
+        (7, 0, 1, 8) => "bmi2",
+        (7, 0, 1, 16) => "avx512f",
+        (7, 0, 1, 18) => "rdseed",
+        (7, 0, 1, 19) => "adx",
+        (7, 0, 1, 29) => "sha",
+        (7, 0, 2, 3) => "pku",
+        (7, 0, 2, 9) => "vaes",
+        (7, 0, 2, 10) => "vpclmulqdq",
+        (0xd, 0, 0, 2) => "xsave-avx",
+        (0xd, 0, 0, 5..=7) => "xsave-avx512",
+        (0xd, 0, 0, 9) => "xsave-pkru",
+        (0x8000_0001, 0, 2, 5) => "lzcnt",
+        (0x8000_0001, 0, 2, 6) => "sse4a",
+        (0x8000_0001, 0, 3, 27) => "rdtscp",
+        _ => "",
+    };
+    match known {
+        "" => format!(
+            "cpuid.{leaf:#x}.{sub}.{}[{bit}]",
+            ["eax", "ebx", "ecx", "edx"][r]
+        ),
+        k => k.to_string(),
     }
 }
 

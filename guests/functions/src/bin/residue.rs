@@ -6,7 +6,8 @@
 //! task priority, which KVM takes from `kvm_run` at each entry), EFER, CR4
 //! and XCR0, the x87 control word, MXCSR and the upper half of AVX register
 //! ymm7 (enabling AVX itself when the CPU has it), and then writes the
-//! number in its request body into all of them. A tender that gives
+//! number in its request body into all of them. It also answers with
+//! CPUID leaf 7's EBX, the features it was given (`--cpu-template`). A tender that gives
 //! every request a fresh guest makes every answer the same. A body of
 //! `hlt` makes it halt the CPU instead (`cli; hlt`), which must end it:
 //! if it goes on, it answers `still running` and exits 3.
@@ -126,7 +127,9 @@ fn main(ctx: &Ctx) -> i32 {
         .unwrap_or(1)
         & 0xff_ffff; // small enough to be a canonical address and an MTRR base
 
-    let fields: [(&[u8], u64); 14] = [
+    // Not residue: what CPU the guest was given (`--cpu-template`).
+    let cpuid7b = core::arch::x86_64::__cpuid_count(7, 0).ebx;
+    let fields: [(&[u8], u64); 15] = [
         (b"static=", mark),
         (b" memory=", past),
         (b" xmm7=", xmm),
@@ -141,6 +144,7 @@ fn main(ctx: &Ctx) -> i32 {
         (b" fcw=", u64::from(fcw)),
         (b" mxcsr=", u64::from(mxcsr)),
         (b" ymm7_hi=", ymm_hi),
+        (b" cpuid7_ebx=", u64::from(cpuid7b)),
     ];
     for (name, v) in fields {
         let mut d = [0u8; 20];
