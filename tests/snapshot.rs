@@ -502,3 +502,116 @@ fn refuse_missing_feature(dir: &TempDir, leaf7_ebx: u32) {
     });
     refused(&snap, "residue", &[], &[], "avx512f");
 }
+
+fn inspect(file: &Path) -> std::process::Output {
+    let mut cmd = Command::new(skiff());
+    cmd.arg("inspect").arg(file);
+    run_with(cmd, b"", Duration::from_secs(60))
+}
+
+/// `skiff inspect`: a snapshot's record and this host's verdict (here:
+/// can restore; from another boot on kvm_pvm: cannot, saying why, as the
+/// restore itself says); an image's ABI and manifest; bad input refused.
+#[test]
+fn inspect_says_what_a_snapshot_records_and_whether_it_restores_here() {
+    let dir = TempDir::new("snap-inspect");
+    let disk = dir.path().join("disk");
+    std::fs::write(&disk, vec![0; 8192]).unwrap();
+    let flag = format!("--block:storage={}", disk.display());
+    let snap = snapshot(dir.path(), "blkfn", &[&flag], &[]);
+    let o = inspect(&snap);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let s = stdout(&o);
+    println!("{s}");
+    for want in [
+        "format version 2",
+        "memory: 64 MiB",
+        "block storage (8192 bytes, 512-byte blocks)",
+        "TSC: ",
+        "CPU features the guest saw: ",
+        "can restore it",
+    ] {
+        assert!(s.contains(want), "{want:?} not in {s}");
+    }
+    let o = inspect(&guest("blkfn"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("Solo5 hvt ABI version 2"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("BLOCK_BASIC storage"), "{}", stdout(&o));
+
+    rewrite_meta(&snap, |m| {
+        m.boot_id = b"00000000-0000-4000-8000-000000000000".to_vec();
+    });
+    let s = stdout(&inspect(&snap));
+    if on_kvm_pvm() {
+        assert!(
+            s.contains("cannot restore it: the snapshot was made in another boot"),
+            "{s}"
+        );
+    } else {
+        assert!(s.contains("can restore it"), "{s}");
+    }
+    let bad = dir.path().join("bad");
+    let mut b = std::fs::read(&snap).unwrap();
+    b.truncate(300);
+    std::fs::write(&bad, b).unwrap();
+    assert_refused(&inspect(&bad), "truncated");
+    assert_refused(&inspect(&dir.path().join("none")), "No such file");
+}
+
+/// Snapshots moving between KVMs (tools/stdkvm/travel.sh runs this on the
+/// host, in the standard-KVM lane, and on the host again): every snapshot
+/// in SKIFF_TEST_CARRY_IN (made on the other side) either restores with
+/// the right clock or is refused with one line, as `skiff inspect` says
+/// beforehand; a snapshot of this side is left in SKIFF_TEST_CARRY_OUT for
+/// the other. Without those variables it checks its own snapshot.
+#[test]
+fn snapshots_travel_between_kvms() {
+    let dir = TempDir::new("snap-travel");
+    let out = std::env::var_os("SKIFF_TEST_CARRY_OUT").map(std::path::PathBuf::from);
+    let here = if on_kvm_pvm() { "kvm_pvm" } else { "stdkvm" };
+    let made = snapshot(dir.path(), "clock", &[], &[]);
+    let mut carried = vec![made.clone()];
+    if let Some(out) = &out {
+        std::fs::create_dir_all(out).unwrap();
+        std::fs::copy(&made, out.join(format!("clock-{here}.snap"))).unwrap();
+    }
+    if let Some(inn) = std::env::var_os("SKIFF_TEST_CARRY_IN") {
+        let mut from: Vec<_> = std::fs::read_dir(inn)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+            .collect();
+        assert!(!from.is_empty(), "nothing carried in");
+        from.sort();
+        carried = from;
+    }
+    let mut verdicts = String::new();
+    for snap in &carried {
+        let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+        let verdict = stdout(&inspect(snap));
+        let line = verdict
+            .lines()
+            .find(|l| l.starts_with("this host"))
+            .unwrap_or_default()
+            .to_string();
+        let o = run(Some(snap), "clock", &[], b"x");
+        if line.contains("can restore it") {
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
+            let what = format!("travel: {name} restored on {here}");
+            let err = restore_clock(snap, &[], &what);
+            verdicts += &format!("{what}, clock error stated {} us\n", err / 1000);
+        } else {
+            let why = line.split("cannot restore it: ").nth(1).expect(&verdict);
+            assert_refused(&o, why);
+            verdicts += &format!("travel: {name} refused on {here}: {why}\n");
+        }
+    }
+    print!("{verdicts}");
+    if let Some(out) = &out {
+        std::fs::write(out.join(format!("travel-{here}.txt")), verdicts).unwrap();
+    }
+}

@@ -98,7 +98,7 @@ fn with_recorded_macs(
 
 /// Reads and checks the snapshot's header and metadata (one read when the
 /// metadata fits in the first 16 KiB, as it does for one vCPU).
-fn read_meta(f: &mut std::fs::File, path: &str) -> Result<(Header, Meta), RestoreError> {
+pub(crate) fn read_meta(f: &mut std::fs::File, path: &str) -> Result<(Header, Meta), RestoreError> {
     let ferr = |err| RestoreError::Format {
         path: path.into(),
         err,

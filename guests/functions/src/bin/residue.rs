@@ -45,6 +45,14 @@ fn wrmsr(msr: u32, v: u64) {
     };
 }
 
+/// XCR0 (CR4.OSXSAVE must be on).
+fn xgetbv() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads XCR0; no memory.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
 fn decimal(v: u64, out: &mut [u8; 20]) -> &[u8] {
     let (mut d, mut v) = (out.len(), v);
     loop {
@@ -68,6 +76,11 @@ fn main(ctx: &Ctx) -> i32 {
     let Ok(n) = function::req_read_all(&mut body) else {
         return 1;
     };
+    let new = core::str::from_utf8(&body[..n])
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        & 0xff_ffff; // small enough to be a canonical address and an MTRR base
     let xmm: u64;
     let dr0: u64;
     // SAFETY: register moves only.
@@ -90,19 +103,29 @@ fn main(ctx: &Ctx) -> i32 {
     }
     // AVX: the boot state leaves CR4.OSXSAVE clear; a request turns it on
     // (and XCR0's AVX bit), which a rewind must turn off again.
-    let avx = core::arch::x86_64::__cpuid(1).ecx & (1 << 28) != 0;
-    let (mut xcr0, mut ymm_hi) = (0u64, 0u64);
-    if avx {
-        // SAFETY: the CPU has XSAVE and AVX (CPUID); enabling them and
-        // reading ymm7's upper lane touches registers only.
+    // XSAVE and AVX in CPUID leaf 1, AVX state in leaf 0xd's XCR0 mask.
+    let avx_cpu = core::arch::x86_64::__cpuid(1).ecx & (1 << 26 | 1 << 28) == (1 << 26 | 1 << 28)
+        && core::arch::x86_64::__cpuid_count(0xd, 0).eax & 4 != 0;
+    let (mut xcr0, mut ymm_hi, mut avx) = (0u64, 0u64, false);
+    if avx_cpu {
+        // SAFETY: the CPU has XSAVE and AVX state (CPUID); enabling them
+        // touches registers only.
         unsafe {
             asm!("mov cr4, {0}", in(reg) cr4 | CR4_OSXSAVE, options(nomem, nostack));
-            let (lo, hi): (u32, u32);
-            asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack));
-            xcr0 = (u64::from(hi) << 32) | u64::from(lo);
+            xcr0 = xgetbv();
             asm!("xsetbv", in("ecx") 0, in("eax") (xcr0 | 7) as u32, in("edx") (xcr0 >> 32) as u32,
                  options(nomem, nostack));
+        }
+        avx = xgetbv() & 7 == 7;
+    }
+    if avx && &body[..n] != b"hlt" {
+        // SAFETY: AVX is on (XCR0 says so); register moves only. Read and
+        // written before any exit: QEMU 7.2's TCG (the standard-KVM lane)
+        // loses a nested guest's AVX enable across a VM exit (#UD).
+        unsafe {
             asm!("vextractf128 xmm0, ymm7, 1", "movq {0}, xmm0", out(reg) ymm_hi,
+                 out("xmm0") _, options(nomem, nostack));
+            asm!("movq xmm0, {0}", "vinsertf128 ymm7, ymm7, xmm0, 1", in(reg) new,
                  out("xmm0") _, options(nomem, nostack));
         }
     }
@@ -121,11 +144,6 @@ fn main(ctx: &Ctx) -> i32 {
         let _ = function::resp_write(b"still running");
         return 3;
     }
-    let new = core::str::from_utf8(&body[..n])
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(1)
-        & 0xff_ffff; // small enough to be a canonical address and an MTRR base
 
     // Not residue: what CPU the guest was given (`--cpu-template`).
     let cpuid7b = core::arch::x86_64::__cpuid_count(7, 0).ebx;
@@ -166,10 +184,6 @@ fn main(ctx: &Ctx) -> i32 {
         asm!("fldcw [{0}]", in(reg) &fcw, options(nostack));
         let mxcsr = mxcsr ^ (((new as u32) & 3) << 13) ^ 0x8000;
         asm!("ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack));
-        if avx {
-            asm!("movq xmm0, {0}", "vinsertf128 ymm7, ymm7, xmm0, 1", in(reg) new,
-                 out("xmm0") _, options(nomem, nostack));
-        }
     }
     buf[..8].copy_from_slice(&new.to_le_bytes());
     wrmsr(KERNEL_GS_BASE, new << 12);
