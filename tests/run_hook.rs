@@ -17,7 +17,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// the write end (which the console borrows: keep it until the end).
 fn hello() -> (Vm, std::fs::File, OwnedFd) {
     let cfg = RunConfig {
-        cpu_template: Default::default(),
         mem: MemSize::from_mib("32").unwrap(),
         kernel: common::guest("hello"),
         ..Default::default()

@@ -36,7 +36,6 @@ pub fn sgemm_shape() -> (usize, usize) {
 /// /dev/null so the loop's output costs nothing.
 pub fn cost_vm(mode: &str) -> skiff::vmm::Vm {
     let cfg = RunConfig {
-        cpu_template: Default::default(),
         mem: MemSize::from_mib("32").unwrap(),
         kernel: guest_images::image("cost"),
         cmdline: mode.as_bytes().to_vec(),
