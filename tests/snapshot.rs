@@ -328,6 +328,31 @@ fn bad_snapshots_are_refused_before_the_guest_runs() {
         .arg(guest("echo"));
     assert_refused(&run_with(cmd, b"", Duration::from_secs(30)), "64 MiB");
     refused(&snap, "echo", &[], &["stream"], "arguments differ");
+
+    // Hostile files with a valid checksum (as a forger would write them):
+    // refused with one line, nothing run, nothing of the host touched.
+    let hostile: [(&str, &dyn Fn(&mut format::Meta), &str); 6] = [
+        ("regs", &|m| m.regs.truncate(3), "regs has the wrong size"),
+        ("boot", &|m| m.boot_id = b"short".to_vec(), "boot id"),
+        ("run", &|m| m.runs[0].gpa = 1 << 40, "memory run"),
+        ("ro", &|m| m.read_only.push((0, 1 << 40)), "read-only range"),
+        (
+            "msr",
+            &|m| m.msrs.push((0xc000_0080, u64::MAX)),
+            "refuses MSR 0xc0000080",
+        ),
+        (
+            "sregs",
+            &|m| m.sregs.iter_mut().for_each(|b| *b = 0xff),
+            "KVM_SET_SREGS",
+        ),
+    ];
+    for (tag, f, needle) in hostile {
+        let p = dir.path().join(format!("hostile-{tag}"));
+        std::fs::copy(&snap, &p).unwrap();
+        rewrite_meta(&p, f);
+        refused(&p, "echo", &[], &[], needle);
+    }
 }
 
 #[test]
