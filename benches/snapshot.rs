@@ -43,16 +43,22 @@ fn main() {
     let snap = dir.join("echo.snap");
     skiff::snapshot::save::snapshot(&cfg, &snap, 0).expect("snapshot echo");
 
-    let mut restore_us = Vec::new();
+    let (mut restore_us, mut prepare_us, mut clock_us) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let t = Instant::now();
         let mut p = restore::prepare(&snap, &cfg).expect("prepare");
+        let t1 = t.elapsed();
         p.check_clock().expect("clock");
+        let t2 = t.elapsed();
         let vm = p.resume(Function::from_env()).expect("resume");
         restore_us.push(t.elapsed().as_secs_f64() * 1e6);
+        prepare_us.push(t1.as_secs_f64() * 1e6);
+        clock_us.push((t2 - t1).as_secs_f64() * 1e6);
         drop(vm);
     }
     stats("restore (prepare + clock + resume)", restore_us);
+    stats("  of which prepare", prepare_us);
+    stats("  of which the clock check", clock_us);
 
     let mut p = restore::prepare(&snap, &cfg).expect("prepare");
     p.check_clock().expect("clock");

@@ -120,14 +120,14 @@ fn describe(path: &str, h: &Header, m: &Meta) -> String {
 }
 
 fn host_lines(o: &mut String, here: &HostCheck) {
-    let kvm = if here.kvm_pvm {
-        "kvm_pvm"
-    } else {
-        "a standard KVM"
+    let kvm = match here.kvm_pvm {
+        Some(true) => " (kvm_pvm)",
+        Some(false) => " (a standard KVM)",
+        None => "",
     };
     match &here.verdict {
         Err(why) => {
-            let _ = writeln!(o, "this host ({kvm}): cannot restore it: {why}");
+            let _ = writeln!(o, "this host{kvm}: cannot restore it: {why}");
         }
         Ok(()) => {
             let clock = match here.clock_error_ns {
@@ -137,7 +137,7 @@ fn host_lines(o: &mut String, here: &HostCheck) {
                 ),
                 None => "skiff sets the guest's clock to the host's wall time".into(),
             };
-            let _ = writeln!(o, "this host ({kvm}): can restore it; {clock}");
+            let _ = writeln!(o, "this host{kvm}: can restore it; {clock}");
             if let Some(ppm) = here.tsc_ppm.filter(|&p| p != 0) {
                 let _ = writeln!(
                     o,

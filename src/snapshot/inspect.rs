@@ -31,7 +31,8 @@ pub fn read(path: &Path) -> Result<(Header, Meta), InspectError> {
 /// This host against a snapshot.
 #[derive(Debug)]
 pub struct HostCheck {
-    pub kvm_pvm: bool,
+    /// Whether this KVM is kvm_pvm (unknown when the vCPU was refused).
+    pub kvm_pvm: Option<bool>,
     /// `Err`: why this host cannot restore it.
     pub verdict: Result<(), String>,
     /// How far the restored guest's TSC frequency is from its own, in ppm
@@ -47,7 +48,7 @@ pub fn check_host(h: &Header, m: &Meta) -> Result<HostCheck, InspectError> {
     let vm = kvm.create_vm().map_err(InspectError::Kvm)?;
     let cpuid = super::vcpu::cpuid_from_meta(m);
     let mut out = HostCheck {
-        kvm_pvm: false,
+        kvm_pvm: None,
         verdict: Ok(()),
         tsc_ppm: None,
         clock_error_ns: None,
@@ -61,11 +62,12 @@ pub fn check_host(h: &Header, m: &Meta) -> Result<HostCheck, InspectError> {
         Err(e) => return Err(InspectError::Read(RestoreError::Vcpu(e))),
     };
     let fd = vcpu.fd();
-    out.kvm_pvm = crate::vcpu::is_kvm_pvm(fd);
+    let pvm = crate::vcpu::is_kvm_pvm(fd);
+    out.kvm_pvm = Some(pvm);
     let verdict = clock::match_tsc_hz(&kvm, fd, h.tsc_hz).and_then(|ppm| {
         out.tsc_ppm = Some(ppm);
         let saved = super::restore::saved_clock(h, m);
-        if out.kvm_pvm {
+        if pvm {
             saved.same_boot(clock::host_tsc_raw)?;
             // SAFETY: RDTSC only reads the time-stamp counter.
             let tsc = unsafe { core::arch::x86_64::_rdtsc() };

@@ -174,26 +174,31 @@ pub enum CpuTemplate {
 }
 
 /// The feature registers a template masks and a restore compares:
-/// (leaf, subleaf, register 0..4 = EAX..EDX, the baseline's mask).
-const FEATURE_REGS: [(u32, u32, usize, u32); 9] = [
+/// (leaf, subleaf, register 0..4 = EAX..EDX, the baseline's mask, the bits
+/// a restore checks). Checked are what guest code can use and a host may
+/// lack: instruction sets, XSAVE components, paging and system features a
+/// guest turns on; not what only informs (hypervisor, HTT, APIC, TSC
+/// deadline, LA57, which a guest started in long mode cannot turn on,
+/// speculation-control and performance-monitoring bits, SVM/VMX).
+const FEATURE_REGS: [(u32, u32, usize, u32, u32); 10] = [
     // SSE3 PCLMUL SSSE3 FMA CX16 SSE4.1 SSE4.2 x2APIC MOVBE POPCNT
     // TSC-deadline AES XSAVE OSXSAVE AVX F16C RDRAND hypervisor
-    (1, 0, 2, 0xfff8_3203),
-    (1, 0, 3, 0xffff_ffff),
+    (1, 0, 2, 0xfff8_3203, 0x76da_320f),
+    (1, 0, 3, 0xffff_ffff, 0x078b_a971),
     // FSGSBASE BMI1 AVX2 SMEP BMI2 ERMS INVPCID RDSEED ADX SMAP
     // CLFLUSHOPT CLWB
-    (7, 0, 1, 0x019c_07a9),
-    (7, 0, 2, 0),
-    (7, 0, 3, 0),
-    (7, 1, 0, 0),
+    (7, 0, 1, 0x019c_07a9, 0xfdbf_4fb9),
+    (7, 0, 2, 0, 0x3ac0_5fef),
+    (7, 0, 3, 0, 0x03c1_410c),
+    (7, 1, 0, 0, 0xffff_ffff),
     // XCR0: x87, SSE, AVX; XSAVEOPT
-    (0xd, 0, 0, 0x7),
-    (0xd, 1, 0, 0x1),
+    (0xd, 0, 0, 0x7, 0xffff_ffff),
+    (0xd, 1, 0, 0x1, 0xffff_ffff),
     // LAHF LZCNT PREFETCHW
-    (0x8000_0001, 0, 2, 0x0000_0121),
+    (0x8000_0001, 0, 2, 0x0000_0121, 0x2021_09e1),
+    // SYSCALL NX 1G-pages RDTSCP LM, and the rest of the old AMD EDX bits.
+    (0x8000_0001, 0, 3, 0x2c10_0800 | 0x0183_f3ff, 0xee50_0800),
 ];
-/// SYSCALL NX 1G-pages RDTSCP LM, and the rest of the old AMD EDX bits.
-const EXT_EDX_BASELINE: u32 = 0x2c10_0800 | 0x0183_f3ff;
 
 /// Bits that say what the guest's OS turned on, not what the CPU has.
 fn dynamic(leaf: u32, sub: u32, reg: usize) -> u32 {
@@ -218,11 +223,9 @@ fn reg_mut(e: &mut kvm_cpuid_entry2, r: usize) -> &mut u32 {
     }
 }
 
-/// Every feature register compared, with the baseline's mask.
-fn feature_regs() -> impl Iterator<Item = (u32, u32, usize, u32)> {
-    FEATURE_REGS
-        .into_iter()
-        .chain([(0x8000_0001, 0, 3, EXT_EDX_BASELINE)])
+/// Every feature register, with the baseline's mask and the checked bits.
+fn feature_regs() -> impl Iterator<Item = (u32, u32, usize, u32, u32)> {
+    FEATURE_REGS.into_iter()
 }
 
 /// Masks `cpuid` to `template`.
@@ -231,7 +234,7 @@ pub fn apply_template(cpuid: &mut CpuId, template: CpuTemplate) {
         return;
     }
     for e in cpuid.as_mut_slice() {
-        for (leaf, sub, r, mask) in feature_regs() {
+        for (leaf, sub, r, mask, _) in feature_regs() {
             if e.function == leaf && e.index == sub {
                 *reg_mut(e, r) &= mask | dynamic(leaf, sub, r);
             }
@@ -255,7 +258,7 @@ pub fn apply_template(cpuid: &mut CpuId, template: CpuTemplate) {
 /// The feature leaves as this process's own CPUID instruction sees them:
 /// what a guest kvm_pvm runs natively sees (CPUID is not KVM's there).
 pub fn native() -> Vec<kvm_cpuid_entry2> {
-    let mut leaves: Vec<(u32, u32)> = feature_regs().map(|(l, s, _, _)| (l, s)).collect();
+    let mut leaves: Vec<(u32, u32)> = feature_regs().map(|(l, s, ..)| (l, s)).collect();
     leaves.dedup();
     leaves
         .into_iter()
@@ -275,7 +278,7 @@ pub fn native() -> Vec<kvm_cpuid_entry2> {
         .collect()
 }
 
-/// The features a guest saw (`guest`) that this host's KVM lacks
+/// The checked features a guest saw (`guest`) that this host's KVM lacks
 /// (`host`), named: empty when the guest can run here.
 pub fn missing_features(guest: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -> Vec<String> {
     let find = |l: &[kvm_cpuid_entry2], leaf, sub| {
@@ -284,12 +287,12 @@ pub fn missing_features(guest: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -
             .copied()
     };
     let mut out = Vec::new();
-    for (leaf, sub, r, _) in feature_regs() {
+    for (leaf, sub, r, _, checked) in feature_regs() {
         let Some(g) = find(guest, leaf, sub) else {
             continue;
         };
         let h = find(host, leaf, sub).map_or(0, |h| reg(&h, r));
-        let lacking = reg(&g, r) & !h & !dynamic(leaf, sub, r);
+        let lacking = reg(&g, r) & !h & checked & !dynamic(leaf, sub, r);
         for bit in (0..32).filter(|b| lacking & (1 << b) != 0) {
             out.push(feature_name(leaf, sub, r, bit));
         }
@@ -313,7 +316,51 @@ fn feature_name(leaf: u32, sub: u32, r: usize, bit: u32) -> String {
         (1, 0, 2, 28) => "avx",
         (1, 0, 2, 29) => "f16c",
         (1, 0, 2, 30) => "rdrand",
+        (1, 0, 2, 3) => "monitor",
+        (1, 0, 2, 17) => "pcid",
+        (1, 0, 3, 15) => "cmov",
+        (1, 0, 3, 19) => "clflush",
+        (1, 0, 3, 23) => "mmx",
+        (1, 0, 3, 24) => "fxsr",
+        (1, 0, 3, 25) => "sse",
+        (1, 0, 3, 26) => "sse2",
+        (7, 0, 1, 0) => "fsgsbase",
         (7, 0, 1, 3) => "bmi1",
+        (7, 0, 1, 4) => "hle",
+        (7, 0, 1, 7) => "smep",
+        (7, 0, 1, 9) => "erms",
+        (7, 0, 1, 10) => "invpcid",
+        (7, 0, 1, 11) => "rtm",
+        (7, 0, 1, 17) => "avx512dq",
+        (7, 0, 1, 20) => "smap",
+        (7, 0, 1, 21) => "avx512ifma",
+        (7, 0, 1, 23) => "clflushopt",
+        (7, 0, 1, 24) => "clwb",
+        (7, 0, 1, 28) => "avx512cd",
+        (7, 0, 1, 30) => "avx512bw",
+        (7, 0, 1, 31) => "avx512vl",
+        (7, 0, 2, 1) => "avx512vbmi",
+        (7, 0, 2, 2) => "umip",
+        (7, 0, 2, 8) => "gfni",
+        (7, 0, 2, 11) => "avx512vnni",
+        (7, 0, 2, 22) => "rdpid",
+        (0xd, 1, 0, 0) => "xsaveopt",
+        (0xd, 1, 0, 1) => "xsavec",
+        (0xd, 1, 0, 2) => "xgetbv1",
+        (0xd, 1, 0, 3) => "xsaves",
+        (0xd, 0, 0, 0) => "xsave-x87",
+        (0xd, 0, 0, 1) => "xsave-sse",
+        (0x8000_0001, 0, 2, 0) => "lahf",
+        (0x8000_0001, 0, 2, 8) => "prefetchw",
+        (0x8000_0001, 0, 2, 11) => "xop",
+        (0x8000_0001, 0, 2, 16) => "fma4",
+        (0x8000_0001, 0, 3, 11) => "syscall",
+        (0x8000_0001, 0, 3, 20) => "nx",
+        (0x8000_0001, 0, 3, 22) => "mmxext",
+        (0x8000_0001, 0, 3, 26) => "pdpe1gb",
+        (0x8000_0001, 0, 3, 29) => "lm",
+        (0x8000_0001, 0, 3, 30) => "3dnowext",
+        (0x8000_0001, 0, 3, 31) => "3dnow",
         (7, 0, 1, 5) => "avx2",
         (7, 0, 1, 8) => "bmi2",
         (7, 0, 1, 16) => "avx512f",
