@@ -236,7 +236,13 @@ pub fn apply_template(cpuid: &mut CpuId, template: CpuTemplate) {
     for e in cpuid.as_mut_slice() {
         for (leaf, sub, r, mask, _) in feature_regs() {
             if e.function == leaf && e.index == sub {
-                *reg_mut(e, r) &= mask | dynamic(leaf, sub, r);
+                // OSXSAVE and APIC stay as KVM keeps them; OSPKE goes with
+                // PKU, which the baseline leaves out.
+                let keep = match (leaf, sub, r) {
+                    (7, 0, 2) => 0,
+                    _ => dynamic(leaf, sub, r),
+                };
+                *reg_mut(e, r) &= mask | keep;
             }
         }
         match (e.function, e.index) {
@@ -390,6 +396,48 @@ fn feature_name(leaf: u32, sub: u32, r: usize, bit: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(function: u32, index: u32, r: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: 1,
+            eax: r[0],
+            ebx: r[1],
+            ecx: r[2],
+            edx: r[3],
+            padding: [0; 3],
+        }
+    }
+
+    #[test]
+    fn baseline_masks_and_missing_features_are_named() {
+        let all = [u32::MAX; 4];
+        let host = vec![
+            entry(1, 0, all),
+            entry(7, 0, all),
+            entry(0xd, 0, [0x2e7, 0xa88, 0xa88, 0]),
+            entry(0x8000_0001, 0, all),
+        ];
+        let mut c = CpuId::from_entries(&host).unwrap();
+        apply_template(&mut c, CpuTemplate::Baseline);
+        let l7 = c.as_slice()[1];
+        assert_eq!(l7.ebx & (1 << 16), 0, "avx512f stays out");
+        assert_ne!(l7.ebx & (1 << 5), 0, "avx2 stays in");
+        assert_eq!((l7.ecx, l7.edx), (0, 0));
+        assert_eq!(c.as_slice()[2].eax, 0x7, "XCR0: x87, SSE, AVX");
+        assert_eq!(c.as_slice()[2].ecx, 0x340);
+        // The baseline guest runs on the full host; not the other way.
+        assert!(missing_features(c.as_slice(), &host).is_empty());
+        let missing = missing_features(&host, c.as_slice());
+        assert!(missing.contains(&"avx512f".to_string()), "{missing:?}");
+        assert!(missing.contains(&"xsave-avx512".to_string()), "{missing:?}");
+        // Informational bits are not checked: hypervisor (1.ecx[31]).
+        assert!(!missing.iter().any(|m| m == "cpuid.0x1.0.ecx[31]"));
+        // A leaf the host does not have at all lacks all of its features.
+        let missing = missing_features(&host[..1], &host[1..]);
+        assert!(missing.contains(&"sse3".to_string()), "{missing:?}");
+    }
 
     #[test]
     fn cached_cpuid_matches_kvm() {
