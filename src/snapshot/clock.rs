@@ -30,7 +30,7 @@ const RAW_SLACK_PPM: u64 = 50;
 
 #[derive(Debug, Error)]
 pub enum ClockError {
-    #[error("the snapshot was made in another boot of this host (boot id {snap}, now {here}), and kvm_pvm gives guests the host's TSC, which restarted at boot: the guest's clock would be wrong")]
+    #[error("the snapshot was made in another boot, of this host or another (boot id {snap}, now {here}), and kvm_pvm gives guests the host's TSC, which restarted at boot: the guest's clock would be wrong")]
     OtherBoot { snap: String, here: String },
     #[error("the host's TSC is {off_us} us away from where CLOCK_MONOTONIC_RAW puts the snapshot's (no boot id to go by): a snapshot from another boot, whose guest clock kvm_pvm cannot set right")]
     RawMismatch { off_us: i64 },
@@ -193,6 +193,16 @@ pub fn check(fd: &VcpuFd, saved: &Saved) -> Result<Keeping, ClockError> {
     } else {
         set_tsc(fd, saved)?;
         Ok(Keeping::SetsTsc)
+    }
+}
+
+/// On kvm_pvm, whether the snapshot is of this boot (see [`check`]): a
+/// restore asks first, before setting any state another KVM's snapshot
+/// may carry.
+pub fn check_boot(fd: &VcpuFd, saved: &Saved) -> Result<(), ClockError> {
+    match crate::vcpu::is_kvm_pvm(fd) {
+        true => saved.same_boot(host_tsc_raw),
+        false => Ok(()),
     }
 }
 

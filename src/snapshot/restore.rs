@@ -269,6 +269,8 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     // 5. The saved vCPU, which converts TSC ticks with the frequency it
     //    was booted with; it resumes inside its REQ_READ.
     clock::match_tsc_hz(&vm.kvm, vm.vcpu.fd(), h.tsc_hz)?;
+    let saved = saved_clock(&h, &meta);
+    clock::check_boot(vm.vcpu.fd(), &saved)?;
     let native = super::vcpu::from_meta(&meta)?.apply(&mut vm.vcpu)?;
     vm.vcpu.set_pvm_native(native);
     vm.vcpu.resume_through_stub(&vm.mem)?;
@@ -278,7 +280,7 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     });
     Ok(Prepared {
         vm,
-        clock: saved_clock(&h, &meta),
+        clock: saved,
         keeping: None,
         pages: Some(Pages {
             file: f,

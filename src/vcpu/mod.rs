@@ -35,7 +35,7 @@ pub enum VcpuError {
     Create(kvm_ioctls::Error),
     #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
     GetCpuid(kvm_ioctls::Error),
-    #[error("this host's CPU lacks features the snapshot's guest saw: {0} (make snapshots that travel with --cpu-template baseline)")]
+    #[error("this host's CPU lacks features the snapshot's guest saw: {0} (on a standard KVM, --cpu-template baseline makes snapshots that travel)")]
     Features(String),
     #[error("kvm_pvm runs guests natively, where CPUID answers with the host CPU's own features: a CPU template cannot mask them (--cpu-template host only)")]
     TemplatePvm,

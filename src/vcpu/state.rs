@@ -150,7 +150,7 @@ impl VcpuState {
     /// Sets this state on `vcpu` (all of it; a rewind's is the same KVM's
     /// capture, a restore's may be another KVM's: kvm_pvm's own MSRs are
     /// left out elsewhere, and an MSR this KVM refuses is skipped only
-    /// where it already holds the saved value). On kvm_pvm the vCPU is
+    /// where it already holds the saved value or does not know it). On kvm_pvm the vCPU is
     /// registered last, so the guest runs natively (a snapshot from
     /// another KVM registers the way a boot does). Returns whether it
     /// runs natively.
@@ -251,8 +251,7 @@ pub fn set_all(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError>
 }
 
 /// [`set_all`], going on past an MSR this KVM refuses when it holds the
-/// saved value already (or cannot read it and the value is 0: a register
-/// of a feature it lacks, which the guest never set).
+/// saved value already or does not know it at all (another KVM's).
 fn set_tolerant(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError> {
     let mut rest = entries;
     while !rest.is_empty() {
@@ -261,12 +260,17 @@ fn set_tolerant(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), StateError
             Err(StateError::Msrs { failed, .. }) => {
                 let at = rest.iter().position(|e| e.index == failed).unwrap_or(0);
                 let e = rest[at];
+                // Unknown here (another KVM's, e.g. SMBASE on kvm_pvm): no
+                // guest here can read or write it either. Known here with
+                // another value: refused.
                 let now = readable(fd, vec![e.index])?;
-                let same = match now.first() {
-                    Some(n) => n.data == e.data,
-                    None => e.data == 0,
-                };
-                if !same {
+                if now.is_empty() {
+                    tracing::debug!(
+                        "restore: MSR 0x{:x} is unknown to this KVM: left out",
+                        e.index
+                    );
+                }
+                if now.first().is_some_and(|n| n.data != e.data) {
                     return Err(StateError::MsrRefused {
                         index: e.index,
                         value: e.data,
