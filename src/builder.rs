@@ -90,7 +90,11 @@ pub fn build_image(cfg: &RunConfig, bytes: &[u8]) -> Result<Vm, BuildError> {
     }
 
     // 4. KVM.
-    let mut vm = machine(mem, devices)?;
+    let mut vm = machine(
+        mem,
+        devices,
+        crate::vcpu::GuestCpuid::Template(cfg.cpu_template),
+    )?;
 
     // 5. Boot state: page tables, GDT, boot info, manifest, command line.
     let tsc_hz = vm.vcpu.tsc_hz()?;
@@ -148,7 +152,11 @@ pub(crate) fn attach(
 
 /// Step 4, the same for every path: /dev/kvm, the VM, guest memory as its
 /// one slot at GPA 0, and vCPU 0 (its state is the caller's step 5).
-pub(crate) fn machine(mem: GuestMemory, devices: Devices) -> Result<Vm, BuildError> {
+pub(crate) fn machine(
+    mem: GuestMemory,
+    devices: Devices,
+    cpu: crate::vcpu::GuestCpuid,
+) -> Result<Vm, BuildError> {
     let kvm = Kvm::new().map_err(BuildError::KvmOpen)?;
     let version = kvm.get_api_version();
     if version != KVM_API_VERSION {
@@ -165,7 +173,7 @@ pub(crate) fn machine(mem: GuestMemory, devices: Devices) -> Result<Vm, BuildErr
     // SAFETY: the region is our own live mapping of `mem.size()` bytes, and
     // `mem` is moved into the Vm next to the VM fd, so it outlives the slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(BuildError::MemoryRegion)?;
-    let vcpu = Vcpu::new(&kvm, &vm)?;
+    let vcpu = Vcpu::new(&kvm, &vm, cpu)?;
     Ok(Vm {
         vcpu,
         mem,

@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub accel: crate::accel::config::AccelConfig,
     /// `--block`/`--net` bindings for the manifest's devices.
     pub devices: crate::devices::attach::Bindings,
+    /// The CPUID a booted guest sees (a restored one sees its snapshot's).
+    pub cpu_template: crate::vcpu::CpuTemplate,
 }
 
 /// Joins the guest's arguments as Solo5 does, refusing overlong ones.

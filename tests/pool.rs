@@ -342,3 +342,57 @@ fn bad_pool_input_is_refused_with_one_line() {
         "cannot reach the pool",
     );
 }
+
+/// (derived, fresh) wall times from the `clock` guest's answer.
+fn clock_answer(out: &str) -> (i128, i128) {
+    let field = |k: &str| -> i128 {
+        let v = out.split(&format!("{k}=")).nth(1).expect(out);
+        v.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    (field("derived"), field("fresh"))
+}
+
+/// A pool started seconds after its snapshot serves, rewinding worker and
+/// one process per request alike, with the guest's clock right: within
+/// 1 ms (the lane: SKIFF_TEST_CLOCK_SLACK_MS) where skiff sets the guest's
+/// TSC; on kvm_pvm, which keeps the host's, off by no more than the host's
+/// own wall-clock adjustments since the snapshot (allowed: 1 % of its age).
+#[test]
+fn a_pool_serves_seconds_after_its_snapshot_with_the_right_clock() {
+    let dir = TempDir::new("pool-later");
+    let snap = make_snapshot(dir.path(), "clock", MEM, &[], &[]);
+    let made = Instant::now();
+    let slack_ms: i128 = std::env::var("SKIFF_TEST_CLOCK_SLACK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    std::thread::sleep(Duration::from_secs(2));
+    for flags in [&[MEM][..], &[MEM, "--fresh-process"][..]] {
+        let pool = Pool::start(dir.path(), "clock", &snap, 1, flags);
+        for i in 0..3 {
+            std::thread::sleep(Duration::from_millis(500));
+            let o = pool.call(b"x", &[]);
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{flags:?} call {i}: {}",
+                stderr(&o)
+            );
+            let (derived, fresh) = clock_answer(&stdout(&o));
+            let age_ms = made.elapsed().as_millis() as i128;
+            let allowed_ms = match Path::new("/sys/module/kvm_pvm").exists() {
+                true => slack_ms + age_ms / 100,
+                false => slack_ms,
+            };
+            println!(
+                "{flags:?} call {i}, {age_ms} ms after the snapshot: derived - fresh = {} us",
+                (derived - fresh) / 1000
+            );
+            assert!(
+                (derived - fresh).abs() < allowed_ms * 1_000_000,
+                "{}",
+                stdout(&o)
+            );
+        }
+    }
+}

@@ -530,3 +530,26 @@ fn warm_guests_serve_many_requests_only_with_the_flag() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(o.stdout, b"request 1 of this guest\nonce");
 }
+
+/// `skiff serve --restore` started seconds after its snapshot (as a
+/// platform deploys one and restores it later) answers every request:
+/// the issue-24 failure was `500 function failed` from workers restored
+/// two seconds after the snapshot, on kvm_pvm.
+#[test]
+fn a_server_restores_seconds_after_its_snapshot() {
+    let dir = TempDir::new("serve-later");
+    let snap = snapshot(&dir, "echo");
+    std::thread::sleep(Duration::from_secs(2));
+    let s = Server::start(
+        &["--mem=32", "--restore", snap.to_str().unwrap()],
+        &guest("echo"),
+        &[],
+    );
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let r = s.request("POST", "/", format!("later {i}").as_bytes());
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert_eq!(r.status, 200, "request {i}: {body} / {}", s.log());
+        assert_eq!(body, format!("later {i}"));
+    }
+}

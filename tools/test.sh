@@ -5,7 +5,8 @@
 #   2. makes the classifier's model from PyPI (tools/setup-model.sh);
 #   3. runs the whole suite: cargo test --workspace;
 #   4. runs part of it again on a standard KVM (tools/stdkvm/run.sh:
-#      kvm_amd inside QEMU/TCG, nested and shadow paging).
+#      kvm_amd inside QEMU/TCG, nested and shadow paging), and moves
+#      snapshots between the two (tools/stdkvm/travel.sh).
 # Ends with one line, "tests: N passed, M failed, K skipped", and a non-zero exit if
 # anything failed. SKIFF_NO_STDKVM=1 leaves step 4 out.
 set -uo pipefail
@@ -48,6 +49,9 @@ cargo test --workspace 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [ "${SKIFF_NO_STDKVM:-}" != 1 ]; then
     tools/stdkvm/run.sh 2>&1 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    # Snapshots moving between this host's KVM and the lane's, both ways.
+    tools/stdkvm/travel.sh 2>&1 | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 

@@ -14,6 +14,7 @@ mod bench;
 mod call;
 mod debug;
 mod hook;
+mod inspect;
 mod pool;
 mod run;
 mod serve;
@@ -65,6 +66,9 @@ enum Command {
     /// Serve this machine's accelerators to remote functions (vAccel's
     /// agent protocol): skiff agent --address ADDR [--accel=PLUGINS]
     Agent(agent::AgentArgs),
+    /// Show what a snapshot records and whether this host can restore it,
+    /// or an image's ABI and manifest: skiff inspect FILE
+    Inspect(inspect::InspectArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -129,6 +133,7 @@ pub fn main() -> i32 {
         Ok(Command::Call(c)) => call::main(&prog, c),
         Ok(Command::Serve(s)) => serve::main(&prog, s),
         Ok(Command::Hook) => hook::main(&prog),
+        Ok(Command::Inspect(i)) => inspect::main(&prog, i),
         Ok(Command::Agent(a)) => agent::main(&prog, a),
         Err(e) => clap_exit(transposed_subcommand(e)),
     }

@@ -22,6 +22,11 @@ pub struct RunArgs {
     /// booting it; KERNEL and the flags must be the snapshot's.
     #[arg(long, value_name = "FILE")]
     pub restore: Option<PathBuf>,
+    /// The CPU features a booted guest sees: `host` (all this host's) or
+    /// `baseline` (a fleet-common set, for snapshots that move between
+    /// CPUs: docs/snapshots.md). A restore gives the snapshot's.
+    #[arg(long, value_enum, value_name = "TEMPLATE", default_value = "host")]
+    pub cpu_template: crate::vcpu::CpuTemplate,
     /// Attach block device NAME to the file PATH (`--block:NAME=PATH`).
     #[arg(long = "block", value_name = "NAME=PATH")]
     pub block: Vec<OsString>,
@@ -64,6 +69,7 @@ impl RunArgs {
                 .accel
                 .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
             kernel: self.kernel,
+            cpu_template: self.cpu_template,
         })
     }
 

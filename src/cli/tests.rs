@@ -48,6 +48,7 @@ fn sample(id: &str) -> &'static str {
         "gdb" => "127.0.0.1:0",
         "dumpcore" => "/tmp",
         "plot" => "p.svg",
+        "cpu_template" => "baseline",
         other => panic!("no sample value for --{other}: add one"),
     }
 }

@@ -332,7 +332,7 @@ impl Ready {
     pub(crate) fn new(cfg: &RunConfig, snap: Option<&Path>) -> Result<Self, String> {
         match snap {
             Some(snap) => restore::prepare(snap, cfg)
-                .and_then(|p| p.check_clock().map(|()| Ready::Restored(p)))
+                .and_then(|mut p| p.check_clock().map(|()| Ready::Restored(p)))
                 .map_err(|e| e.to_string()),
             None => crate::builder::build(cfg)
                 .map(Ready::Cold)

@@ -17,8 +17,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 pub const MAGIC: [u8; 8] = *b"SKIFFSNP";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const PAGE: u64 = 4096;
+/// [`Meta::kvm`] of a snapshot made on kvm_pvm.
+pub const KVM_PVM: u32 = 1;
 pub const HEADER_LEN: usize = 136;
 const CHECKSUM_AT: usize = 104;
 
@@ -80,16 +82,29 @@ pub struct DeviceRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Meta {
     pub cmdline: Vec<u8>,
+    /// The host's boot id when the snapshot was made (empty if unknown)
+    /// and CLOCK_MONOTONIC_RAW at `Header::saved_at_ns` (snapshot/clock.rs).
+    pub boot_id: Vec<u8>,
+    pub saved_raw_ns: u64,
     /// The guest-physical argument of the REQ_READ the guest is inside.
     pub pending_req_read: u64,
     /// Page-aligned ranges mapped read-only (the image's text and rodata).
     pub read_only: Vec<(u64, u64)>,
     pub devices: Vec<DeviceRecord>,
-    /// Raw kvm_regs, kvm_sregs, kvm_xsave, kvm_xcrs.
+    /// The vCPU (vcpu/state.rs): raw kvm_regs, kvm_sregs, kvm_xsave,
+    /// kvm_xcrs, and kvm_debugregs, kvm_vcpu_events, kvm_mp_state (empty
+    /// where the KVM had none).
     pub regs: Vec<u8>,
     pub sregs: Vec<u8>,
     pub xsave: Vec<u8>,
     pub xcrs: Vec<u8>,
+    pub debugregs: Vec<u8>,
+    pub events: Vec<u8>,
+    pub mp_state: Vec<u8>,
+    /// The CPUID the guest saw: (function, index, flags, eax, ebx, ecx, edx).
+    pub cpuid: Vec<[u32; 7]>,
+    /// Which KVM made it: [`KVM_PVM`] or 0 (a standard KVM).
+    pub kvm: u32,
     /// (index, value), IA32_TSC excluded (it is set from the header).
     pub msrs: Vec<(u32, u64)>,
     pub runs: Vec<Run>,
@@ -182,6 +197,8 @@ impl Meta {
     fn encode(&self) -> Vec<u8> {
         let mut w = W(Vec::with_capacity(8192));
         w.bytes(&self.cmdline);
+        w.bytes(&self.boot_id);
+        w.u64(self.saved_raw_ns);
         w.u64(self.pending_req_read);
         w.u64(self.read_only.len() as u64);
         for &(a, b) in &self.read_only {
@@ -195,9 +212,22 @@ impl Meta {
             w.u64(d.a);
             w.u64(d.b);
         }
-        for b in [&self.regs, &self.sregs, &self.xsave, &self.xcrs] {
+        for b in [
+            &self.regs,
+            &self.sregs,
+            &self.xsave,
+            &self.xcrs,
+            &self.debugregs,
+            &self.events,
+            &self.mp_state,
+        ] {
             w.bytes(b);
         }
+        w.u64(self.cpuid.len() as u64);
+        for e in &self.cpuid {
+            e.iter().for_each(|&v| w.u32(v));
+        }
+        w.u32(self.kvm);
         w.u64(self.msrs.len() as u64);
         for &(i, v) in &self.msrs {
             w.u32(i);
@@ -216,6 +246,8 @@ impl Meta {
         let mut r = R(b);
         let mut m = Meta {
             cmdline: r.bytes()?,
+            boot_id: r.bytes()?,
+            saved_raw_ns: r.u64()?,
             pending_req_read: r.u64()?,
             ..Meta::default()
         };
@@ -237,6 +269,17 @@ impl Meta {
         m.sregs = r.bytes()?;
         m.xsave = r.bytes()?;
         m.xcrs = r.bytes()?;
+        m.debugregs = r.bytes()?;
+        m.events = r.bytes()?;
+        m.mp_state = r.bytes()?;
+        for _ in 0..r.count(28)? {
+            let mut e = [0u32; 7];
+            for v in &mut e {
+                *v = r.u32()?;
+            }
+            m.cpuid.push(e);
+        }
+        m.kvm = r.u32()?;
         for _ in 0..r.count(12)? {
             m.msrs.push((r.u32()?, r.u64()?));
         }
@@ -246,6 +289,9 @@ impl Meta {
                 pages: r.u64()?,
                 file_page: r.u64()?,
             });
+        }
+        if !matches!(m.boot_id.len(), 0 | 36) {
+            return Err(FormatError::Invalid("boot id"));
         }
         if !r.0.is_empty() {
             return Err(FormatError::Invalid("trailing metadata"));
@@ -264,6 +310,22 @@ pub fn encode(header: &Header, meta: &Meta) -> Vec<u8> {
     let sum = checksum(&zero, &meta_bytes);
     let mut out = h.encode_raw(&sum);
     out.extend_from_slice(&meta_bytes);
+    out
+}
+
+/// `b` (header and metadata) with its checksum recomputed over whatever
+/// it holds, and `meta_len` set to the rest: for the fuzzer, to get past
+/// the checksum into the metadata decoder. `b` must hold a header.
+pub fn seal(b: &[u8]) -> Vec<u8> {
+    let mut out = b.to_vec();
+    if out.len() < HEADER_LEN {
+        return out;
+    }
+    let meta_len = (out.len() - HEADER_LEN) as u64;
+    out[80..88].copy_from_slice(&meta_len.to_le_bytes());
+    out[CHECKSUM_AT..HEADER_LEN].fill(0);
+    let sum = checksum(&out[..HEADER_LEN], &out[HEADER_LEN..]);
+    out[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&sum);
     out
 }
 
@@ -371,6 +433,8 @@ mod tests {
         };
         let m = Meta {
             cmdline: b"a b".to_vec(),
+            boot_id: vec![b'x'; 36],
+            saved_raw_ns: 99,
             pending_req_read: 0x1234,
             read_only: vec![(0x100000, 0x102000)],
             devices: vec![DeviceRecord {
@@ -383,6 +447,11 @@ mod tests {
             sregs: vec![2; 20],
             xsave: vec![3; 30],
             xcrs: vec![4; 4],
+            debugregs: vec![5; 5],
+            events: vec![],
+            mp_state: vec![6; 4],
+            cpuid: vec![[1, 0, 0, 2, 3, 4, 5]],
+            kvm: KVM_PVM,
             msrs: vec![(0x10, 5)],
             runs: vec![
                 Run {
@@ -423,6 +492,21 @@ mod tests {
             bad[at] ^= 0x40;
             assert!(decode(&bad, len).is_err(), "byte {at}");
         }
+    }
+
+    #[test]
+    fn seal_makes_the_checksum_whatever_the_bytes() {
+        let (h, m) = sample();
+        let b = encode(&h, &m);
+        assert_eq!(seal(&b), b);
+        let mut bad = b.clone();
+        bad[HEADER_LEN + 3] ^= 1;
+        assert_eq!(decode_header(&seal(&bad)).unwrap().meta_len, h_meta_len(&b));
+        assert_ne!(decode(&bad, 1 << 20), decode(&seal(&bad), 1 << 20));
+    }
+
+    fn h_meta_len(b: &[u8]) -> u64 {
+        decode_header(b).unwrap().meta_len
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! guest gets its own copy; the file never changes). Work is one mmap per
 //! run, nothing per page and nothing per byte of guest memory.
 
+use super::clock::{self, ClockError, Keeping};
 use super::format::{self, FormatError, Header, Meta, HEADER_LEN, PAGE};
 use super::rewind::Pages;
-use super::vcpu::{self, StateError};
 use crate::builder::{self, BuildError};
 use crate::config::RunConfig;
 use crate::hypercall::Request;
 use crate::memory::{Gpa, GuestMemory, MemoryError};
-use crate::vcpu::VcpuError;
+use crate::vcpu::state::StateError;
+use crate::vcpu::{GuestCpuid, VcpuError};
 use crate::vmm::Vm;
 use guest_abi::hvt::Hypercall;
 use sha2::{Digest, Sha256};
@@ -53,10 +54,10 @@ pub enum RestoreError {
     Map(std::io::Error),
     #[error("{0}")]
     Vcpu(#[from] VcpuError),
-    #[error("the snapshot's guest was booted with a {snap} kHz TSC, this host's is {here} kHz")]
-    TscHz { snap: u64, here: u64 },
     #[error("cannot restore the vCPU: {0}")]
     State(#[from] StateError),
+    #[error("{0}")]
+    Clock(#[from] ClockError),
 }
 
 /// The devices attached now must look to the guest exactly as the ones
@@ -97,7 +98,7 @@ fn with_recorded_macs(
 
 /// Reads and checks the snapshot's header and metadata (one read when the
 /// metadata fits in the first 16 KiB, as it does for one vCPU).
-fn read_meta(f: &mut std::fs::File, path: &str) -> Result<(Header, Meta), RestoreError> {
+pub(crate) fn read_meta(f: &mut std::fs::File, path: &str) -> Result<(Header, Meta), RestoreError> {
     let ferr = |err| RestoreError::Format {
         path: path.into(),
         err,
@@ -153,9 +154,9 @@ pub fn restore(snap: &Path, cfg: &RunConfig) -> Result<Vm, RestoreError> {
 #[derive(Debug)]
 pub struct Prepared {
     vm: Vm,
-    tsc_hz: u64,
-    guest_tsc: u64,
-    saved_at_ns: u64,
+    clock: clock::Saved,
+    /// How this KVM keeps the guest's clock, once checked.
+    keeping: Option<Keeping>,
     /// Where its pages came from (for a worker's [`Origin`]); `None` once
     /// rewound (the origin keeps them).
     pages: Option<Pages>,
@@ -166,40 +167,42 @@ impl Prepared {
         (&self.vm, self.pages.as_ref())
     }
 
-    /// (TSC Hz, the snapshot's guest TSC, when it was saved in ns).
-    pub(super) fn tsc_plan(&self) -> (u64, u64, u64) {
-        (self.tsc_hz, self.guest_tsc, self.saved_at_ns)
+    /// The snapshot's clock and how this KVM keeps it.
+    pub(super) fn clock(&self) -> (clock::Saved, Option<Keeping>) {
+        (self.clock, self.keeping)
     }
 
-    pub(super) fn from_parts(vm: Vm, tsc_hz: u64, guest_tsc: u64, saved_at_ns: u64) -> Self {
+    pub(super) fn from_parts(vm: Vm, clock: (clock::Saved, Option<Keeping>)) -> Self {
         Prepared {
             vm,
-            tsc_hz,
-            guest_tsc,
-            saved_at_ns,
+            clock: clock.0,
+            keeping: clock.1,
             pages: None,
         }
     }
 
-    /// The guest TSC due at wall time `now` (ns): the snapshot's, moved
-    /// on by the real time since.
-    fn tsc_at(&self, now: u64) -> u64 {
-        let elapsed = now.saturating_sub(self.saved_at_ns);
-        let ticks = u128::from(elapsed) * u128::from(self.tsc_hz) / 1_000_000_000;
-        self.guest_tsc.wrapping_add(ticks as u64)
-    }
-
     /// Fails now, not at every request, when this KVM cannot give the
-    /// guest the right time (see `vcpu::set_tsc`).
-    pub fn check_clock(&self) -> Result<(), RestoreError> {
-        vcpu::set_tsc(self.vm.vcpu.fd(), self.tsc_hz, |now| self.tsc_at(now))?;
+    /// guest the right time (see snapshot/clock.rs).
+    pub fn check_clock(&mut self) -> Result<(), RestoreError> {
+        self.keeping = Some(clock::check(self.vm.vcpu.fd(), &self.clock)?);
         Ok(())
     }
 
-    /// Sets the guest's TSC forward by the time since the snapshot and
-    /// hands it this request's metadata: the guest can run.
-    pub fn resume(self, function: crate::devices::function::Function) -> Result<Vm, RestoreError> {
-        vcpu::set_tsc(self.vm.vcpu.fd(), self.tsc_hz, |now| self.tsc_at(now))?;
+    /// Sets the guest's clock for the time since the snapshot and hands
+    /// it this request's metadata: the guest can run.
+    pub fn resume(
+        mut self,
+        function: crate::devices::function::Function,
+    ) -> Result<Vm, RestoreError> {
+        match self.keeping {
+            Some(k) => clock::resume(self.vm.vcpu.fd(), &self.clock, k)?,
+            None => {
+                self.check_clock()?;
+                if let Some(Keeping::HostTsc) = self.keeping {
+                    clock::resume(self.vm.vcpu.fd(), &self.clock, Keeping::HostTsc)?;
+                }
+            }
+        }
         let mut vm = self.vm;
         vm.take_request(function);
         Ok(vm)
@@ -258,18 +261,15 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     }
 
     // 4. KVM.
-    let mut vm = builder::machine(mem, devices)?;
+    let cpuid = super::vcpu::cpuid_from_meta(&meta);
+    let mut vm = builder::machine(mem, devices, GuestCpuid::Saved(&cpuid))?;
 
     // 5. The saved vCPU, which converts TSC ticks with the frequency it
     //    was booted with; it resumes inside its REQ_READ.
-    let hz = vm.vcpu.tsc_hz()?;
-    if hz != h.tsc_hz {
-        return Err(RestoreError::TscHz {
-            snap: h.tsc_hz / 1000,
-            here: hz / 1000,
-        });
-    }
-    let native = vcpu::restore(vm.vcpu.fd(), &meta)?;
+    clock::match_tsc_hz(&vm.kvm, vm.vcpu.fd(), h.tsc_hz)?;
+    let saved = saved_clock(&h, &meta);
+    clock::check_boot(vm.vcpu.fd(), &saved)?;
+    let native = super::vcpu::from_meta(&meta)?.apply(&mut vm.vcpu)?;
     vm.vcpu.set_pvm_native(native);
     vm.vcpu.resume_through_stub(&vm.mem)?;
     vm.resume = Some(Request::Extension {
@@ -278,9 +278,8 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     });
     Ok(Prepared {
         vm,
-        tsc_hz: h.tsc_hz,
-        guest_tsc: h.guest_tsc,
-        saved_at_ns: h.saved_at_ns,
+        clock: saved,
+        keeping: None,
         pages: Some(Pages {
             file: f,
             data_offset: h.data_offset,
@@ -289,6 +288,17 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
             pending_req_read: meta.pending_req_read,
         }),
     })
+}
+
+/// The clock as the snapshot recorded it.
+pub(crate) fn saved_clock(h: &Header, m: &Meta) -> clock::Saved {
+    clock::Saved {
+        tsc_hz: h.tsc_hz,
+        guest_tsc: h.guest_tsc,
+        wall_ns: h.saved_at_ns,
+        raw_ns: m.saved_raw_ns,
+        boot_id: m.boot_id.as_slice().try_into().ok(),
+    }
 }
 
 /// One MAP_FIXED|MAP_PRIVATE file mapping per run, over the reservation.

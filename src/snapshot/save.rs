@@ -2,11 +2,11 @@
 //! (ready for its request), write the snapshot.
 
 use super::format::{self, DeviceRecord, Header, Meta, Run, PAGE};
-use super::vcpu::{self, StateError};
 use crate::config::RunConfig;
 use crate::devices::Stop;
 use crate::hypercall::{Control, Request};
 use crate::memory::{Gpa, GuestMemory};
+use crate::vcpu::state::{StateError, VcpuState};
 use crate::vmm::{Ended, Hooked, RunError, RunHook};
 use guest_abi::hvt::{BootInfo, HcWalltime, Hypercall, BOOT_INFO_BASE};
 use sha2::{Digest, Sha256};
@@ -26,6 +26,8 @@ pub enum SaveError {
     AccelInUse,
     #[error("cannot read the vCPU state: {0}")]
     State(#[from] StateError),
+    #[error("{0}")]
+    Vcpu(#[from] crate::vcpu::VcpuError),
     #[error("cannot read guest memory: {0}")]
     Memory(#[from] crate::memory::OutOfRange),
     #[error("cannot write {path}: {err}")]
@@ -58,8 +60,14 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     // The guest is just past its REQ_READ, whose result the restoring
     // skiff provides.
     vm.complete_io()?;
-    let state = vcpu::capture(vm.vcpu.fd())?;
-    let (guest_tsc, now) = vcpu::read_tsc(vm.vcpu.fd())?;
+    let state = VcpuState::capture(&vm.kvm, &vm.vcpu)?;
+    let (guest_tsc, now, raw) = super::clock::read_tsc(vm.vcpu.fd())?;
+    // A backdated snapshot's TSC did not count the time it claims: it
+    // stands for one whose boot is unknown (its raw clock moved back too).
+    let boot_id = match backdate_ns {
+        0 => crate::vcpu::boot_id().map(Vec::from).unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let bi: BootInfo = vm.mem.read_obj(Gpa(BOOT_INFO_BASE))?;
 
     let (runs, pages) = nonzero_runs(&vm.mem)?;
@@ -74,18 +82,21 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         data_pages: pages,
         ..Header::default()
     };
-    let meta = Meta {
+    let mut meta = Meta {
         cmdline: cfg.cmdline.clone(),
+        boot_id,
+        saved_raw_ns: raw.saturating_sub(backdate_ns),
         pending_req_read: arg.0,
         read_only: vm.mem.read_only().to_vec(),
         devices: device_record(&vm.mem, &bi)?,
-        regs: state.regs,
-        sregs: state.sregs,
-        xsave: state.xsave,
-        xcrs: state.xcrs,
-        msrs: state.msrs,
         runs,
+        ..Meta::default()
     };
+    super::vcpu::to_meta(&state, &mut meta);
+    meta.cpuid = super::vcpu::cpuid_to_meta(&vm.vcpu.cpuid()?);
+    if crate::vcpu::is_kvm_pvm(vm.vcpu.fd()) {
+        meta.kvm = format::KVM_PVM;
+    }
     write_file(out, &header, &meta, &vm.mem)
 }
 

@@ -2,14 +2,19 @@
 //! turned into a KVM-free [`Exit`] for the hypercall layer.
 
 mod cpuid;
+pub use cpuid::{boot_id, missing_features, CpuTemplate};
 mod exit;
 mod pvm;
+pub mod state;
 
 pub use exit::Exit;
+pub use pvm::{is_kvm_pvm, MSR_PVM_REGISTER};
 
 use crate::memory::{BootState, GuestMemory, BOOT_CR3, BOOT_GDT_SELECTORS};
 use crate::signals;
-use kvm_bindings::{kvm_regs, kvm_segment, KVM_VCPUEVENT_VALID_TRIPLE_FAULT};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_regs, kvm_segment, CpuId, KVM_VCPUEVENT_VALID_TRIPLE_FAULT,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 
@@ -30,6 +35,10 @@ pub enum VcpuError {
     Create(kvm_ioctls::Error),
     #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
     GetCpuid(kvm_ioctls::Error),
+    #[error("this host's CPU lacks features the snapshot's guest saw: {0} (on a standard KVM, --cpu-template baseline makes snapshots that travel)")]
+    Features(String),
+    #[error("kvm_pvm runs guests natively, where CPUID answers with the host CPU's own features: a CPU template cannot mask them (--cpu-template host only)")]
+    TemplatePvm,
     #[error("KVM_SET_CPUID2 failed: {0}")]
     SetCpuid(kvm_ioctls::Error),
     #[error("KVM_GET_TSC_KHZ failed (the host TSC is unusable): {0}")]
@@ -38,6 +47,16 @@ pub enum VcpuError {
     Regs(kvm_ioctls::Error),
     #[error("KVM_RUN failed: {0}")]
     Run(kvm_ioctls::Error),
+}
+
+/// The CPUID a new vCPU gets.
+#[derive(Debug, Clone, Copy)]
+pub enum GuestCpuid<'a> {
+    /// A boot: the host's supported CPUID, masked to a template.
+    Template(CpuTemplate),
+    /// A restore: what the snapshot's guest saw, if this host has all of
+    /// its features.
+    Saved(&'a [kvm_cpuid_entry2]),
 }
 
 /// The one vCPU of a guest.
@@ -63,16 +82,43 @@ impl Drop for Vcpu {
 }
 
 impl Vcpu {
-    /// Creates vCPU 0 with the host's supported CPUID.
-    pub fn new(kvm: &Kvm, vm: &VmFd) -> Result<Self, VcpuError> {
+    /// Creates vCPU 0 with the CPUID `cpu` says.
+    pub fn new(kvm: &Kvm, vm: &VmFd, cpu: GuestCpuid) -> Result<Self, VcpuError> {
         let fd = vm.create_vcpu(0).map_err(VcpuError::Create)?;
-        let cpuid = cpuid::supported(kvm).map_err(VcpuError::GetCpuid)?;
+        let mut cpuid = cpuid::supported(kvm).map_err(VcpuError::GetCpuid)?;
+        match cpu {
+            GuestCpuid::Template(CpuTemplate::Host) => {}
+            // kvm_pvm runs guests natively, where CPUID is the CPU's own.
+            GuestCpuid::Template(_) if pvm::is_kvm_pvm(&fd) => return Err(VcpuError::TemplatePvm),
+            GuestCpuid::Template(t) => cpuid::apply_template(&mut cpuid, t),
+            GuestCpuid::Saved(saved) => {
+                let here = match pvm::is_kvm_pvm(&fd) {
+                    true => cpuid::native(),
+                    false => cpuid.as_slice().to_vec(),
+                };
+                let missing = cpuid::missing_features(saved, &here);
+                if !missing.is_empty() {
+                    return Err(VcpuError::Features(missing.join(" ")));
+                }
+                cpuid = CpuId::from_entries(saved)
+                    .map_err(|_| VcpuError::Features("(a CPUID list too long)".into()))?;
+            }
+        }
         fd.set_cpuid2(&cpuid).map_err(VcpuError::SetCpuid)?;
         Ok(Self {
             fd,
             pvm_native: false,
             first_hlt: None,
         })
+    }
+
+    /// The CPUID the guest sees (KVM_GET_CPUID2).
+    pub fn cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, VcpuError> {
+        let c = self
+            .fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(VcpuError::GetCpuid)?;
+        Ok(c.as_slice().to_vec())
     }
 
     /// The guest TSC frequency in Hz (the boot info's `cpu_cycle_freq`).
@@ -253,10 +299,6 @@ impl Vcpu {
         if on {
             WATCHDOG.call_once(pvm::arm_watchdog);
         }
-    }
-
-    pub(crate) fn pvm_native(&self) -> bool {
-        self.pvm_native
     }
 
     /// The watchdog kicked a native guest: if it runs on page tables of its

@@ -34,9 +34,9 @@ use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 
 /// kvm_pvm's vCPU registration MSR: guest-physical page address | flags.
-const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
+pub const MSR_PVM_REGISTER: u32 = 0x4b56_4d10;
 /// Bit 0: register the page.
-const REGISTER: u64 = 1;
+pub const REGISTER: u64 = 1;
 /// A page inside guest memory the guest never maps (below the boot info,
 /// after the boot page tables), handed to kvm_pvm as the shared page.
 pub const SHARED_PAGE: u64 = 0x9000;
@@ -116,6 +116,17 @@ pub fn arm_watchdog() {
     // SAFETY: setrlimit only reads `lim`; lowering the soft limit below an
     // infinite hard one needs no privilege.
     unsafe { libc::setrlimit(libc::RLIMIT_CPU, &lim) };
+}
+
+/// kvm_pvm, and only it, knows its registration MSR.
+pub fn is_kvm_pvm(vcpu: &VcpuFd) -> bool {
+    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_PVM_REGISTER,
+        ..Default::default()
+    }]) else {
+        return false;
+    };
+    vcpu.get_msrs(&mut msrs) == Ok(1)
 }
 
 fn write(vcpu: &VcpuFd, data: u64) -> bool {

@@ -263,6 +263,18 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 /// `skiff snapshot MEM EXTRA... --out DIR/NAME.snap NAME.hvt ARGS...`,
 /// which must succeed; returns the snapshot's path.
 pub fn make_snapshot(dir: &Path, name: &str, mem: &str, extra: &[&str], args: &[&str]) -> PathBuf {
+    make_snapshot_env(dir, name, mem, extra, args, &[])
+}
+
+/// [`make_snapshot`] with `env` set for skiff.
+pub fn make_snapshot_env(
+    dir: &Path,
+    name: &str,
+    mem: &str,
+    extra: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> PathBuf {
     let out = dir.join(format!("{name}.snap"));
     let mut cmd = Command::new(skiff());
     cmd.args(["snapshot", mem, "--out"])
@@ -270,6 +282,7 @@ pub fn make_snapshot(dir: &Path, name: &str, mem: &str, extra: &[&str], args: &[
         .args(extra)
         .arg(guest(name))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("Http_Method");
     let o = run_with(cmd, b"", Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(0), "snapshot: {}", stderr(&o));

@@ -9,7 +9,9 @@
 # Environment: STDKVM_MODES ("npt shadow"), STDKVM_CPUS (1), STDKVM_THREADS (2),
 # STDKVM_SKIP (libtest --skip names), STDKVM_FILTER (a libtest filter),
 # STDKVM_TIMEOUT (per test binary, s), STDKVM_LIMIT (whole VM, s),
-# STDKVM_OUT (work directory, target/stdkvm).
+# STDKVM_OUT (work directory, target/stdkvm), STDKVM_CARRY (a directory whose
+# files the tests find in $SKIFF_TEST_CARRY_IN; what they leave in
+# $SKIFF_TEST_CARRY_OUT comes back in $STDKVM_OUT/carry-out: travel.sh).
 # Prints one line per test and mode, then
 # "stdkvm: N passed, M failed"; exits 1 if any failed or never ran.
 # Debian packages: qemu-system-x86 busybox-static (tools/test.sh installs
@@ -122,10 +124,14 @@ if grep -qE '^(gdb|dumpcore) ' "$out/tests.txt"; then
 fi
 mkdir -p "$root$guests" && cp "$guests"/*.hvt "$root$guests/"
 cp "$out/tests.txt" "$root/stdkvm/tests"
+if [ -n "${STDKVM_CARRY:-}" ]; then
+    mkdir -p "$root/stdkvm/carry-in" && cp "$STDKVM_CARRY"/* "$root/stdkvm/carry-in/"
+fi
 cat >"$root/stdkvm/config" <<CFG
 MODES="$modes"
 THREADS=${STDKVM_THREADS:-2}
 PER_TEST_TIMEOUT=${STDKVM_TIMEOUT:-600}
+CARRY=${STDKVM_CARRY:+1}
 FILTER="${STDKVM_FILTER:-} $(for s in ${STDKVM_SKIP-$DEFAULT_SKIP}; do printf -- '--skip %s ' "$s"; done)"
 CFG
 (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null) >"$out/initramfs.cpio"
@@ -153,6 +159,22 @@ while kill -0 $qemu 2>/dev/null; do
 done
 wait $qemu || true
 echo "stdkvm: VM ran $((SECONDS - start)) s; console in $log"
+# Files the tests carried out, base64 between marker lines on the console.
+if [ -n "${STDKVM_CARRY:-}" ]; then
+    rm -rf "$out/carry-out" && mkdir -p "$out/carry-out"
+    python3 - "$log" "$out/carry-out" <<'PY'
+import base64, os, sys
+name, data = None, []
+for l in open(sys.argv[1], errors="replace").read().replace("\r", "").splitlines():
+    if l.startswith("@@stdkvm file "):
+        name, data = os.path.basename(l.split(" ", 2)[2]), []
+    elif l == "@@stdkvm endfile" and name:
+        open(os.path.join(sys.argv[2], name), "wb").write(base64.b64decode("".join(data)))
+        name = None
+    elif name:
+        data.append(l.strip())
+PY
+fi
 
 # 5. One line per test and mode; a binary that ended without its results
 # (crash, timeout) or a mode that never ran counts as a failure.

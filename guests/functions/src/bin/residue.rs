@@ -2,8 +2,12 @@
 //! leaves some itself: it answers with the values it finds in a static, in
 //! memory past its image, in an SSE register, in two MSRs (KERNEL_GS_BASE,
 //! which the snapshot saves, and the first variable-range MTRR, which only
-//! a full vCPU rewind restores) and in debug register 0, and then writes
-//! the number in its request body into all of them. A tender that gives
+//! a full vCPU rewind restores), in debug registers 0 and 1, in CR8 (the
+//! task priority, which KVM takes from `kvm_run` at each entry), EFER, CR4
+//! and XCR0, the x87 control word, MXCSR and the upper half of AVX register
+//! ymm7 (enabling AVX itself when the CPU has it), and then writes the
+//! number in its request body into all of them. It also answers with
+//! CPUID leaf 7's EBX, the features it was given (`--cpu-template`). A tender that gives
 //! every request a fresh guest makes every answer the same. A body of
 //! `hlt` makes it halt the CPU instead (`cli; hlt`), which must end it:
 //! if it goes on, it answers `still running` and exits 3.
@@ -18,6 +22,9 @@ guest_abi::manifest!();
 guest_abi::entry!(main, function);
 
 const KERNEL_GS_BASE: u32 = 0xc000_0102;
+const EFER: u32 = 0xc000_0080;
+const EFER_NXE: u64 = 1 << 11;
+const CR4_OSXSAVE: u64 = 1 << 18;
 const MTRR_PHYS_BASE0: u32 = 0x200;
 
 static mut MARK: u64 = 0;
@@ -36,6 +43,14 @@ fn wrmsr(msr: u32, v: u64) {
         asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32,
              options(nomem, nostack))
     };
+}
+
+/// XCR0 (CR4.OSXSAVE must be on).
+fn xgetbv() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads XCR0; no memory.
+    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 fn decimal(v: u64, out: &mut [u8; 20]) -> &[u8] {
@@ -61,6 +76,11 @@ fn main(ctx: &Ctx) -> i32 {
     let Ok(n) = function::req_read_all(&mut body) else {
         return 1;
     };
+    let new = core::str::from_utf8(&body[..n])
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1)
+        & 0xff_ffff; // small enough to be a canonical address and an MTRR base
     let xmm: u64;
     let dr0: u64;
     // SAFETY: register moves only.
@@ -69,6 +89,46 @@ fn main(ctx: &Ctx) -> i32 {
         asm!("mov {0}, dr0", out(reg) dr0, options(nomem, nostack));
     }
     let kgs = rdmsr(KERNEL_GS_BASE);
+    let efer = rdmsr(EFER);
+    let (cr8, cr4, dr1): (u64, u64, u64);
+    let mut fcw: u16 = 0;
+    let mut mxcsr: u32 = 0;
+    // SAFETY: register reads, and stores into the two locals.
+    unsafe {
+        asm!("mov {0}, cr8", out(reg) cr8, options(nomem, nostack));
+        asm!("mov {0}, cr4", out(reg) cr4, options(nomem, nostack));
+        asm!("mov {0}, dr1", out(reg) dr1, options(nomem, nostack));
+        asm!("fnstcw [{0}]", in(reg) &mut fcw, options(nostack));
+        asm!("stmxcsr [{0}]", in(reg) &mut mxcsr, options(nostack));
+    }
+    // AVX: the boot state leaves CR4.OSXSAVE clear; a request turns it on
+    // (and XCR0's AVX bit), which a rewind must turn off again.
+    // XSAVE and AVX in CPUID leaf 1, AVX state in leaf 0xd's XCR0 mask.
+    let avx_cpu = core::arch::x86_64::__cpuid(1).ecx & (1 << 26 | 1 << 28) == (1 << 26 | 1 << 28)
+        && core::arch::x86_64::__cpuid_count(0xd, 0).eax & 4 != 0;
+    let (mut xcr0, mut ymm_hi, mut avx) = (0u64, 0u64, false);
+    if avx_cpu {
+        // SAFETY: the CPU has XSAVE and AVX state (CPUID); enabling them
+        // touches registers only.
+        unsafe {
+            asm!("mov cr4, {0}", in(reg) cr4 | CR4_OSXSAVE, options(nomem, nostack));
+            xcr0 = xgetbv();
+            asm!("xsetbv", in("ecx") 0, in("eax") (xcr0 | 7) as u32, in("edx") (xcr0 >> 32) as u32,
+                 options(nomem, nostack));
+        }
+        avx = xgetbv() & 7 == 7;
+    }
+    if avx && &body[..n] != b"hlt" {
+        // SAFETY: AVX is on (XCR0 says so); register moves only. Read and
+        // written before any exit: QEMU 7.2's TCG (the standard-KVM lane)
+        // loses a nested guest's AVX enable across a VM exit (#UD).
+        unsafe {
+            asm!("vextractf128 xmm0, ymm7, 1", "movq {0}, xmm0", out(reg) ymm_hi,
+                 out("xmm0") _, options(nomem, nostack));
+            asm!("movq xmm0, {0}", "vinsertf128 ymm7, ymm7, xmm0, 1", in(reg) new,
+                 out("xmm0") _, options(nomem, nostack));
+        }
+    }
     let mtrr = rdmsr(MTRR_PHYS_BASE0);
     // SAFETY: single-threaded; the static is only used here.
     let mark = unsafe { read_volatile(addr_of_mut!(MARK)) };
@@ -84,19 +144,25 @@ fn main(ctx: &Ctx) -> i32 {
         let _ = function::resp_write(b"still running");
         return 3;
     }
-    let new = core::str::from_utf8(&body[..n])
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(1)
-        & 0xff_ffff; // small enough to be a canonical address and an MTRR base
 
-    let fields: [(&[u8], u64); 6] = [
+    // Not residue: what CPU the guest was given (`--cpu-template`).
+    let cpuid7b = core::arch::x86_64::__cpuid_count(7, 0).ebx;
+    let fields: [(&[u8], u64); 15] = [
         (b"static=", mark),
         (b" memory=", past),
         (b" xmm7=", xmm),
         (b" dr0=", dr0),
         (b" kernel_gs_base=", kgs),
         (b" mtrr_base0=", mtrr),
+        (b" dr1=", dr1),
+        (b" cr8=", cr8),
+        (b" efer=", efer),
+        (b" cr4=", cr4),
+        (b" xcr0=", xcr0),
+        (b" fcw=", u64::from(fcw)),
+        (b" mxcsr=", u64::from(mxcsr)),
+        (b" ymm7_hi=", ymm_hi),
+        (b" cpuid7_ebx=", u64::from(cpuid7b)),
     ];
     for (name, v) in fields {
         let mut d = [0u8; 20];
@@ -111,9 +177,17 @@ fn main(ctx: &Ctx) -> i32 {
         write_volatile(addr_of_mut!(MARK), new);
         asm!("movq xmm7, {0}", in(reg) new, options(nomem, nostack));
         asm!("mov dr0, {0}", in(reg) new << 12, options(nomem, nostack));
+        asm!("mov dr1, {0}", in(reg) new << 13, options(nomem, nostack));
+        asm!("mov cr8, {0}", in(reg) (new & 0xf) | 1, options(nomem, nostack));
+        // Precision control and rounding: valid whatever `new` is.
+        let fcw = fcw ^ (((new as u16) & 3) << 8) ^ 0x0c00;
+        asm!("fldcw [{0}]", in(reg) &fcw, options(nostack));
+        let mxcsr = mxcsr ^ (((new as u32) & 3) << 13) ^ 0x8000;
+        asm!("ldmxcsr [{0}]", in(reg) &mxcsr, options(nostack));
     }
     buf[..8].copy_from_slice(&new.to_le_bytes());
     wrmsr(KERNEL_GS_BASE, new << 12);
     wrmsr(MTRR_PHYS_BASE0, (new << 12) | 6);
+    wrmsr(EFER, efer | EFER_NXE);
     0
 }
