@@ -26,7 +26,7 @@ pub struct RunArgs {
     /// `baseline` (a fleet-common set, for snapshots that move between
     /// CPUs: docs/snapshots.md). A restore gives the snapshot's.
     #[arg(long, value_enum, value_name = "TEMPLATE", default_value = "host")]
-    pub cpu_template: crate::vcpu::CpuTemplate,
+    pub cpu_template: CpuTemplateArg,
     /// Attach block device NAME to the file PATH (`--block:NAME=PATH`).
     #[arg(long = "block", value_name = "NAME=PATH")]
     pub block: Vec<OsString>,
@@ -69,7 +69,7 @@ impl RunArgs {
                 .accel
                 .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
             kernel: self.kernel,
-            cpu_template: self.cpu_template,
+            cpu_template: self.cpu_template.into(),
         })
     }
 
@@ -198,4 +198,24 @@ pub fn signalled(prog: &str) -> i32 {
     let e = crate::vmm::RunError::Signal(sig);
     report(prog, &e);
     e.exit_status()
+}
+
+/// `--cpu-template`'s values; the library's `vcpu::CpuTemplate` says what
+/// each one masks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CpuTemplateArg {
+    /// Everything KVM supports on this host.
+    #[default]
+    Host,
+    /// A fleet-common x86-64 feature set (docs/snapshots.md, "Travel").
+    Baseline,
+}
+
+impl From<CpuTemplateArg> for crate::vcpu::CpuTemplate {
+    fn from(t: CpuTemplateArg) -> Self {
+        match t {
+            CpuTemplateArg::Host => Self::Host,
+            CpuTemplateArg::Baseline => Self::Baseline,
+        }
+    }
 }

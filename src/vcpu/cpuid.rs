@@ -160,7 +160,7 @@ fn store(boot: &[u8; 36], cpuid: &CpuId) {
 }
 
 /// What CPUID a booted guest sees (`--cpu-template`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CpuTemplate {
     /// Everything KVM supports on this host.
     #[default]
