@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
-use skiff::accel::config::AccelArgs;
+use skiff::accel::config::AccelFlags;
 use skiff::accel::remote::frame::{self, Timed};
 use skiff::accel::remote::proto::Response;
 use skiff::agent::conn::Conn;
@@ -39,7 +39,7 @@ impl Timed for Input<'_> {
 fn agent() -> &'static (AgentConfig, Executor) {
     static A: OnceLock<(AgentConfig, Executor)> = OnceLock::new();
     A.get_or_init(|| {
-        let args = AccelArgs {
+        let args = AccelFlags {
             accel: Some("cpu".into()),
             ..Default::default()
         };
@@ -52,6 +52,9 @@ fn agent() -> &'static (AgentConfig, Executor) {
             accel,
             max_frame: 1 << 20,
             max_connections: 1,
+            max_connections_per_peer: 1,
+            idle_timeout: std::time::Duration::from_secs(60),
+            frame_timeout: std::time::Duration::from_secs(30),
             shared_memory: true,
             allow_client_libraries: false,
         };

@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use protobuf::Message;
 use skiff::accel::classify::model::{sniff_bytes, Model};
-use skiff::accel::config::AccelArgs;
+use skiff::accel::config::AccelFlags;
 use skiff::accel::remote::proto::{self, *};
 use skiff::agent::conn::Conn;
 use skiff::agent::exec::Executor;
@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 fn agent() -> &'static (AgentConfig, Executor) {
     static A: OnceLock<(AgentConfig, Executor)> = OnceLock::new();
     A.get_or_init(|| {
-        let args = AccelArgs {
+        let args = AccelFlags {
             accel: Some("cpu".into()),
             ..Default::default()
         };
@@ -29,6 +29,9 @@ fn agent() -> &'static (AgentConfig, Executor) {
             accel,
             max_frame: 1 << 20,
             max_connections: 1,
+            max_connections_per_peer: 1,
+            idle_timeout: std::time::Duration::from_secs(60),
+            frame_timeout: std::time::Duration::from_secs(30),
             shared_memory: false,
             allow_client_libraries: false,
         };
