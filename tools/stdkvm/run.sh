@@ -11,7 +11,8 @@
 # STDKVM_TIMEOUT (per test binary, s), STDKVM_LIMIT (whole VM, s),
 # STDKVM_OUT (work directory, target/stdkvm), STDKVM_CARRY (a directory whose
 # files the tests find in $SKIFF_TEST_CARRY_IN; what they leave in
-# $SKIFF_TEST_CARRY_OUT comes back in $STDKVM_OUT/carry-out: travel.sh).
+# $SKIFF_TEST_CARRY_OUT comes back in $STDKVM_OUT/carry-out: travel.sh),
+# STDKVM_CARRY_MUST_RESTORE (carried snapshots named so must restore).
 # Prints one line per test and mode, then
 # "stdkvm: N passed, M failed"; exits 1 if any failed or never ran.
 # Debian packages: qemu-system-x86 busybox-static (tools/test.sh installs
@@ -132,6 +133,7 @@ MODES="$modes"
 THREADS=${STDKVM_THREADS:-2}
 PER_TEST_TIMEOUT=${STDKVM_TIMEOUT:-600}
 CARRY=${STDKVM_CARRY:+1}
+MUST_RESTORE=${STDKVM_CARRY_MUST_RESTORE:-}
 FILTER="${STDKVM_FILTER:-} $(for s in ${STDKVM_SKIP-$DEFAULT_SKIP}; do printf -- '--skip %s ' "$s"; done)"
 CFG
 (cd "$root" && find . | busybox cpio -o -H newc 2>/dev/null) >"$out/initramfs.cpio"
