@@ -5,8 +5,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/agent.rs"]
+mod common;
 use protobuf::Message;
-use skiff::accel::config::AccelFlags;
 use skiff::accel::remote::frame::{self, Timed};
 use skiff::accel::remote::proto::Response;
 use skiff::agent::conn::Conn;
@@ -38,28 +40,7 @@ impl Timed for Input<'_> {
 
 fn agent() -> &'static (AgentConfig, Executor) {
     static A: OnceLock<(AgentConfig, Executor)> = OnceLock::new();
-    A.get_or_init(|| {
-        let args = AccelFlags {
-            accel: Some("cpu".into()),
-            ..Default::default()
-        };
-        let accel = args.into_config(None).unwrap();
-        let (exec, _) = Executor::start(accel.clone()).unwrap();
-        let cfg = AgentConfig {
-            // Never bound: a unix address only lets the connection offer
-            // skiff's SharedMemory service, so its spans are fuzzed too.
-            address: "unix:///nonexistent/skiff-fuzz.sock".parse().unwrap(),
-            accel,
-            max_frame: 1 << 20,
-            max_connections: 1,
-            max_connections_per_peer: 1,
-            idle_timeout: std::time::Duration::from_secs(60),
-            frame_timeout: std::time::Duration::from_secs(30),
-            shared_memory: true,
-            allow_client_libraries: false,
-        };
-        (cfg, exec)
-    })
+    A.get_or_init(|| common::agent("unix:///nonexistent/skiff-fuzz.sock", true))
 }
 
 fuzz_target!(|data: &[u8]| {

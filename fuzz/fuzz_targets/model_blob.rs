@@ -6,9 +6,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/agent.rs"]
+mod common;
 use protobuf::Message;
 use skiff::accel::classify::model::{sniff_bytes, Model};
-use skiff::accel::config::AccelFlags;
 use skiff::accel::remote::proto::{self, *};
 use skiff::agent::conn::Conn;
 use skiff::agent::exec::Executor;
@@ -17,26 +19,7 @@ use std::sync::OnceLock;
 
 fn agent() -> &'static (AgentConfig, Executor) {
     static A: OnceLock<(AgentConfig, Executor)> = OnceLock::new();
-    A.get_or_init(|| {
-        let args = AccelFlags {
-            accel: Some("cpu".into()),
-            ..Default::default()
-        };
-        let accel = args.into_config(None).unwrap();
-        let (exec, _) = Executor::start(accel.clone()).unwrap();
-        let cfg = AgentConfig {
-            address: "tcp://127.0.0.1:1".parse().unwrap(),
-            accel,
-            max_frame: 1 << 20,
-            max_connections: 1,
-            max_connections_per_peer: 1,
-            idle_timeout: std::time::Duration::from_secs(60),
-            frame_timeout: std::time::Duration::from_secs(30),
-            shared_memory: false,
-            allow_client_libraries: false,
-        };
-        (cfg, exec)
-    })
+    A.get_or_init(|| common::agent("tcp://127.0.0.1:1", false))
 }
 
 fn call(conn: &mut Conn<'_>, method: &str, m: &impl Message) -> Response {
