@@ -26,5 +26,6 @@ pub mod snapshot;
 pub mod stdio;
 pub mod teardown;
 pub mod trace;
+pub mod vaccel;
 pub mod vcpu;
 pub mod vmm;

@@ -7,7 +7,7 @@ mod common;
 mod remote_agent;
 use common::*;
 use remote_agent::*;
-use skiff::accel::remote::proto::*;
+use skiff::vaccel::proto::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@ mod remote_agent;
 use common::*;
 use protobuf::Message;
 use remote_agent::*;
-use skiff::accel::remote::proto::*;
+use skiff::vaccel::proto::*;
 use std::io::Read;
 
 fn model_bytes() -> Vec<u8> {

@@ -7,7 +7,7 @@ mod remote_agent;
 use common::*;
 use protobuf::Message;
 use remote_agent::*;
-use skiff::accel::remote::proto::*;
+use skiff::vaccel::proto::*;
 use std::io::Read;
 use std::time::Duration;
 
@@ -403,7 +403,7 @@ fn shm_sgemm(sid: i64, offs: [Option<u64>; 3], ty: u32) -> GenopRequest {
 
 #[test]
 fn shared_memory_is_skiffs_own_checked_and_only_over_unix() {
-    use skiff::accel::remote::shm::SERVICE as SHM;
+    use skiff::vaccel::shm::SERVICE as SHM;
     let agent = Agent::start(
         &format!("unix://@skiff-remote-shm-{}", std::process::id()),
         &["--max-frame-mib=8"],

@@ -338,7 +338,7 @@ mod agent {
         assert!(t.elapsed() < scaled(Duration::from_secs(10)));
         let (st, _) = kept.call(
             "DestroySession",
-            &skiff::accel::remote::proto::DestroySessionRequest {
+            &skiff::vaccel::proto::DestroySessionRequest {
                 session_id: sid,
                 ..Default::default()
             },

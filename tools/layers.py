@@ -6,7 +6,8 @@ and prints each upward or sideways use with its file and line.
 
 A new top-level module must be added to LAYERS (an unlisted one fails), so
 the table stays the map. clap, argv's parser, is for src/cli/ only: the
-library takes plain config. Test files (`tests.rs`) are exempt: a test may
+library takes plain config. APART names pairs that must not meet even
+where the layers would allow it (the vAccel client and server). Test files (`tests.rs`) are exempt: a test may
 drive a lower layer through a higher one."""
 
 import os
@@ -22,6 +23,8 @@ LAYERS = [
     ["memory"],
     ["vcpu", "image"],
     ["hypercall"],
+    # vAccel's wire format: both the remote plugin and the agent use it.
+    ["vaccel"],
     ["accel"],
     ["devices"],
     ["vmm", "config"],
@@ -34,6 +37,14 @@ LAYERS = [
     ["cli"],
 ]
 RANK = {m: i for i, row in enumerate(LAYERS) for m in row}
+
+# Pairs inside or across layers that must not meet, as (files under this
+# folder, must not name this path, why). The vAccel client and server
+# share only the wire format (src/vaccel/).
+APART = [
+    ("src/agent/", "accel::remote", "the agent is the server: the wire format is crate::vaccel"),
+    ("src/accel/remote/", "agent", "the remote plugin is the client: the wire format is crate::vaccel"),
+]
 
 USE_GROUP = re.compile(r"crate::\{([^;]*?)\}\s*;", re.S)
 PATH = re.compile(r"crate::(\w+)")
@@ -80,6 +91,7 @@ def main():
                 line = code.count("\n", 0, m.start()) + 1
                 for n in names(m.group(0)):
                     check(bad, path, line, module, n)
+            apart(bad, path, code)
             for i, line in enumerate(code.split("\n"), 1):
                 for n in PATH.findall(line):
                     check(bad, path, i, module, n)
@@ -92,6 +104,21 @@ def main():
               "(docs/architecture.md, Layers)")
         return 1
     return 0
+
+
+def apart(bad, path, code):
+    for folder, banned, why in APART:
+        if not path.startswith(folder):
+            continue
+        head, _, last = banned.rpartition("::")
+        prefix = r"crate::" + (re.escape(head) + "::" if head else "")
+        # `crate::a::b`, or `b` inside a `use crate::a::{..}` group.
+        direct = re.compile(prefix + re.escape(last) + r"\b")
+        group = re.compile(prefix + r"\{[^;]*?\b" + re.escape(last) + r"\b[^;]*?\}", re.S)
+        for pat in (direct, group):
+            for m in pat.finditer(code):
+                line = code.count("\n", 0, m.start()) + 1
+                bad.append(f"{path}:{line}: uses crate::{banned} ({why})")
 
 
 def check(bad, path, line, module, used):

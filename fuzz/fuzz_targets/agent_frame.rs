@@ -9,8 +9,8 @@ use libfuzzer_sys::fuzz_target;
 #[path = "common/agent.rs"]
 mod common;
 use protobuf::Message;
-use skiff::accel::remote::frame::{self, Timed};
-use skiff::accel::remote::proto::Response;
+use skiff::vaccel::frame::{self, Timed};
+use skiff::vaccel::proto::Response;
 use skiff::agent::conn::Conn;
 use skiff::agent::exec::Executor;
 use skiff::agent::AgentConfig;

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 use protobuf::Message;
 use skiff::accel::classify::model::{sniff_bytes, Model};
-use skiff::accel::remote::proto::{self, *};
+use skiff::vaccel::proto::{self, *};
 use skiff::agent::conn::Conn;
 use skiff::agent::exec::Executor;
 use skiff::agent::AgentConfig;

@@ -36,7 +36,7 @@ pub enum AccelConfigError {
     #[error("--{flag} needs --accel (or VACCEL_PLUGINS)")]
     NotEnabled { flag: &'static str },
     #[error("--accel-remote: {0}")]
-    Remote(#[from] super::remote::addr::AddressError),
+    Remote(#[from] crate::vaccel::addr::AddressError),
     #[error("--accel-remote needs the remote plugin in --accel")]
     RemoteUnused,
 }

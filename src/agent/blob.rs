@@ -7,7 +7,7 @@
 //! last fd (the resource's, or the connection's end). A plugin that needs
 //! a path (dlopen for a client's library) opens `/proc/self/fd/N`.
 
-use crate::accel::remote::shm;
+use crate::vaccel::shm;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;

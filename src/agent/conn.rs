@@ -14,11 +14,11 @@
 use super::exec::{Buf, Done, Executor, Job};
 use super::resource::Resources;
 use super::AgentConfig;
-use crate::accel::remote::addr::{Address, Stream};
-use crate::accel::remote::frame::{self, FrameError, Header};
-use crate::accel::remote::proto::{self, *};
-use crate::accel::remote::shm::{self, Region};
 use crate::accel::SESSIONS_MAX;
+use crate::vaccel::addr::{Address, Stream};
+use crate::vaccel::frame::{self, FrameError, Header};
+use crate::vaccel::proto::{self, *};
+use crate::vaccel::shm::{self, Region};
 use guest_abi::accel::{arg, op, PLUGIN_ALL};
 use protobuf::Message;
 use std::os::fd::OwnedFd;
@@ -168,7 +168,7 @@ impl Reply {
             Reply::WithFd(b, fd) => {
                 let mut f = Vec::with_capacity(frame::HEADER_LEN + b.len());
                 frame::write_frame(&mut f, response_header(stream, b), b)?;
-                crate::accel::remote::shm::send_with_fd(s.raw_fd(), &f, fd)
+                crate::vaccel::shm::send_with_fd(s.raw_fd(), &f, fd)
             }
         }
     }

@@ -7,8 +7,8 @@
 
 use crate::accel::args::{Args, In, Out};
 use crate::accel::config::AccelConfig;
-use crate::accel::remote::shm::Region;
 use crate::accel::{ops, Accel, Errno};
+use crate::vaccel::shm::Region;
 use std::sync::{mpsc, Arc};
 
 /// A client's argument, 8-byte aligned (f32/f64 arrays are used in

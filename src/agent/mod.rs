@@ -29,7 +29,7 @@ pub mod resource;
 pub mod shm;
 
 use crate::accel::config::AccelConfig;
-use crate::accel::remote::addr::{Address, Listener, Stream};
+use crate::vaccel::addr::{Address, Listener, Stream};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -184,7 +184,7 @@ fn signal_fd() -> std::io::Result<OwnedFd> {
 /// port) and the plugins, once clients can connect.
 pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<i32, AgentError> {
     let sig = signal_fd().map_err(AgentError::Signals)?;
-    crate::accel::remote::keep_buffers();
+    crate::vaccel::keep_buffers();
     let listener = listen(&cfg.address).map_err(|err| AgentError::Listen {
         addr: cfg.address.clone(),
         err,

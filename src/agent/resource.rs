@@ -18,8 +18,8 @@ use super::blob::Stored;
 use super::exec::Executor;
 use super::AgentConfig;
 use crate::accel::classify::model::{self, Model};
-use crate::accel::remote::proto::{self, *};
 use crate::accel::{RESOURCES_MAX, RESOURCE_BYTES_MAX, RESOURCE_TOTAL_MAX};
+use crate::vaccel::proto::{self, *};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 

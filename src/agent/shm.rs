@@ -1,12 +1,12 @@
 //! The agent's side of skiff's co-located fast path
-//! ([`crate::accel::remote::shm`]): `Attach` makes the connection's
+//! ([`crate::vaccel::shm`]): `Attach` makes the connection's
 //! shared region, and a Genop's arguments that name it become spans of
 //! it, checked here.
 
 use super::conn::Failure;
 use super::exec::Buf;
-use crate::accel::remote::proto::{self, Arg, ShmAttachRequest};
-use crate::accel::remote::shm::{Region, ALIGN};
+use crate::vaccel::proto::{self, Arg, ShmAttachRequest};
+use crate::vaccel::shm::{Region, ALIGN};
 use guest_abi::accel::arg;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! `skiff agent`: its flags and entry (the server is src/agent/).
 
 use super::accel::AccelArgs;
-use crate::accel::remote::addr::{self, Address};
 use crate::agent::AgentConfig;
+use crate::vaccel::addr::{self, Address};
 use clap::Args;
 use std::io::Write;
 

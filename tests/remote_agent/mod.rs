@@ -4,9 +4,9 @@
 
 use super::common::*;
 use protobuf::Message;
-use skiff::accel::remote::frame::{self, Header};
-use skiff::accel::remote::proto::{self, *};
-use skiff::accel::remote::shm;
+use skiff::vaccel::frame::{self, Header};
+use skiff::vaccel::proto::{self, *};
+use skiff::vaccel::shm;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -45,7 +45,7 @@ impl Agent {
 
     /// A raw connection.
     pub fn connect(&self) -> Conn {
-        let a: skiff::accel::remote::addr::Address = self.addr.parse().unwrap();
+        let a: skiff::vaccel::addr::Address = self.addr.parse().unwrap();
         let s = a.connect().unwrap();
         s.set_timeouts(Some(Duration::from_secs(20))).unwrap();
         Conn { s, next: 1 }
@@ -54,7 +54,7 @@ impl Agent {
 
 /// A raw protocol client for byte-level and hostile tests.
 pub struct Conn {
-    pub s: skiff::accel::remote::addr::Stream,
+    pub s: skiff::vaccel::addr::Stream,
     next: u32,
 }
 

@@ -3,10 +3,10 @@
 //! timeout. After a transport failure the connection is dropped and every
 //! later call fails at once (EIO): a lost agent never hangs the caller.
 
-use super::addr::{Address, Stream};
-use super::frame::{self, FrameError};
-use super::proto::{self, Arg, ArgRef, Encode, GenopRef};
-use super::shm::{self, Region};
+use crate::vaccel::addr::{Address, Stream};
+use crate::vaccel::frame::{self, FrameError};
+use crate::vaccel::proto::{self, Arg, ArgRef, Encode, GenopRef};
+use crate::vaccel::shm::{self, Region};
 use guest_abi::accel::arg;
 use protobuf::Message;
 use std::ops::Range;

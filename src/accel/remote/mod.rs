@@ -9,21 +9,17 @@
 //! unregistered) on the agent just before each op. A lost or slow agent
 //! is the guest's EIO after at most the timeout, then EIO at once.
 //!
-//! - [`frame`]: ttrpc's 10-byte framing (our own: see there why).
-//! - [`proto`]: the messages and envelopes.
-//! - [`addr`]: tcp, unix, abstract and vsock addresses.
-//! - [`client`]: one connection, one call at a time.
+//! The wire format (addresses, frames, messages, the shared region) is
+//! [`crate::vaccel`], which `skiff agent` shares; [`client`] is one
+//! connection, one call at a time.
 
-pub mod addr;
 pub mod client;
-pub mod frame;
-pub mod proto;
-pub mod shm;
 
 use super::ops::{Exec, MinMax, Op, Sgemm};
 use super::plugins::{Plugin, PluginError, Unavailable};
 use super::{Resource, ResourceData};
-use addr::Address;
+use crate::vaccel::addr::{self, Address};
+use crate::vaccel::{proto, shm};
 use client::{CallError, Client};
 use guest_abi::accel::{arg, PLUGIN_REMOTE};
 use proto::{ArgRef, GenopRef};
@@ -90,24 +86,10 @@ pub struct Remote {
     libs: Vec<(String, std::path::PathBuf)>,
 }
 
-/// Keeps large message buffers in malloc's heap between calls instead of
-/// fresh mmaps: every first touch of a fresh page is a fault, and under
-/// nested virtualisation a fault costs microseconds, which for a 512^3
-/// sgemm's 4 MiB of messages dwarfed the socket transfer. (Both ends of
-/// the protocol call this; it only tunes glibc's allocator.)
-pub fn keep_buffers() {
-    // SAFETY: mallopt only changes allocator thresholds. 32 MiB is glibc's
-    // largest mmap threshold; freed memory stays up to 512 MiB.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
-    }
-}
-
 impl Remote {
     /// Connects to the agent (before the guest runs, and before seccomp).
     pub fn connect(cfg: &RemoteConfig) -> Result<Self, Unavailable> {
-        keep_buffers();
+        crate::vaccel::keep_buffers();
         let client = Client::connect(&cfg.addr, cfg.timeout)
             .map_err(|e| Unavailable(format!("cannot reach the agent at {}: {e}", cfg.addr)))?;
         Ok(Remote {
