@@ -6,20 +6,23 @@
 //! 512) and SKIFF_BENCH_ITERS (default 20) change the shape and count.
 
 use guest_abi::accel::{arg, op, AccelArg, HcAccel, CMD_GENOP, CMD_SESSION_INIT, OK};
-use skiff::accel::ops::Sgemm;
-use skiff::accel::plugins::{Plugin, PluginKind};
+use skiff::accel::exec::Libraries;
+use skiff::accel::ops::{Op, Sgemm};
+use skiff::accel::plugins::{OpContext, Plugin, PluginKind};
 use skiff::accel::Accel;
 use skiff::memory::{Gpa, GuestMemory};
 use std::process::Command;
 use std::time::Instant;
 
-/// (min, mean) ns per call of `plugin.sgemm` on n x n x n.
+/// (min, mean) ns per sgemm `plugin.run` on n x n x n.
 fn direct(plugin: &mut dyn Plugin, n: usize, iters: usize) -> (f64, f64) {
     let a = vec![0.0f32; n * n];
     let b = vec![0.0f32; n * n];
     let mut c = vec![0.0f32; n * n];
+    let libs = Libraries::default();
+    let cx = OpContext { libs: &libs };
     let mut call = |c: &mut [f32]| {
-        let mut s = Sgemm {
+        let mut s = Op::Sgemm(Sgemm {
             m: n,
             n,
             k: n,
@@ -31,8 +34,8 @@ fn direct(plugin: &mut dyn Plugin, n: usize, iters: usize) -> (f64, f64) {
             beta: 0.0,
             c,
             ldc: n,
-        };
-        plugin.sgemm(&mut s).expect("sgemm");
+        });
+        plugin.run(&mut s, &cx).expect("sgemm");
     };
     call(&mut c); // warm-up
     let mut times = Vec::with_capacity(iters);

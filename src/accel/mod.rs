@@ -108,21 +108,6 @@ pub fn select(plugins: &[Box<dyn Plugin>], hint: u32, op: u8) -> Option<usize> {
     )
 }
 
-/// Runs a decoded op on `p`, writing scalar results back.
-pub fn run(p: &mut dyn Plugin, op: &mut Op<'_>, libs: &Libraries) -> Result<(), PluginError> {
-    match op {
-        Op::Noop => p.noop(),
-        Op::Sgemm(s) => p.sgemm(s),
-        Op::MinMax(m) => p.minmax(m).map(|(lo, hi)| {
-            *m.min = lo.to_le_bytes();
-            *m.max = hi.to_le_bytes();
-        }),
-        Op::Exec(e) => p.exec(e, libs),
-        // Needs the run's models: served by `Accel::genop`.
-        Op::Classify(_) => Err(PluginError::Unsupported),
-    }
-}
-
 impl Accel {
     /// Starts the configured plugins (an unavailable one is skipped with a
     /// note on stderr) and opens the operator's files; `None` when the
@@ -368,7 +353,7 @@ impl Accel {
                 let m = model.and_then(|n| self.classifiers.by_name(n));
                 self.classifiers.run(m.ok_or(ENOENT)?, i, c)
             }
-            _ => run(self.plugins[i].as_mut(), op, &self.libs),
+            _ => self.plugins[i].run(op, &plugins::OpContext { libs: &self.libs }),
         };
         r.map_err(|e| {
             if let PluginError::Backend { .. } | PluginError::BadImage(_) = e {

@@ -1,13 +1,12 @@
 //! The CPU plugin: sgemm on `matrixmultiply` (single-threaded, as skiff
 //! is), MINMAX, EXEC of the operator's host libraries, IMAGE_CLASSIFY.
 
-use super::{Plugin, PluginError};
+use super::{runs, Classifies, OpContext, Plugin, PluginError, Runs};
 use crate::accel::classify::cpu::CpuBackend;
 use crate::accel::classify::graph::{Network, Walker};
 use crate::accel::classify::model::Model;
-use crate::accel::exec::Libraries;
 use crate::accel::ops::{Exec, MinMax, Sgemm};
-use guest_abi::accel::{op, PLUGIN_CPU, PLUGIN_SOFTWARE};
+use guest_abi::accel::{PLUGIN_CPU, PLUGIN_SOFTWARE};
 
 #[derive(Debug)]
 pub struct Cpu;
@@ -19,14 +18,11 @@ impl Plugin for Cpu {
     fn kind(&self) -> u32 {
         PLUGIN_CPU | PLUGIN_SOFTWARE
     }
-    fn implements(&self, o: u8) -> bool {
-        matches!(
-            o,
-            op::NOOP | op::BLAS_SGEMM | op::MINMAX | op::EXEC | op::IMAGE_CLASSIFY
-        )
-    }
+    runs!(Noop, Sgemm, MinMax, Exec, Classify);
+}
 
-    fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
+impl Runs<Sgemm<'_>> for Cpu {
+    fn run(&mut self, s: &mut Sgemm<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
@@ -54,8 +50,11 @@ impl Plugin for Cpu {
         };
         Ok(())
     }
+}
 
-    fn minmax(&mut self, m: &mut MinMax<'_>) -> Result<(f64, f64), PluginError> {
+/// Also returns the minimum and maximum of the data.
+impl Runs<MinMax<'_>> for Cpu {
+    fn run(&mut self, m: &mut MinMax<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
         let (lo, hi) = (f64::from(m.low), f64::from(m.high));
         let mut min = f64::INFINITY;
         let mut max = f64::NEG_INFINITY;
@@ -64,13 +63,19 @@ impl Plugin for Cpu {
             max = max.max(x);
             *o = x.clamp(lo, hi);
         }
-        Ok((min, max))
+        *m.min = min.to_le_bytes();
+        *m.max = max.to_le_bytes();
+        Ok(())
     }
+}
 
-    fn exec(&mut self, e: &mut Exec<'_>, libs: &Libraries) -> Result<(), PluginError> {
-        libs.call(e)
+impl Runs<Exec<'_>> for Cpu {
+    fn run(&mut self, e: &mut Exec<'_>, cx: &OpContext<'_>) -> Result<(), PluginError> {
+        cx.libs.call(e)
     }
+}
 
+impl Classifies for Cpu {
     fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
         Ok(Box::new(Walker::new(CpuBackend, m)?))
     }

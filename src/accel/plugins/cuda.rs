@@ -4,7 +4,7 @@
 //! CUDA (skiff's build and CI machines have no GPU) the plugin is
 //! "unavailable: no CUDA driver" and never runs.
 
-use super::{Plugin, PluginError, Unavailable};
+use super::{runs, Classifies, OpContext, Plugin, PluginError, Runs, Unavailable};
 use crate::accel::classify::cuda::{nvrtc_present, CudaBackend};
 use crate::accel::classify::graph::{Network, Walker};
 use crate::accel::classify::model::Model;
@@ -80,21 +80,19 @@ impl Plugin for Cuda {
     fn kind(&self) -> u32 {
         PLUGIN_GPU
     }
-    fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM) || (o == op::IMAGE_CLASSIFY && self.nvrtc)
+    runs!(Noop, Sgemm, Classify);
+    /// Classifying needs NVRTC (the kernels are compiled at run time).
+    fn offers(&self, o: u8) -> bool {
+        o != op::IMAGE_CLASSIFY || self.nvrtc
     }
 
-    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
-        Ok(Box::new(Walker::new(
-            CudaBackend::new(self.stream.clone())?,
-            m,
-        )?))
-    }
     fn describe(&self) -> String {
         format!("cuda ({})", self.device)
     }
+}
 
-    fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
+impl Runs<Sgemm<'_>> for Cuda {
+    fn run(&mut self, s: &mut Sgemm<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
@@ -123,5 +121,14 @@ impl Plugin for Cuda {
             .map_err(|e| backend("copy C back", e))?;
         st.synchronize().map_err(|e| backend("synchronize", e))?;
         Ok(())
+    }
+}
+
+impl Classifies for Cuda {
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Ok(Box::new(Walker::new(
+            CudaBackend::new(self.stream.clone())?,
+            m,
+        )?))
     }
 }

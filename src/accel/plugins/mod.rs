@@ -1,7 +1,9 @@
 //! Plugins: one module per backend, all behind [`Plugin`]. A plugin
-//! declares its type flags (for the session hint) and the ops it
-//! implements; the default methods answer "unsupported", so a new op only
-//! adds a default method here.
+//! declares its type flags (for the session hint) and lists the ops it
+//! runs in [`runs!`], which writes its `implements`, `run` and `network`
+//! from that one list: each listed op needs the plugin's [`Runs`] impl
+//! for it (a compile error otherwise), and an op it does not list is
+//! "unsupported".
 
 pub mod cpu;
 pub mod cuda;
@@ -9,7 +11,7 @@ pub mod opencl;
 
 use super::classify::{graph::Network, image::ImageError, model::Model};
 use super::exec::Libraries;
-use super::ops::{Exec, MinMax, Op, Sgemm};
+use super::ops::{Classify, Noop, Op};
 use super::Resource;
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
 use thiserror::Error;
@@ -99,30 +101,102 @@ impl PluginError {
     }
 }
 
+/// What an op may need of the runtime besides its arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct OpContext<'a> {
+    /// The operator's (and an agent's clients') libraries, for EXEC.
+    pub libs: &'a Libraries,
+}
+
+/// A plugin runs op request type `O` (see [`runs!`]).
+pub trait Runs<O> {
+    fn run(&mut self, op: &mut O, cx: &OpContext<'_>) -> Result<(), PluginError>;
+    /// IMAGE_CLASSIFY only: the network for `model` ([`Classifies`]).
+    fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Err(PluginError::Unsupported)
+    }
+}
+
+/// NOOP does nothing, on every plugin that lists it.
+impl<P: ?Sized> Runs<Noop<'_>> for P {
+    fn run(&mut self, _: &mut Noop<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
+        Ok(())
+    }
+}
+
+/// A plugin that classifies builds each model's network once; the
+/// runtime runs the networks ([`super::classify::Classifiers`]).
+pub trait Classifies {
+    fn network(&mut self, model: &Model) -> Result<Box<dyn Network>, PluginError>;
+}
+
+impl<P: Classifies> Runs<Classify<'_>> for P {
+    /// Never called: the runtime classifies on the networks it built.
+    fn run(&mut self, _: &mut Classify<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
+    }
+    fn network(&mut self, model: &Model) -> Result<Box<dyn Network>, PluginError> {
+        Classifies::network(self, model)
+    }
+}
+
+/// Inside `impl Plugin for P`: the ops P runs, by their row names in the
+/// op table (`runs!(Noop, Sgemm)`). Writes `implements` (a listed op
+/// that [`Plugin::offers`]), `run` (the op's [`Runs`] impl) and `network`
+/// (from [`Classifies`] when `Classify` is listed).
+macro_rules! runs {
+    ($($v:ident),* $(,)?) => {
+        fn implements(&self, o: u8) -> bool {
+            (false $(|| o == $crate::accel::ops::$v::NUMBER)*) && self.offers(o)
+        }
+
+        fn run(
+            &mut self,
+            op: &mut $crate::accel::ops::Op<'_>,
+            cx: &$crate::accel::plugins::OpContext<'_>,
+        ) -> Result<(), $crate::accel::plugins::PluginError> {
+            use $crate::accel::plugins::Runs;
+            #[allow(unreachable_patterns)]
+            match op {
+                $( $crate::accel::ops::Op::$v(x) => Runs::run(self, x, cx), )*
+                _ => Err($crate::accel::plugins::PluginError::Unsupported),
+            }
+        }
+
+        fn network(
+            &mut self,
+            m: &$crate::accel::classify::model::Model,
+        ) -> Result<
+            Box<dyn $crate::accel::classify::graph::Network>,
+            $crate::accel::plugins::PluginError,
+        > {
+            $( if $crate::accel::ops::$v::NUMBER == guest_abi::accel::op::IMAGE_CLASSIFY {
+                return <Self as $crate::accel::plugins::Runs<$crate::accel::ops::$v<'_>>>::network(self, m);
+            } )*
+            let _ = m;
+            Err($crate::accel::plugins::PluginError::Unsupported)
+        }
+    };
+}
+pub(crate) use runs;
+
 /// One accelerator backend.
 pub trait Plugin: std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// vAccel type flags (`PLUGIN_*`) matched against a session's hint.
     fn kind(&self) -> u32;
-    /// Whether the plugin implements op number `op`.
+    /// Whether the plugin implements op number `op` ([`runs!`] writes it).
     fn implements(&self, op: u8) -> bool;
+    /// Runs a decoded op here ([`runs!`] writes it).
+    fn run(&mut self, op: &mut Op<'_>, cx: &OpContext<'_>) -> Result<(), PluginError>;
+    /// Of the ops it lists, whether this instance offers `op` (a GPU
+    /// without a run-time compiler cannot classify).
+    fn offers(&self, _op: u8) -> bool {
+        true
+    }
     /// What runs it, for the operator's start-up note.
     fn describe(&self) -> String {
         self.name().to_string()
-    }
-
-    fn noop(&mut self) -> Result<(), PluginError> {
-        Ok(())
-    }
-    fn sgemm(&mut self, _: &mut Sgemm<'_>) -> Result<(), PluginError> {
-        Err(PluginError::Unsupported)
-    }
-    /// Returns (min, max) of the data.
-    fn minmax(&mut self, _: &mut MinMax<'_>) -> Result<(f64, f64), PluginError> {
-        Err(PluginError::Unsupported)
-    }
-    fn exec(&mut self, _: &mut Exec<'_>, _: &Libraries) -> Result<(), PluginError> {
-        Err(PluginError::Unsupported)
     }
     /// Whether the plugin serves whole requests itself ([`Self::forward`]:
     /// the remote plugin, whose models and sessions live on an agent).
@@ -142,7 +216,8 @@ pub trait Plugin: std::fmt::Debug {
     }
     /// The guest released `session`.
     fn release(&mut self, _session: u32) {}
-    /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once.
+    /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once
+    /// ([`runs!`] writes it when the plugin lists `Classify`).
     fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {
         Err(PluginError::Unsupported)
     }

@@ -4,12 +4,12 @@
 //! starts.
 //! pocl caches compiled programs in `$POCL_CACHE_DIR`.
 
-use super::{Plugin, PluginError, Unavailable};
+use super::{runs, Classifies, OpContext, Plugin, PluginError, Runs, Unavailable};
 use crate::accel::classify::graph::{Network, Walker};
 use crate::accel::classify::model::Model;
 use crate::accel::classify::opencl::{ClBackend, CLASSIFY_SRC};
 use crate::accel::ops::Sgemm;
-use guest_abi::accel::{op, PLUGIN_CPU, PLUGIN_FPGA, PLUGIN_GENERIC, PLUGIN_GPU};
+use guest_abi::accel::{PLUGIN_CPU, PLUGIN_FPGA, PLUGIN_GENERIC, PLUGIN_GPU};
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use opencl3::device::{Device, CL_DEVICE_TYPE_ACCELERATOR, CL_DEVICE_TYPE_ALL, CL_DEVICE_TYPE_GPU};
@@ -203,25 +203,14 @@ impl Plugin for OpenCl {
     fn kind(&self) -> u32 {
         self.kind
     }
-    fn implements(&self, o: u8) -> bool {
-        matches!(o, op::NOOP | op::BLAS_SGEMM | op::IMAGE_CLASSIFY)
-    }
+    runs!(Noop, Sgemm, Classify);
     fn describe(&self) -> String {
         format!("opencl ({})", self.device)
     }
+}
 
-    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
-        let program = match self.classify.take() {
-            Some(p) => p,
-            None => build(&self.shared.context, CLASSIFY_SRC)
-                .map_err(|e| backend("classifier kernels", e))?,
-        };
-        let be = ClBackend::new(self.shared.clone(), &program);
-        self.classify = Some(program);
-        Ok(Box::new(Walker::new(be?, m)?))
-    }
-
-    fn sgemm(&mut self, s: &mut Sgemm<'_>) -> Result<(), PluginError> {
+impl Runs<Sgemm<'_>> for OpenCl {
+    fn run(&mut self, s: &mut Sgemm<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
         if s.m == 0 || s.n == 0 {
             return Ok(());
         }
@@ -267,5 +256,18 @@ impl Plugin for OpenCl {
         }
         .map_err(|e| backend("read buffer", e))?;
         Ok(())
+    }
+}
+
+impl Classifies for OpenCl {
+    fn network(&mut self, m: &Model) -> Result<Box<dyn Network>, PluginError> {
+        let program = match self.classify.take() {
+            Some(p) => p,
+            None => build(&self.shared.context, CLASSIFY_SRC)
+                .map_err(|e| backend("classifier kernels", e))?,
+        };
+        let be = ClBackend::new(self.shared.clone(), &program);
+        self.classify = Some(program);
+        Ok(Box::new(Walker::new(be?, m)?))
     }
 }

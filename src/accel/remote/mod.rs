@@ -15,13 +15,14 @@
 
 pub mod client;
 
-use super::ops::{Exec, MinMax, Op, Sgemm};
-use super::plugins::{Plugin, PluginError, Unavailable};
+use super::args::Out;
+use super::ops::{Layout, Op};
+use super::plugins::{OpContext, Plugin, PluginError, Unavailable};
 use super::{Resource, ResourceData};
 use crate::vaccel::addr::{self, Address};
 use crate::vaccel::{proto, shm};
 use client::{CallError, Client};
-use guest_abi::accel::{arg, PLUGIN_REMOTE};
+use guest_abi::accel::PLUGIN_REMOTE;
 use proto::{ArgRef, GenopRef};
 use std::borrow::Cow;
 use std::time::Duration;
@@ -174,8 +175,9 @@ impl Remote {
     }
 
     fn genop(&mut self, sid: i64, op: &mut Op<'_>) -> Result<(), CallError> {
-        let (args, region) = self.client.genop(&mut genop_request(sid, op, &self.libs))?;
-        write_back(&args, region, op)
+        let mut l = Layout::of(op, &self.libs);
+        let (args, region) = self.client.genop(&mut request(sid, &mut l))?;
+        write_back(&args, region, &mut l.write)
     }
 
     fn failed(&mut self, e: CallError) -> PluginError {
@@ -189,72 +191,21 @@ impl Remote {
     }
 }
 
-/// The Genop request for a decoded op: `read[0]` the op number, then the
-/// op's arguments in vAccel's genop order, borrowing the guest's checked
-/// buffers (encoded from there straight to the socket). An EXEC's library
-/// NAME becomes its PATH in `libs`.
-pub fn genop_request<'a>(
-    sid: i64,
-    op: &'a Op<'_>,
-    libs: &'a [(String, std::path::PathBuf)],
-) -> GenopRef<'a> {
-    let mut req = GenopRef {
+/// The Genop request for an op's [`Layout`]: its read arguments (taken
+/// out of the layout) and its write ones, borrowing the guest's checked
+/// buffers (encoded from there straight to the socket).
+pub fn request<'l>(sid: i64, l: &'l mut Layout<'_>) -> GenopRef<'l> {
+    let write = l.write.iter().map(|o| ArgRef {
+        ty: o.ty,
+        custom: o.custom,
+        bytes: Cow::Borrowed(&*o.bytes),
+        shm: None,
+    });
+    GenopRef {
         session_id: sid,
-        read: vec![owned(arg::UINT8, vec![op.number()])],
-        write: Vec::new(),
-    };
-    let r = &mut req.read;
-    let i64a = |v: usize| owned(arg::INT64, (v as i64).to_le_bytes().to_vec());
-    match op {
-        Op::Noop => {}
-        Op::Sgemm(Sgemm {
-            m,
-            n,
-            k,
-            alpha,
-            a,
-            lda,
-            b,
-            ldb,
-            beta,
-            c,
-            ldc,
-        }) => {
-            r.extend([i64a(*m), i64a(*n), i64a(*k)]);
-            r.push(owned(arg::FLOAT32, alpha.to_le_bytes().to_vec()));
-            r.push(borrowed(arg::FLOAT32_ARRAY, 0, as_bytes(a)));
-            r.push(i64a(*lda));
-            r.push(borrowed(arg::FLOAT32_ARRAY, 0, as_bytes(b)));
-            r.push(i64a(*ldb));
-            r.push(owned(arg::FLOAT32, beta.to_le_bytes().to_vec()));
-            r.push(i64a(*ldc));
-            req.write.push(borrowed(arg::FLOAT32_ARRAY, 0, as_bytes(c)));
-        }
-        Op::MinMax(MinMax {
-            data,
-            low,
-            high,
-            out,
-            min,
-            max,
-        }) => {
-            let i32a = |v: i32| owned(arg::INT32, v.to_le_bytes().to_vec());
-            r.push(borrowed(arg::FLOAT64_ARRAY, 0, as_bytes(data)));
-            r.extend([i32a(data.len() as i32), i32a(*low), i32a(*high)]);
-            let w = &mut req.write;
-            w.push(borrowed(arg::FLOAT64_ARRAY, 0, as_bytes(out)));
-            w.push(borrowed(arg::FLOAT64, 0, &min[..]));
-            w.push(borrowed(arg::FLOAT64, 0, &max[..]));
-        }
-        Op::Exec(e) => exec_args(e, libs, &mut req),
-        Op::Classify(c) => {
-            r.push(borrowed(arg::BUFFER, 0, c.image));
-            let w = &mut req.write;
-            w.push(borrowed(arg::UCHAR_ARRAY, 0, c.imgname));
-            w.push(borrowed(arg::UCHAR_ARRAY, 0, c.text));
-        }
+        read: std::mem::take(&mut l.read),
+        write: write.collect(),
     }
-    req
 }
 
 /// Copies a Genop reply's write arguments into the op's outputs (from the
@@ -263,23 +214,8 @@ pub fn genop_request<'a>(
 pub fn write_back(
     args: &[(proto::Arg, &[u8])],
     region: Option<&shm::Region>,
-    op: &mut Op<'_>,
+    outs: &mut [Out<'_>],
 ) -> Result<(), CallError> {
-    let mut outs: Vec<&mut [u8]> = Vec::new();
-    match op {
-        Op::Noop => {}
-        Op::Sgemm(s) => outs.push(as_bytes_mut(s.c)),
-        Op::MinMax(m) => {
-            outs.push(as_bytes_mut(m.out));
-            outs.push(&mut m.min[..]);
-            outs.push(&mut m.max[..]);
-        }
-        Op::Exec(e) => outs.extend(e.outputs().iter_mut().map(|o| &mut *o.bytes)),
-        Op::Classify(c) => {
-            outs.push(c.imgname);
-            outs.push(c.text);
-        }
-    }
     if args.len() != outs.len() {
         return Err(CallError::Malformed(format!(
             "{} write arguments for {}",
@@ -289,78 +225,29 @@ pub fn write_back(
     }
     // Check every size before writing any guest buffer.
     let mut srcs = Vec::with_capacity(outs.len());
-    for ((a, buf), o) in args.iter().zip(&outs) {
+    for ((a, buf), o) in args.iter().zip(outs.iter()) {
+        let len = o.bytes.len();
         let src = match a.shm_offset {
             None => Some(*buf),
-            Some(off) if buf.is_empty() && a.size as usize == o.len() => {
-                region.and_then(|r| r.slice(off, o.len()))
+            Some(off) if buf.is_empty() && a.size as usize == len => {
+                region.and_then(|r| r.slice(off, len))
             }
             Some(_) => None,
         };
         match src {
-            Some(b) if b.len() == o.len() => srcs.push(b),
+            Some(b) if b.len() == len => srcs.push(b),
             _ => {
                 return Err(CallError::Malformed(format!(
-                    "a write argument of {} bytes for {}",
-                    a.size,
-                    o.len()
+                    "a write argument of {} bytes for {len}",
+                    a.size
                 )))
             }
         }
     }
     for (src, o) in srcs.into_iter().zip(outs) {
-        o.copy_from_slice(src);
+        o.bytes.copy_from_slice(src);
     }
     Ok(())
-}
-
-fn exec_args<'a>(e: &'a Exec<'_>, libs: &[(String, std::path::PathBuf)], req: &mut GenopRef<'a>) {
-    use std::os::unix::ffi::OsStrExt;
-    let string = |s: &[u8]| {
-        let mut v = s.to_vec();
-        v.push(0);
-        owned(arg::STRING, v)
-    };
-    let path = libs.iter().find(|(n, _)| n.as_bytes() == e.library);
-    req.read.push(string(
-        path.map_or(e.library, |(_, p)| p.as_os_str().as_bytes()),
-    ));
-    req.read.push(string(e.symbol));
-    for i in e.inputs() {
-        req.read.push(borrowed(i.ty, i.custom, i.bytes));
-    }
-    for o in e.output_slices() {
-        req.write.push(borrowed(o.0, o.1, o.2));
-    }
-}
-
-fn borrowed(ty: u32, custom: u32, b: &[u8]) -> ArgRef<'_> {
-    ArgRef {
-        ty,
-        custom,
-        bytes: Cow::Borrowed(b),
-        shm: None,
-    }
-}
-
-fn owned(ty: u32, b: Vec<u8>) -> ArgRef<'static> {
-    ArgRef {
-        ty,
-        custom: 0,
-        bytes: Cow::Owned(b),
-        shm: None,
-    }
-}
-
-fn as_bytes<T: super::args::bytemuck_lite::Pod>(v: &[T]) -> &[u8] {
-    // SAFETY: plain numbers viewed as their bytes, same extent.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
-}
-
-fn as_bytes_mut<T: super::args::bytemuck_lite::Pod>(v: &mut [T]) -> &mut [u8] {
-    // SAFETY: as above; every byte pattern is a valid T (Pod), and `v` is
-    // borrowed mutably for the result's lifetime.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
 impl Plugin for Remote {
@@ -370,8 +257,13 @@ impl Plugin for Remote {
     fn kind(&self) -> u32 {
         PLUGIN_REMOTE
     }
+    /// Every op of the table: the agent answers for its own plugins.
     fn implements(&self, o: u8) -> bool {
-        super::ops::spec(o).is_some()
+        super::ops::name(o).is_some()
+    }
+    /// Never called: [`Plugin::forward`] serves every op.
+    fn run(&mut self, _: &mut Op<'_>, _: &OpContext<'_>) -> Result<(), PluginError> {
+        Err(PluginError::Unsupported)
     }
     fn describe(&self) -> String {
         format!("remote agent at {}", self.addr)

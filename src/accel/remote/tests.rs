@@ -2,8 +2,8 @@
 //! agent and client (the fact sheet's): what it sends for an op, what it
 //! writes back, where it finds its agent.
 
-use super::{genop_request, write_back};
-use crate::accel::ops::{Op, Sgemm};
+use super::{request, write_back};
+use crate::accel::ops::{Layout, Op, Sgemm};
 use crate::vaccel::addr::Address;
 use crate::vaccel::frame;
 use crate::vaccel::proto::{self, *};
@@ -53,7 +53,8 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
         c: &mut c,
         ldc: 2,
     });
-    let req = genop_request(1, &op, &[]);
+    let mut l = Layout::of(&mut op, &[]);
+    let req = request(1, &mut l);
     // Encoded from the borrowed buffers, and as the generated message.
     assert_eq!(proto::to_vec(&req).unwrap(), captured_sgemm(&a, &b));
     let generated = req.to_request().write_to_bytes().unwrap();
@@ -79,10 +80,9 @@ fn sgemm_genop_matches_the_captured_frame_and_reply() {
     write_back(
         &reply_args(&resp.write_to_bytes().unwrap()).unwrap(),
         None,
-        &mut op,
+        &mut l.write,
     )
     .unwrap();
-    let _ = op;
     assert_eq!(c, want);
 }
 
@@ -111,14 +111,15 @@ fn a_reply_of_the_wrong_size_writes_nothing() {
         }],
         ..Default::default()
     };
+    let mut l = Layout::of(&mut op, &[]);
     let e = write_back(
         &reply_args(&resp.write_to_bytes().unwrap()).unwrap(),
         None,
-        &mut op,
+        &mut l.write,
     )
     .unwrap_err();
     assert_eq!(e.errno(), libc::EPROTO);
-    let _ = op;
+    drop(l);
     assert_eq!(c, [7.0; 4]);
 }
 
