@@ -17,6 +17,7 @@ pub mod config;
 pub mod exec;
 pub mod ops;
 pub mod plugins;
+pub mod registry;
 pub mod remote;
 
 use crate::hypercall::GuestFault;
@@ -27,20 +28,14 @@ use exec::{LibError, Libraries};
 use guest_abi::accel::*;
 use ops::Op;
 use plugins::{Plugin, PluginError};
+use registry::Registry;
 use std::path::PathBuf;
 use thiserror::Error;
 
 /// An errno value for the guest's `ret`.
 pub type Errno = i32;
 
-/// Most open sessions.
-pub const SESSIONS_MAX: usize = 64;
-/// Most registered resources (all sessions).
-pub const RESOURCES_MAX: usize = 64;
-/// Largest resource a guest may pass as bytes.
-pub const RESOURCE_BYTES_MAX: u64 = 64 << 20;
-/// Most bytes all guest resources may hold together.
-pub const RESOURCE_TOTAL_MAX: u64 = 256 << 20;
+pub use registry::{RESOURCES_MAX, RESOURCE_BYTES_MAX, RESOURCE_TOTAL_MAX, SESSIONS_MAX};
 
 /// Why the accelerator runtime could not start (operator errors: exit 1).
 #[derive(Debug, Error)]
@@ -57,12 +52,6 @@ pub enum AccelError {
     Classifier(#[from] classify::ClassifierError),
 }
 
-#[derive(Debug)]
-struct Session {
-    id: u32,
-    hint: u32,
-}
-
 /// What a resource holds.
 #[derive(Debug)]
 pub enum ResourceData {
@@ -74,22 +63,14 @@ pub enum ResourceData {
     Lib(String),
 }
 
-#[derive(Debug)]
-pub struct Resource {
-    pub id: u32,
-    pub session: u32,
-    pub kind: u32,
-    pub data: ResourceData,
-}
+/// A guest's resource (its id is within u32: [`registry::Ids::Run`]).
+pub type Resource = registry::Resource<ResourceData>;
 
 /// The running accelerator runtime of one guest.
 #[derive(Debug)]
 pub struct Accel {
     plugins: Vec<Box<dyn Plugin>>,
-    sessions: Vec<Session>,
-    resources: Vec<Resource>,
-    resource_bytes: u64,
-    next_id: u32,
+    reg: Registry<ResourceData>,
     models: Vec<(String, PathBuf)>,
     lib_names: Vec<String>,
     libs: Libraries,
@@ -174,17 +155,14 @@ impl Accel {
     /// Whether the guest has a session or a resource open (state that
     /// lives here, outside guest memory: a snapshot cannot carry it).
     pub fn in_use(&self) -> bool {
-        !self.sessions.is_empty() || !self.resources.is_empty()
+        !self.reg.is_empty()
     }
 
     /// A runtime over these plugins, in priority order (tests, benches).
     pub fn with_plugins(plugins: Vec<Box<dyn Plugin>>) -> Self {
         Self {
             plugins,
-            sessions: Vec::new(),
-            resources: Vec::new(),
-            resource_bytes: 0,
-            next_id: 1,
+            reg: Registry::new(registry::LIMITS, registry::Ids::Run(1)),
             models: Vec::new(),
             lib_names: Vec::new(),
             libs: Libraries::default(),
@@ -199,18 +177,11 @@ impl Accel {
 
     /// The resources registered to `session`.
     pub fn resources(&self, session: u32) -> impl Iterator<Item = &Resource> {
-        self.resources.iter().filter(move |r| r.session == session)
-    }
-
-    fn fresh_id(&mut self) -> u32 {
-        let id = self.next_id;
-        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-        id
+        self.reg.held(session.into())
     }
 
     fn hint(&self, session: u32) -> Result<u32, Errno> {
-        let s = self.sessions.iter().find(|s| s.id == session);
-        s.map(|s| s.hint).ok_or(ENOENT)
+        Ok(self.reg.session(session.into())?.hint)
     }
 
     /// Serves one request: fills its OUT fields.
@@ -228,15 +199,8 @@ impl Accel {
     }
 
     fn session_init(&mut self, hint: u32) -> Result<u32, Errno> {
-        if hint & !PLUGIN_ALL != 0 {
-            return Err(EINVAL);
-        }
-        if self.sessions.len() >= SESSIONS_MAX {
-            return Err(ENOMEM);
-        }
-        let id = self.fresh_id();
-        self.sessions.push(Session { id, hint });
-        Ok(id)
+        // Run ids are within u32.
+        Ok(self.reg.open(hint)? as u32)
     }
 
     fn session_release(&mut self, session: u32) -> Result<(), Errno> {
@@ -244,10 +208,7 @@ impl Accel {
         for p in &mut self.plugins {
             p.release(session);
         }
-        self.sessions.retain(|s| s.id != session);
-        let freed: u64 = self.resources(session).map(bytes_of).sum();
-        self.resource_bytes -= freed;
-        self.resources.retain(|r| r.session != session);
+        self.reg.close(session.into())?;
         Ok(())
     }
 
@@ -263,61 +224,40 @@ impl Accel {
         if args.nr_write() != 0 {
             return Err(EINVAL);
         }
-        let data = match (src.ty, req.flags) {
+        let (session, kind) = (i64::from(req.session), req.flags);
+        let id = match (src.ty, kind) {
             (arg::BUFFER, RESOURCE_LIB) => return Err(EINVAL), // never guest code on the host
             (arg::BUFFER, _) => {
                 let n = src.bytes.len() as u64;
-                if n > RESOURCE_BYTES_MAX
-                    || self.resource_bytes + n > RESOURCE_TOTAL_MAX
-                    || self.resources.len() >= RESOURCES_MAX
-                {
-                    return Err(ENOMEM);
-                }
-                let mut v = Vec::new();
-                v.try_reserve_exact(src.bytes.len()).map_err(|_| ENOMEM)?;
-                v.extend_from_slice(src.bytes);
-                ResourceData::Bytes(v)
+                self.reg.add(session, kind, n, |_| {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(src.bytes.len()).map_err(|_| ENOMEM)?;
+                    v.extend_from_slice(src.bytes);
+                    Ok::<_, Errno>(ResourceData::Bytes(v))
+                })?
             }
-            (arg::STRING, kind) => {
+            (arg::STRING, _) => {
                 let name = src.string(ops::NAME_MAX)?;
-                if self.resources.len() >= RESOURCES_MAX {
-                    return Err(ENOMEM);
-                }
-                match kind {
+                let (models, libs) = (&self.models, &self.lib_names);
+                self.reg.add(session, kind, 0, |_| match kind {
                     RESOURCE_MODEL => {
-                        let m = self.models.iter().find(|(n, _)| n.as_bytes() == name);
-                        ResourceData::File(m.ok_or(ENOENT)?.1.clone())
+                        let m = models.iter().find(|(n, _)| n.as_bytes() == name);
+                        Ok(ResourceData::File(m.ok_or(ENOENT)?.1.clone()))
                     }
                     RESOURCE_LIB => {
-                        let l = self.lib_names.iter().find(|n| n.as_bytes() == name);
-                        ResourceData::Lib(l.ok_or(ENOENT)?.clone())
+                        let l = libs.iter().find(|n| n.as_bytes() == name);
+                        Ok(ResourceData::Lib(l.ok_or(ENOENT)?.clone()))
                     }
-                    _ => return Err(ENOENT),
-                }
+                    _ => Err(ENOENT),
+                })?
             }
             _ => return Err(EINVAL),
         };
-        let id = self.fresh_id();
-        let r = Resource {
-            id,
-            session: req.session,
-            kind: req.flags,
-            data,
-        };
-        self.resource_bytes += bytes_of(&r);
-        self.resources.push(r);
-        Ok(id)
+        Ok(id as u32)
     }
 
     fn unregister(&mut self, session: u32, id: u32) -> Result<(), Errno> {
-        self.hint(session)?;
-        let i = self
-            .resources
-            .iter()
-            .position(|r| r.id == id && r.session == session)
-            .ok_or(ENOENT)?;
-        let r = self.resources.swap_remove(i);
-        self.resource_bytes -= bytes_of(&r);
+        self.reg.detach(session.into(), id.into())?;
         Ok(())
     }
 
@@ -328,8 +268,9 @@ impl Accel {
         let mut op = ops::decode(&mut args)?;
         let i = select(&self.plugins, hint, op.number()).ok_or(ENOTSUP)?;
         if self.plugins[i].forwards() {
+            let held: Vec<&Resource> = self.reg.held(req.session.into()).collect();
             let p = &mut self.plugins[i];
-            p.forward(req.session, hint, &self.resources, &mut op)
+            p.forward(req.session, hint, &held, &mut op)
                 .map_err(|e| e.errno())?;
             return Ok(p.kind());
         }
@@ -402,13 +343,6 @@ impl Accel {
     /// The operator's model files and libraries, by name (skiff agent).
     pub fn operator_files(&self) -> (&[(String, PathBuf)], &[String]) {
         (&self.models, &self.lib_names)
-    }
-}
-
-fn bytes_of(r: &Resource) -> u64 {
-    match &r.data {
-        ResourceData::Bytes(v) => v.len() as u64,
-        _ => 0,
     }
 }
 

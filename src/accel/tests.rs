@@ -275,7 +275,7 @@ fn sessions_and_resources_are_capped() {
         assert_eq!(reg.ret, OK);
     }
     assert_eq!(accel.resources(s).count(), RESOURCES_MAX);
-    assert_eq!(accel.resource_bytes, 1000 * RESOURCES_MAX as u64);
+    assert_eq!(accel.reg.bytes(), 1000 * RESOURCES_MAX as u64);
     accel.handle(&g.mem, &mut reg);
     assert_eq!(reg.ret, ENOMEM);
     let mut rel = HcAccel {
@@ -285,7 +285,7 @@ fn sessions_and_resources_are_capped() {
     };
     accel.handle(&g.mem, &mut rel);
     assert_eq!(rel.ret, OK);
-    assert_eq!(accel.resource_bytes, 0);
+    assert_eq!(accel.reg.bytes(), 0);
     assert_eq!(accel.resources(s).count(), 0);
 }
 

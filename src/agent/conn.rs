@@ -3,8 +3,8 @@
 //!
 //! Memory per connection is bounded: one frame body (at most the agent's
 //! frame limit, grown only as bytes arrive), its decoded message and the
-//! aligned copies of its arguments, plus its resources (bounded in
-//! [`super::resource`]) and [`SESSIONS_MAX`] sessions.
+//! aligned copies of its arguments, plus its sessions and resources
+//! (bounded in [`super::resource`]).
 //!
 //! Every AgentService method of vAccel 0.8 is answered as vAccel's agent
 //! answers it: the TensorFlow, TFLite and Torch ones as for a plugin
@@ -14,15 +14,13 @@
 use super::exec::{Buf, Done, Executor, Job};
 use super::resource::Resources;
 use super::AgentConfig;
-use crate::accel::SESSIONS_MAX;
 use crate::vaccel::addr::{Address, Stream};
 use crate::vaccel::frame::{self, FrameError, Header};
 use crate::vaccel::proto::{self, *};
 use crate::vaccel::shm::{self, Region};
-use guest_abi::accel::{arg, op, PLUGIN_ALL};
+use guest_abi::accel::{arg, op};
 use protobuf::Message;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,20 +28,10 @@ use std::time::{Duration, Instant};
 /// `--frame-timeout`).
 pub const FRAME_TIME: Duration = Duration::from_secs(30);
 
-/// Session ids: from 1, per agent process, as vAccel's.
-static NEXT_SESSION: AtomicI64 = AtomicI64::new(1);
-
 /// The reply buffers of the ImageClassification method: vAccel's agent
 /// classifies into 1,024-byte buffers and returns the whole tag buffer
 /// (its client copies the caller's length out of it).
 const CLASSIFY_BUFFER: usize = 1024;
-
-#[derive(Debug)]
-struct Session {
-    id: i64,
-    hint: u32,
-    resources: Vec<i64>,
-}
 
 /// Why a request failed: the Status the client gets.
 pub type Failure = Status;
@@ -56,7 +44,7 @@ fn ffi(errno: i32) -> Failure {
 pub struct Conn<'a> {
     cfg: &'a AgentConfig,
     exec: &'a Executor,
-    sessions: Vec<Session>,
+    /// Its sessions and resources.
     resources: Resources,
     /// skiff's co-located fast path ([`super::shm`]), once attached.
     region: Option<Arc<Region>>,
@@ -129,7 +117,7 @@ pub fn serve(mut s: Stream, cfg: &AgentConfig, exec: &Executor, idle: &super::Id
 impl Conn<'_> {
     /// Nothing that closing the connection would lose.
     fn holds_nothing(&self) -> bool {
-        self.sessions.is_empty() && self.resources.is_empty() && self.region.is_none()
+        self.resources.is_empty() && self.region.is_none()
     }
 }
 
@@ -202,7 +190,6 @@ impl<'a> Conn<'a> {
         Conn {
             cfg,
             exec,
-            sessions: Vec::new(),
             resources: Resources::default(),
             region: None,
             seen: (None, None),
@@ -286,28 +273,9 @@ impl<'a> Conn<'a> {
         body.map(Reply::Body)
     }
 
-    fn session(&mut self, id: i64) -> Result<&mut Session, Failure> {
-        self.seen.0 = Some(id);
-        self.sessions
-            .iter_mut()
-            .find(|s| s.id == id)
-            .ok_or_else(|| status(CODE_NOT_FOUND, format!("Unknown session {id}")))
-    }
-
     fn create(&mut self, r: CreateSessionRequest) -> Result<Vec<u8>, Failure> {
-        if r.flags & !PLUGIN_ALL != 0 {
-            return Err(ffi(libc::EINVAL));
-        }
-        if self.sessions.len() >= SESSIONS_MAX {
-            return Err(ffi(libc::ENOMEM));
-        }
-        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let id = self.resources.open(r.flags)?;
         self.seen.0 = Some(id);
-        self.sessions.push(Session {
-            id,
-            hint: r.flags,
-            resources: Vec::new(),
-        });
         reply(&CreateSessionResponse {
             session_id: id,
             ..Default::default()
@@ -315,44 +283,26 @@ impl<'a> Conn<'a> {
     }
 
     fn update(&mut self, r: UpdateSessionRequest) -> Result<Vec<u8>, Failure> {
-        let s = self.session(r.session_id)?;
-        if r.flags & !PLUGIN_ALL != 0 {
-            return Err(ffi(libc::EINVAL));
-        }
-        s.hint = r.flags;
+        self.seen.0 = Some(r.session_id);
+        self.resources.set_hint(r.session_id, r.flags)?;
         reply(&Empty::new())
     }
 
     fn destroy(&mut self, r: DestroySessionRequest) -> Result<Vec<u8>, Failure> {
-        self.session(r.session_id)?;
-        self.sessions.retain(|s| s.id != r.session_id);
-        self.collect();
+        self.seen.0 = Some(r.session_id);
+        self.resources.close(r.session_id, self.exec)?;
         reply(&Empty::new())
-    }
-
-    /// Drops resources no session holds any more.
-    fn collect(&mut self) {
-        let sessions = &self.sessions;
-        let held = |id: i64| sessions.iter().any(|s| s.resources.contains(&id));
-        self.resources.collect(held, self.exec);
     }
 
     fn register(&mut self, mut r: RegisterResourceRequest) -> Result<Vec<u8>, Failure> {
         let sid = r.session_id;
-        self.session(sid)?;
+        self.seen.0 = Some(sid);
         let id = if r.resource_id > 0 {
-            let id = r.resource_id;
-            if !self.resources.exists(id) {
-                return Err(status(CODE_NOT_FOUND, format!("Unknown resource {id}")));
-            }
-            id
+            self.resources.attach(sid, r.resource_id)?;
+            r.resource_id
         } else {
-            self.resources.create(&mut r, self.cfg, self.exec)?
+            self.resources.create(sid, &mut r, self.cfg, self.exec)?
         };
-        let s = self.session(sid)?;
-        if !s.resources.contains(&id) {
-            s.resources.push(id);
-        }
         reply(&RegisterResourceResponse {
             resource_id: id,
             ..Default::default()
@@ -360,13 +310,9 @@ impl<'a> Conn<'a> {
     }
 
     fn unregister(&mut self, r: UnregisterResourceRequest) -> Result<Vec<u8>, Failure> {
-        let s = self.session(r.session_id)?;
-        let id = r.resource_id;
-        let Some(i) = s.resources.iter().position(|&x| x == id) else {
-            return Err(status(CODE_NOT_FOUND, format!("Unknown resource {id}")));
-        };
-        s.resources.swap_remove(i);
-        self.collect();
+        self.seen.0 = Some(r.session_id);
+        let exec = self.exec;
+        self.resources.detach(r.session_id, r.resource_id, exec)?;
         reply(&Empty::new())
     }
 
@@ -382,15 +328,17 @@ impl<'a> Conn<'a> {
             let msg = format!("Unknown {what} {}", r.model_id);
             return Err(status(CODE_NOT_FOUND, msg));
         }
-        self.session(r.session_id)?;
+        self.seen.0 = Some(r.session_id);
+        self.resources.session(r.session_id)?;
         Err(ffi(libc::EOPNOTSUPP))
     }
 
     /// The session's hint, resources and classifier.
     fn session_state(&mut self, sid: i64) -> Result<(u32, Vec<i64>, Option<String>), Failure> {
-        let s = self.session(sid)?;
+        self.seen.0 = Some(sid);
+        let s = self.resources.session(sid)?;
         let (hint, held) = (s.hint, s.resources.clone());
-        let model = self.resources.classifier(&held, self.cfg);
+        let model = self.resources.classifier(sid, self.cfg);
         Ok((hint, held, model))
     }
 

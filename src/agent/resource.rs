@@ -9,31 +9,43 @@
 //! - A LIB sent as bytes is refused (EINVAL, with one line saying how to
 //!   allow it) unless the operator started the agent with
 //!   `--allow-client-libraries`: loading it runs the client's code here.
-//! - Bounded per connection: [`RESOURCES_MAX`] resources, blobs of at most
-//!   [`RESOURCE_BYTES_MAX`] each and [`RESOURCE_TOTAL_MAX`] together, at
-//!   most [`MODELS_MAX`] classifiers built from blobs. Everything is
-//!   freed with the resource, or with the connection ([`Resources::clear`]).
+//! - The sessions and resources are the runtime's registry
+//!   ([`crate::accel::registry`]), one per connection: its limits
+//!   (sessions, resources, bytes each and together) and its rules (a
+//!   resource lives while a session holds it), plus at most
+//!   [`MODELS_MAX`] classifiers built from blobs. Everything is freed with
+//!   the resource, or with the connection ([`Resources::clear`]).
 
 use super::blob::Stored;
 use super::exec::Executor;
 use super::AgentConfig;
 use crate::accel::classify::model::{self, Model};
-use crate::accel::{RESOURCES_MAX, RESOURCE_BYTES_MAX, RESOURCE_TOTAL_MAX};
+use crate::accel::registry::{self, Ids, Registry, RegistryError, Session};
 use crate::vaccel::proto::{self, *};
+use guest_abi::accel::{RESOURCE_LIB, RESOURCE_MODEL};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Classifiers a connection may build from blobs (each holds its weights
 /// once more per classifying plugin).
 pub const MODELS_MAX: usize = 4;
 
-/// Resource ids: from 1, per agent process, as vAccel's.
-static NEXT_RESOURCE: AtomicI64 = AtomicI64::new(1);
-
 type Failure = Status;
 
 fn ffi(errno: i32) -> Failure {
     proto::ffi_status(errno)
+}
+
+/// vAccel's agent's answers: an unknown session or resource by name,
+/// the rest as the errno.
+impl From<RegistryError> for Status {
+    fn from(e: RegistryError) -> Status {
+        match e {
+            RegistryError::UnknownSession(_) | RegistryError::UnknownResource(_) => {
+                status(CODE_NOT_FOUND, e.to_string())
+            }
+            _ => ffi(e.errno()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -47,12 +59,7 @@ enum Data {
     Blobs { blobs: Vec<Stored>, loaded: bool },
 }
 
-#[derive(Debug)]
-struct Resource {
-    id: i64,
-    kind: ResourceType,
-    data: Data,
-}
+type Resource = registry::Resource<Data>;
 
 /// The executor's name for what resource `id` built: never an operator's
 /// NAME (those cannot hold '='), so a client cannot name it in an EXEC.
@@ -60,29 +67,72 @@ fn client_name(id: i64) -> String {
     format!("client={id}")
 }
 
-/// One connection's resources.
-#[derive(Debug, Default)]
+/// One connection's sessions and resources.
+#[derive(Debug)]
 pub struct Resources {
-    list: Vec<Resource>,
-    bytes: u64,
+    reg: Registry<Data>,
     models: usize,
     /// The refused-library line is printed once per connection.
     told: bool,
 }
 
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            reg: Registry::new(registry::LIMITS, Ids::Process),
+            models: 0,
+            told: false,
+        }
+    }
+}
+
 impl Resources {
-    /// No resource registered (the connection may then be closed as idle).
+    /// No session and no resource (the connection may then be closed as
+    /// idle).
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.reg.is_empty()
     }
 
     pub fn exists(&self, id: i64) -> bool {
-        self.list.iter().any(|r| r.id == id)
+        self.reg.get(id).is_some()
     }
 
-    /// Creates a resource from the request's blobs, else its one path.
+    pub fn open(&mut self, hint: u32) -> Result<i64, Failure> {
+        Ok(self.reg.open(hint)?)
+    }
+
+    pub fn session(&self, id: i64) -> Result<&Session, Failure> {
+        Ok(self.reg.session(id)?)
+    }
+
+    pub fn set_hint(&mut self, id: i64, hint: u32) -> Result<(), Failure> {
+        Ok(self.reg.set_hint(id, hint)?)
+    }
+
+    /// Closes session `id`, dropping what only it held.
+    pub fn close(&mut self, id: i64, exec: &Executor) -> Result<(), Failure> {
+        let gone = self.reg.close(id)?;
+        self.dropped(gone, exec);
+        Ok(())
+    }
+
+    /// Session `sid` takes the existing resource `id` as well.
+    pub fn attach(&mut self, sid: i64, id: i64) -> Result<(), Failure> {
+        Ok(self.reg.attach(sid, id)?)
+    }
+
+    /// Session `sid` lets resource `id` go (dropped if no session holds it).
+    pub fn detach(&mut self, sid: i64, id: i64, exec: &Executor) -> Result<(), Failure> {
+        let gone = self.reg.detach(sid, id)?;
+        self.dropped(gone, exec);
+        Ok(())
+    }
+
+    /// Creates a resource for session `sid` from the request's blobs,
+    /// else its one path.
     pub fn create(
         &mut self,
+        sid: i64,
         r: &mut RegisterResourceRequest,
         cfg: &AgentConfig,
         exec: &Executor,
@@ -91,14 +141,13 @@ impl Resources {
             .resource_type
             .enum_value()
             .map_err(|_| ffi(libc::EINVAL))?;
-        if self.list.len() >= RESOURCES_MAX {
-            return Err(ffi(libc::ENOMEM));
-        }
-        let id = NEXT_RESOURCE.fetch_add(1, Ordering::Relaxed);
-        let data = match (r.blobs.is_empty(), r.paths.as_slice()) {
-            (false, _) => self.blobs(id, kind, &mut r.blobs, cfg, exec)?,
+        let ty = kind as u32;
+        match (r.blobs.is_empty(), r.paths.as_slice()) {
+            (false, _) => self.blobs(sid, kind, &mut r.blobs, cfg, exec),
             (true, []) => {
-                return Err(status(
+                self.reg.session(sid)?;
+                self.reg.room(0)?;
+                Err(status(
                     CODE_INVALID_ARGUMENT,
                     "No paths or blobs provided".into(),
                 ))
@@ -110,28 +159,34 @@ impl Resources {
                         .find(|(n, p)| n == path || p.as_os_str() == path.as_str())
                         .cloned()
                 };
-                match kind {
-                    ResourceType::LIB => named(&a.libs).map(|(n, _)| Data::Lib(n)),
-                    _ => named(&a.models).map(|(_, p)| Data::File(p)),
-                }
-                .ok_or(ffi(libc::ENOENT))?
+                self.reg.add(sid, ty, 0, |_| {
+                    match kind {
+                        ResourceType::LIB => named(&a.libs).map(|(n, _)| Data::Lib(n)),
+                        _ => named(&a.models).map(|(_, p)| Data::File(p)),
+                    }
+                    .ok_or(ffi(libc::ENOENT))
+                })
             }
-            _ => return Err(ffi(libc::EINVAL)),
-        };
-        self.list.push(Resource { id, kind, data });
-        Ok(id)
+            _ => {
+                self.reg.session(sid)?;
+                self.reg.room(0)?;
+                Err(ffi(libc::EINVAL))
+            }
+        }
     }
 
     /// Stores the client's blobs; builds a classifier or loads a library
     /// from them where that applies.
     fn blobs(
         &mut self,
-        id: i64,
+        sid: i64,
         kind: ResourceType,
         blobs: &mut [Blob],
         cfg: &AgentConfig,
         exec: &Executor,
-    ) -> Result<Data, Failure> {
+    ) -> Result<i64, Failure> {
+        self.reg.session(sid)?;
+        self.reg.room(0)?;
         if kind == ResourceType::LIB && !cfg.allow_client_libraries {
             if !self.told {
                 self.told = true;
@@ -151,62 +206,57 @@ impl Resources {
             }
             n += b.data.len() as u64;
         }
-        if n > RESOURCE_BYTES_MAX || self.bytes + n > RESOURCE_TOTAL_MAX {
-            return Err(ffi(libc::ENOMEM));
-        }
-        let name = client_name(id);
-        let load = match (kind, &*blobs) {
-            (ResourceType::MODEL, [b]) if model::sniff_bytes(&b.data) => {
-                if self.models >= MODELS_MAX {
-                    return Err(ffi(libc::ENOMEM));
+        let models = &mut self.models;
+        self.reg.add(sid, kind as u32, n, |id| {
+            let load = match (kind, &*blobs) {
+                (ResourceType::MODEL, [b]) if model::sniff_bytes(&b.data) => {
+                    if *models >= MODELS_MAX {
+                        return Err(ffi(libc::ENOMEM));
+                    }
+                    let m = Model::parse(&b.data).map_err(|e| refused(id, "model", &e))?;
+                    Some(Load::Model(Box::new(m)))
                 }
-                let m = Model::parse(&b.data).map_err(|e| refused(id, "model", &e))?;
-                Some(Load::Model(Box::new(m)))
+                (ResourceType::LIB, [_]) => Some(Load::Lib),
+                (ResourceType::LIB, _) => return Err(ffi(libc::EINVAL)),
+                _ => None,
+            };
+            let name = client_name(id);
+            let mut stored = Vec::with_capacity(blobs.len());
+            for b in blobs.iter_mut() {
+                stored.push(Stored::new(&b.data).map_err(|_| ffi(libc::ENOMEM))?);
+                b.data = Vec::new(); // the request's copy goes now
             }
-            (ResourceType::LIB, [_]) => Some(Load::Lib),
-            (ResourceType::LIB, _) => return Err(ffi(libc::EINVAL)),
-            _ => None,
-        };
-        let mut stored = Vec::with_capacity(blobs.len());
-        for b in blobs.iter_mut() {
-            stored.push(Stored::new(&b.data).map_err(|_| ffi(libc::ENOMEM))?);
-            b.data = Vec::new(); // the request's copy goes now
-        }
-        let loaded = match load {
-            None => false,
-            Some(Load::Model(m)) => {
-                let r = exec.with(move |a| a.load_model(&name, *m));
-                r.unwrap_or_else(|| Err("the executor stopped".into()))
-                    .map_err(|e| refused(id, "model", &e))?;
-                self.models += 1;
-                true
-            }
-            Some(Load::Lib) => {
-                let path = stored[0].path();
-                let r = exec.with(move |a| a.load_library(&name, &path).map_err(|e| e.to_string()));
-                r.unwrap_or_else(|| Err("the executor stopped".into()))
-                    .map_err(|e| refused(id, "library", &e))?;
-                true
-            }
-        };
-        self.bytes += n;
-        Ok(Data::Blobs {
-            blobs: stored,
-            loaded,
+            let loaded = match load {
+                None => false,
+                Some(Load::Model(m)) => {
+                    let r = exec.with(move |a| a.load_model(&name, *m));
+                    r.unwrap_or_else(|| Err("the executor stopped".into()))
+                        .map_err(|e| refused(id, "model", &e))?;
+                    *models += 1;
+                    true
+                }
+                Some(Load::Lib) => {
+                    let path = stored[0].path();
+                    let r =
+                        exec.with(move |a| a.load_library(&name, &path).map_err(|e| e.to_string()));
+                    r.unwrap_or_else(|| Err("the executor stopped".into()))
+                        .map_err(|e| refused(id, "library", &e))?;
+                    true
+                }
+            };
+            Ok(Data::Blobs {
+                blobs: stored,
+                loaded,
+            })
         })
     }
 
-    /// Drops the resources `held` says no session holds any more.
-    pub fn collect(&mut self, held: impl Fn(i64) -> bool, exec: &Executor) {
-        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.list)
-            .into_iter()
-            .partition(|r| held(r.id));
-        self.list = keep;
+    /// Frees what the dropped resources built on the executor.
+    fn dropped(&mut self, gone: Vec<Resource>, exec: &Executor) {
         for r in gone {
-            if let Data::Blobs { blobs, loaded } = &r.data {
-                self.bytes -= blobs.iter().map(|b| b.len() as u64).sum::<u64>();
+            if let Data::Blobs { loaded, .. } = &r.data {
                 if *loaded {
-                    if r.kind == ResourceType::MODEL {
+                    if r.kind == RESOURCE_MODEL {
                         self.models -= 1;
                     }
                     let name = client_name(r.id);
@@ -219,33 +269,29 @@ impl Resources {
         }
     }
 
-    /// Drops every resource (the connection ends).
+    /// Drops every session and resource (the connection ends).
     pub fn clear(&mut self, exec: &Executor) {
-        self.collect(|_| false, exec);
+        let gone = self.reg.clear();
+        self.dropped(gone, exec);
     }
 
-    /// The classifier of the first MODEL among `held` that is one (an
-    /// operator's by NAME, or one built from a client's blob).
-    pub fn classifier(&self, held: &[i64], cfg: &AgentConfig) -> Option<String> {
+    /// The classifier of the first MODEL session `sid` holds that is one
+    /// (an operator's by NAME, or one built from a client's blob).
+    pub fn classifier(&self, sid: i64, cfg: &AgentConfig) -> Option<String> {
         let models = &cfg.accel.models;
-        self.list
-            .iter()
-            .filter(|r| held.contains(&r.id))
-            .find_map(|r| match (&r.data, r.kind) {
-                (Data::File(p), ResourceType::MODEL) => {
-                    Some(models.iter().find(|(_, f)| f == p)?.0.clone())
-                }
-                (Data::Blobs { loaded: true, .. }, ResourceType::MODEL) => Some(client_name(r.id)),
-                _ => None,
-            })
+        self.reg.held(sid).find_map(|r| match (&r.data, r.kind) {
+            (Data::File(p), RESOURCE_MODEL) => Some(models.iter().find(|(_, f)| f == p)?.0.clone()),
+            (Data::Blobs { loaded: true, .. }, RESOURCE_MODEL) => Some(client_name(r.id)),
+            _ => None,
+        })
     }
 
     /// EXEC_WITH_RESOURCE's library `id` for a session holding `held`:
     /// the runtime's name for it, or vAccel's errno (ENOENT unknown,
     /// EINVAL not a library, EPERM not registered to the session).
     pub fn library(&self, id: i64, held: &[i64]) -> Result<String, i32> {
-        let r = self.list.iter().find(|r| r.id == id).ok_or(libc::ENOENT)?;
-        if r.kind != ResourceType::LIB {
+        let r = self.reg.get(id).ok_or(libc::ENOENT)?;
+        if r.kind != RESOURCE_LIB {
             return Err(libc::EINVAL);
         }
         if !held.contains(&id) {
@@ -262,8 +308,8 @@ impl Resources {
     /// agent returns them (data and size). An operator's file is not sent
     /// back: it stays the operator's.
     pub fn sync(&self, id: i64) -> Result<SyncResourceResponse, Failure> {
-        let r = self.list.iter().find(|r| r.id == id);
-        let r = r.ok_or_else(|| status(CODE_NOT_FOUND, format!("Unknown resource {id}")))?;
+        let r = self.reg.get(id);
+        let r = r.ok_or(RegistryError::UnknownResource(id))?;
         let mut out = SyncResourceResponse::new();
         if let Data::Blobs { blobs, .. } = &r.data {
             for b in blobs {

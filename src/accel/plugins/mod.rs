@@ -203,13 +203,12 @@ pub trait Plugin: std::fmt::Debug {
     fn forwards(&self) -> bool {
         false
     }
-    /// Serves `op` for guest session `session` with its `resources` (all
-    /// of the run's; the plugin picks the session's).
+    /// Serves `op` for guest session `session`, which holds `resources`.
     fn forward(
         &mut self,
         _session: u32,
         _hint: u32,
-        _resources: &[Resource],
+        _resources: &[&Resource],
         _op: &mut Op<'_>,
     ) -> Result<(), PluginError> {
         Err(PluginError::Unsupported)

@@ -72,7 +72,7 @@ struct RemoteSession {
     local: u32,
     id: i64,
     /// (local resource id, agent resource id)
-    resources: Vec<(u32, i64)>,
+    resources: Vec<(i64, i64)>,
 }
 
 #[derive(Debug)]
@@ -127,13 +127,12 @@ impl Remote {
     }
 
     /// Makes the agent session's resources match the guest session's.
-    fn sync(&mut self, i: usize, resources: &[Resource]) -> Result<(), CallError> {
-        let local = self.sessions[i].local;
+    fn sync(&mut self, i: usize, resources: &[&Resource]) -> Result<(), CallError> {
         let sid = self.sessions[i].id;
-        let gone: Vec<(u32, i64)> = self.sessions[i]
+        let gone: Vec<(i64, i64)> = self.sessions[i]
             .resources
             .iter()
-            .filter(|(l, _)| !resources.iter().any(|r| r.id == *l && r.session == local))
+            .filter(|(l, _)| !resources.iter().any(|r| r.id == *l))
             .copied()
             .collect();
         for (l, rid) in gone {
@@ -145,7 +144,7 @@ impl Remote {
             self.sessions[i].resources.retain(|(x, _)| *x != l);
             let _: proto::Empty = self.client.call("UnregisterResource", &req)?;
         }
-        for r in resources.iter().filter(|r| r.session == local) {
+        for r in resources {
             if self.sessions[i].resources.iter().any(|(l, _)| *l == r.id) {
                 continue;
             }
@@ -276,7 +275,7 @@ impl Plugin for Remote {
         &mut self,
         session: u32,
         hint: u32,
-        resources: &[Resource],
+        resources: &[&Resource],
         op: &mut Op<'_>,
     ) -> Result<(), PluginError> {
         let r = self.session(session, hint).and_then(|i| {
