@@ -22,9 +22,9 @@ LAYERS = [
     ["stdio"],
     ["memory"],
     ["vcpu", "image"],
-    ["hypercall"],
-    # vAccel's wire format: both the remote plugin and the agent use it.
-    ["vaccel"],
+    # Decoders of untrusted input: a guest's exits; vAccel's wire format
+    # (both the remote plugin and the agent use it).
+    ["hypercall", "vaccel"],
     ["accel"],
     ["devices"],
     ["vmm", "config"],
