@@ -15,6 +15,7 @@ pub mod args;
 pub mod classify;
 pub mod config;
 pub mod exec;
+pub mod handover;
 pub mod ops;
 pub mod plugins;
 pub mod registry;

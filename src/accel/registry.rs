@@ -142,6 +142,49 @@ impl<R> Registry<R> {
         }
     }
 
+    /// A registry of these sessions and resources (a hand-over's); `None`
+    /// if they disagree: a session holding an unknown resource, a resource
+    /// no session holds, an id twice, or over the limits.
+    pub fn from_parts(
+        limits: Limits,
+        ids: Ids,
+        sessions: Vec<Session>,
+        resources: Vec<Resource<R>>,
+    ) -> Option<Self> {
+        let known = |id: &i64| resources.iter().filter(|r| r.id == *id).count() == 1;
+        let held = |id: i64| sessions.iter().any(|s| s.resources.contains(&id));
+        let ids_once = sessions
+            .iter()
+            .all(|s| sessions.iter().filter(|t| t.id == s.id).count() == 1);
+        let bytes: u64 = resources.iter().map(|r| r.bytes).sum();
+        let fits = sessions.len() <= limits.sessions
+            && resources.len() <= limits.resources
+            && bytes <= limits.total_bytes
+            && resources.iter().all(|r| r.bytes <= limits.resource_bytes);
+        let agree = sessions.iter().all(|s| s.resources.iter().all(known))
+            && resources.iter().all(|r| held(r.id));
+        (ids_once && fits && agree).then_some(Registry {
+            limits,
+            ids,
+            sessions,
+            resources,
+            bytes,
+        })
+    }
+
+    pub fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    pub fn sessions(&self) -> &[Session] {
+        &self.sessions
+    }
+
+    /// Every resource, in registration order.
+    pub fn all(&self) -> &[Resource<R>] {
+        &self.resources
+    }
+
     /// No session and no resource.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty() && self.resources.is_empty()

@@ -251,6 +251,21 @@ impl<'a> Conn<'a> {
                 _ => Err(unknown(&req)),
             };
         }
+        if req.service == super::handover::SERVICE {
+            let exec = self.exec;
+            return match req.method.as_str() {
+                "Park" => {
+                    let _: ParkRequest = parse(p)?;
+                    reply(&super::handover::park(&mut self.resources, exec)?).map(Reply::Body)
+                }
+                "Claim" => {
+                    let r: ClaimRequest = parse(p)?;
+                    super::handover::claim(&mut self.resources, &r, exec)?;
+                    reply(&ClaimResponse::new()).map(Reply::Body)
+                }
+                _ => Err(unknown(&req)),
+            };
+        }
         if req.service != SERVICE {
             return Err(unknown(&req));
         }

@@ -25,6 +25,7 @@
 pub mod blob;
 pub mod conn;
 pub mod exec;
+pub mod handover;
 pub mod resource;
 pub mod shm;
 

@@ -12,6 +12,10 @@ pub mod frame;
 pub mod proto;
 pub mod shm;
 
+/// skiff's hand-over service (not vAccel's): `Park` and `Claim` a
+/// connection's sessions, for live migration (`agent/handover.rs`).
+pub const HANDOVER: &str = "skiff.agent.Handover";
+
 /// Keeps large message buffers in malloc's heap between calls instead of
 /// fresh mmaps: every first touch of a fresh page is a fault, and under
 /// nested virtualisation a fault costs microseconds, which for a 512^3

@@ -11,6 +11,7 @@ pub mod opencl;
 
 use super::classify::{graph::Network, image::ImageError, model::Model};
 use super::exec::Libraries;
+use super::handover::HandOverError;
 use super::ops::{Classify, Noop, Op};
 use super::Resource;
 use guest_abi::accel::{EINVAL, ENOENT, ENOTSUP, EPROTO};
@@ -215,6 +216,17 @@ pub trait Plugin: std::fmt::Debug {
     }
     /// The guest released `session`.
     fn release(&mut self, _session: u32) {}
+    /// Live migration: moves this plugin's sessions out of this process
+    /// (the remote plugin parks them at its agent); the bytes that claim
+    /// them ([`super::handover`]).
+    fn park(&mut self) -> Result<Vec<u8>, HandOverError> {
+        Err(HandOverError::Local(self.name()))
+    }
+    /// Takes the sessions [`Plugin::park`] moved (in this process or in
+    /// another).
+    fn claim(&mut self, _state: &[u8]) -> Result<(), HandOverError> {
+        Err(HandOverError::Local(self.name()))
+    }
     /// Builds `model`'s network on this backend (IMAGE_CLASSIFY), once
     /// ([`runs!`] writes it when the plugin lists `Classify`).
     fn network(&mut self, _model: &Model) -> Result<Box<dyn Network>, PluginError> {

@@ -91,7 +91,17 @@ impl Client {
 
     /// One call: `method` with `req`, the reply decoded as `R`.
     pub fn call<R: Message>(&mut self, method: &str, req: &impl Encode) -> Result<R, CallError> {
-        let (payload, _) = self.exchange(proto::SERVICE, method, req, false)?;
+        self.call_in(proto::SERVICE, method, req)
+    }
+
+    /// One call of another service than vAccel's (skiff's extensions).
+    pub fn call_in<R: Message>(
+        &mut self,
+        service: &str,
+        method: &str,
+        req: &impl Encode,
+    ) -> Result<R, CallError> {
+        let (payload, _) = self.exchange(service, method, req, false)?;
         R::parse_from_bytes(&self.buf[payload]).map_err(|e| CallError::Malformed(e.to_string()))
     }
 

@@ -16,6 +16,7 @@
 pub mod client;
 
 use super::args::Out;
+use super::handover::{HandOverError, Reader, Writer};
 use super::ops::{Layout, Op};
 use super::plugins::{OpContext, Plugin, PluginError, Unavailable};
 use super::{Resource, ResourceData};
@@ -179,6 +180,20 @@ impl Remote {
         write_back(&args, region, &mut l.write)
     }
 
+    /// A vAccel agent does not know skiff's hand-over service.
+    fn handover_failed(&self, e: CallError) -> HandOverError {
+        let addr = self.addr.to_string();
+        match e {
+            CallError::Status { ref message, .. } if message.ends_with("does not exist") => {
+                HandOverError::Unsupported(addr)
+            }
+            e => HandOverError::Agent {
+                addr,
+                err: e.to_string(),
+            },
+        }
+    }
+
     fn failed(&mut self, e: CallError) -> PluginError {
         if let CallError::Transport(_) | CallError::Malformed(_) = e {
             if !self.reported {
@@ -284,6 +299,56 @@ impl Plugin for Remote {
             self.genop(sid, op)
         });
         r.map_err(|e| self.failed(e))
+    }
+
+    fn park(&mut self) -> Result<Vec<u8>, HandOverError> {
+        let req = proto::ParkRequest::new();
+        let r: proto::ParkResponse = self
+            .client
+            .call_in(crate::vaccel::HANDOVER, "Park", &req)
+            .map_err(|e| self.handover_failed(e))?;
+        let mut w = Writer::default();
+        w.bytes(&r.token);
+        w.u32(self.sessions.len() as u32);
+        for s in &self.sessions {
+            w.u32(s.local);
+            w.i64(s.id);
+            w.u32(s.resources.len() as u32);
+            for &(l, a) in &s.resources {
+                w.i64(l);
+                w.i64(a);
+            }
+        }
+        Ok(w.into_bytes())
+    }
+
+    fn claim(&mut self, state: &[u8]) -> Result<(), HandOverError> {
+        let mut rd = Reader::new(state);
+        let token = rd.bytes()?.to_vec();
+        let mut sessions = Vec::new();
+        for _ in 0..rd.count(16)? {
+            let (local, id) = (rd.u32()?, rd.i64()?);
+            let mut resources = Vec::new();
+            for _ in 0..rd.count(16)? {
+                resources.push((rd.i64()?, rd.i64()?));
+            }
+            sessions.push(RemoteSession {
+                local,
+                id,
+                resources,
+            });
+        }
+        rd.end()?;
+        let req = proto::ClaimRequest {
+            token,
+            ..Default::default()
+        };
+        let _: proto::ClaimResponse = self
+            .client
+            .call_in(crate::vaccel::HANDOVER, "Claim", &req)
+            .map_err(|e| self.handover_failed(e))?;
+        self.sessions = sessions;
+        Ok(())
     }
 
     fn release(&mut self, session: u32) {
