@@ -40,7 +40,11 @@ fn parked() -> std::sync::MutexGuard<'static, Vec<Parked>> {
 
 /// Drops what waited longer than [`PARK_TIME`].
 fn expire(exec: &Executor) {
-    let now = Instant::now();
+    expire_at(Instant::now(), exec);
+}
+
+/// Drops what is due at `now`.
+fn expire_at(now: Instant, exec: &Executor) {
     let gone: Vec<Parked> = {
         let mut p = parked();
         let (keep, gone) = std::mem::take(&mut *p)
@@ -94,4 +98,48 @@ pub fn claim(res: &mut Resources, r: &ClaimRequest, exec: &Executor) -> Result<(
     };
     *res = p.swap_remove(i).resources;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::config::AccelConfig;
+    use crate::accel::plugins::PluginKind;
+
+    #[test]
+    fn parked_sessions_expire_and_a_token_claims_once() {
+        let cfg = AccelConfig {
+            plugins: Some(vec![PluginKind::Cpu]),
+            ..AccelConfig::default()
+        };
+        let (exec, _) = Executor::start(cfg).unwrap();
+        let claim_of = |t: &[u8], res: &mut Resources| {
+            let r = ClaimRequest {
+                token: t.to_vec(),
+                ..Default::default()
+            };
+            claim(res, &r, &exec)
+        };
+        // Parked, then claimed on another connection's state, once.
+        let mut a = Resources::default();
+        let s = a.open(0).unwrap();
+        let t = park(&mut a, &exec).unwrap().token;
+        assert!(a.is_empty());
+        let mut b = Resources::default();
+        claim_of(&t, &mut b).unwrap();
+        assert!(b.session(s).is_ok());
+        let mut c = Resources::default();
+        assert_eq!(claim_of(&t, &mut c).unwrap_err().code, CODE_NOT_FOUND);
+        // A connection holding something cannot claim.
+        let t = park(&mut b, &exec).unwrap().token;
+        c.open(0).unwrap();
+        assert_eq!(
+            proto::errno_of(&claim_of(&t, &mut c).unwrap_err()),
+            libc::EBUSY
+        );
+        // Unclaimed past PARK_TIME: gone.
+        expire_at(Instant::now() + PARK_TIME + Duration::from_secs(1), &exec);
+        let mut d = Resources::default();
+        assert_eq!(claim_of(&t, &mut d).unwrap_err().code, CODE_NOT_FOUND);
+    }
 }
