@@ -391,3 +391,52 @@ fn a_destination_given_another_kernel_refuses_before_memory() {
     let other = guest("hello");
     refused("mig-kernel", &[], "ticker", &strs(&args), &[], Some(&other));
 }
+
+/// The MAC the namespace's neighbour table holds for `addr`.
+fn neighbour_mac(ns: &common::netns::Netns, addr: &str) -> String {
+    let o = ns.cmd(&["ip", "neigh", "show", addr]).output().unwrap();
+    let out = stdout(&o);
+    out.split("lladdr ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no neighbour entry for {addr}: {out:?}"))
+        .to_string()
+}
+
+#[test]
+fn a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move() {
+    let dir = TempDir::new("mig-net");
+    let ns = common::netns::Netns::new("mig", &[("tap0", "10.77.0.1/24", 1500)]);
+    let sock = dir.path().join("control.sock");
+    let sk = skiff();
+    let (sk, g) = (sk.to_str().unwrap(), guest("ping"));
+    let s = sock.to_str().unwrap();
+    let mut src = Proc::spawn(ns.cmd(&[
+        sk,
+        "run",
+        "--mem=32",
+        "--control",
+        s,
+        "--net:service0=tap0",
+        g.to_str().unwrap(),
+        "limit",
+        "10",
+    ]));
+    src.wait_for("serving ping", 1, limit(20));
+    ns.ping("10.77.0.2", 5);
+    let mac = neighbour_mac(&ns, "10.77.0.2");
+    let addr = unix_addr(dir.path());
+    let mut dst = Proc::spawn(ns.cmd(&[sk, "run", "--incoming", &addr, "--net:service0=tap0"]));
+    wait_listening(&addr, &mut dst, limit(20));
+    let (code, reply, err) = ctl(&skiff(), &sock, &["migrate", &addr], limit(60));
+    assert_eq!(code, Some(0), "migrate: {reply} {err}");
+    let (scode, _, serr) = src.finish(limit(30));
+    assert_eq!(scode, Some(0), "source: {serr}");
+    // The guest answers ARP afresh from the destination, with the same MAC.
+    ns.exec_ok(&["ip", "neigh", "flush", "dev", "tap0"]);
+    ns.ping("10.77.0.2", 5);
+    assert_eq!(neighbour_mac(&ns, "10.77.0.2"), mac);
+    let (dcode, dout, derr) = dst.finish(limit(30));
+    assert_eq!(dcode, Some(0), "destination: {dout} {derr}");
+    assert!(dout.contains("limit reached, 10 pings answered"), "{dout}");
+}
