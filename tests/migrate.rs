@@ -440,3 +440,98 @@ fn a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move() {
     assert_eq!(dcode, Some(0), "destination: {dout} {derr}");
     assert!(dout.contains("limit reached, 10 pings answered"), "{dout}");
 }
+
+/// Port the lane's destination listens on (QEMU forwards the host's
+/// SKIFF_TEST_LANE_FWD port to it).
+const LANE_PORT: u16 = 7700;
+
+/// Either side's move across machines: refused with one line before the
+/// working set crossed and the source ran on, or done and the source
+/// reported it. Returns what happened, for the log.
+fn moved_or_refused(mut src: Proc, sock: &Path, to: &str) -> String {
+    src.wait_for("tick ", BEFORE, limit(60));
+    let relay = Relay::new(to, u64::MAX);
+    let (code, reply, err) = ctl(&skiff(), sock, &["migrate", &relay.addr], limit(300));
+    let sent = relay.recorded().len();
+    if code == Some(0) {
+        let (scode, _, serr) = src.finish(limit(60));
+        assert_eq!(scode, Some(0), "source: {serr}");
+        assert!(serr.contains("skiff: migrated to "), "{serr}");
+        return format!("moved ({sent} bytes): {}", serr.trim());
+    }
+    assert_eq!(code, Some(1), "migrate: {reply} {err}");
+    one_line(&err, "");
+    assert!(sent < 1 << 20, "{sent} bytes crossed before the refusal");
+    assert_ran_on(src);
+    format!("refused after {sent} bytes: {}", err.trim())
+}
+
+/// The destination's end: refused (exit 1, one line, no guest output) or
+/// the moved ticker's output continuing from where the source stopped.
+fn dest_outcome(code: Option<i32>, out: &str, err: &str) -> String {
+    if code == Some(1) {
+        one_line(err, "");
+        assert!(ticks(out).is_empty(), "{out}");
+        return format!("destination refused: {}", err.trim());
+    }
+    assert_eq!(code, Some(0), "destination: {err}");
+    let t = ticks(out);
+    assert!(t.first().is_some_and(|t| t.seq > 0), "{out}");
+    assert!(t.windows(2).all(|w| w[1].seq == w[0].seq + 1), "{out}");
+    assert!(out.ends_with(&format!("ticker: done {COUNT}\n")), "{out}");
+    format!("destination ran on from tick {}", t[0].seq)
+}
+
+/// A move from this host into the standard-KVM lane and one back, run by
+/// tools/stdkvm/migrate.sh on both machines at once: the host side (here,
+/// SKIFF_TEST_LANE_LOG = the lane's console log) and the lane side (in the
+/// VM, SKIFF_TEST_LANE_HOST = this host as the VM reaches it). Different
+/// CPUID, TSC and KVM: expected refused both ways, as snapshots are
+/// (docs/snapshots.md), each with one line, before memory, the source
+/// running on; a move that does succeed must continue the guest's output.
+#[test]
+#[ignore = "needs the standard-KVM lane running beside it: tools/stdkvm/migrate.sh"]
+fn moves_between_the_host_and_the_lane() {
+    let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
+    let nonce = env("SKIFF_TEST_LANE_NONCE");
+    let dir = TempDir::new("mig-lane");
+    let args = ticker_args(&["mem=16M"]);
+    if let Ok(host) = std::env::var("SKIFF_TEST_LANE_HOST") {
+        // In the lane: first a destination for the host's guest...
+        let addr = format!("tcp://0.0.0.0:{LANE_PORT}");
+        let mut dst = Proc::spawn({
+            let mut c = Command::new(skiff());
+            c.args(["run", "--incoming", &addr]);
+            c
+        });
+        wait_listening(&addr, &mut dst, limit(60));
+        println!("@@lane listening {nonce}");
+        let (code, out, err) = dst.finish(limit(1200));
+        println!("@@lane host -> lane: {}", dest_outcome(code, &out, &err));
+        // ...then a source moved to the host.
+        let (src, sock) = source(dir.path(), &[], "ticker", &strs(&args));
+        let to = format!("tcp://{host}:{}", env("SKIFF_TEST_LANE_BACK"));
+        println!("@@lane lane -> host: {}", moved_or_refused(src, &sock, &to));
+        return;
+    }
+    let log = PathBuf::from(env("SKIFF_TEST_LANE_LOG"));
+    let back = format!("tcp://127.0.0.1:{}", env("SKIFF_TEST_LANE_BACK"));
+    let dst = destination(&back, &[], None);
+    let marker = format!("@@lane listening {nonce}");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&marker)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(1800),
+            "the lane never listened"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (src, sock) = source(dir.path(), &[], "ticker", &strs(&args));
+    let to = format!("tcp://127.0.0.1:{}", env("SKIFF_TEST_LANE_FWD"));
+    println!("host -> lane: {}", moved_or_refused(src, &sock, &to));
+    let (code, out, err) = dst.finish(Duration::from_secs(1800));
+    println!("lane -> host: {}", dest_outcome(code, &out, &err));
+}
