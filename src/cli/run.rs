@@ -8,6 +8,29 @@ use clap::Args;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+/// `skiff run` (and solo5-hvt): the shared flags and the live ones.
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Live orchestration (docs/migration.md): none of it costs anything
+/// when absent (no thread, no socket).
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    /// Serve a control socket at PATH (mode 0600): status, pause, resume,
+    /// snapshot FILE, migrate ADDR, cancel (`skiff ctl PATH COMMAND`).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Receive a running guest from a `migrate` at ADDR (tcp://HOST:PORT
+    /// or unix:///PATH) instead of booting KERNEL, then run it.
+    #[arg(long, value_name = "ADDR", conflicts_with = "restore")]
+    pub incoming: Option<crate::accel::remote::addr::Address>,
+}
+
 /// The flags `skiff run` shares with solo5-hvt.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -79,13 +102,20 @@ impl RunArgs {
     }
 }
 
-pub fn main(prog: &str, run: RunArgs) -> i32 {
+pub fn main(prog: &str, cmd: RunCmd) -> i32 {
+    let RunCmd { live, run } = cmd;
     let restore = run.restore.clone();
     if let Some(Err(e)) = restore.as_deref().map(regular_file) {
         return refuse(prog, &e);
     }
     let debug = run.debug.clone();
+    let live_asked = live.control.is_some() || live.incoming.is_some();
     match run.config_or_report(prog) {
+        Ok(_) if live_asked && debug.any() => refuse(
+            prog,
+            &"--control and --incoming cannot be combined with --gdb, --dumpcore or --trace",
+        ),
+        Ok(cfg) if live_asked => super::live::run(prog, &cfg, restore.as_deref(), &live),
         Ok(cfg) if debug.any() || super::debug::log_env() => {
             super::debug::run(prog, &cfg, restore.as_deref(), &debug)
         }

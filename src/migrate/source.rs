@@ -1,0 +1,395 @@
+//! The source: handshake, pre-copy while the guest runs, stop-and-copy.
+//!
+//! The vCPU stays on the calling (main) thread. After the destination
+//! accepts, KVM logs the guest's writes (KVM_MEM_LOG_DIRTY_PAGES on the
+//! one slot) and guest memory records skiff's own; a pre-copy thread sends
+//! every non-zero resident page (round 0), then what was dirtied during
+//! the last round, until the dirty set is small, stops shrinking or
+//! `MAX_ROUNDS` is reached. It then kicks the vCPU: the main thread stops
+//! the guest between two exits, sends the rest with the vCPU state, and
+//! waits for the destination's word that it holds the guest. Anything
+//! that fails before that word (refusal, cancel, a broken stream, a
+//! timeout) turns logging off and returns an error: the guest runs on
+//! here as before.
+
+use super::stream::{self, Kind, StreamError, PAGE, PAGES_PER_RECORD};
+use super::{MigrateError, Report};
+use crate::accel::remote::addr::{Address, Stream};
+use crate::memory::{HostWrites, Reader};
+use crate::snapshot::format;
+use crate::snapshot::save::{self, Source};
+use crate::vmm::Vm;
+use std::io::{BufWriter, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const CONNECT: Duration = Duration::from_secs(5);
+/// A destination that takes longer than this for any read or write is
+/// gone (the guest must not stay stopped for long on a dead peer).
+const IO: Duration = Duration::from_secs(10);
+const MAX_ROUNDS: u32 = 30;
+/// Stop when no more than this many pages (1 MiB) remain dirty.
+const SMALL: u64 = 256;
+/// Rounds in a row that did not shrink the dirty set before stopping.
+const STALLS: u32 = 3;
+/// KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, struct kvm_dirty_log).
+const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_ae42;
+
+/// What the running guest was made from (a controlled run keeps it).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub src: Source<'a>,
+    pub image: &'a [u8],
+}
+
+/// The stream out, counting bytes.
+struct Out {
+    w: BufWriter<Stream>,
+    bytes: u64,
+}
+
+impl Out {
+    fn record(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), StreamError> {
+        self.bytes += 9 + parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        stream::write_record(&mut self.w, kind, parts)
+    }
+
+    /// Flushes, then waits for the destination's answer.
+    fn answer(&mut self, reader: &mut Stream) -> Result<(), MigrateError> {
+        self.w.flush().map_err(StreamError::from)?;
+        let mut buf = Vec::new();
+        match stream::read_record(reader, &mut buf)? {
+            Kind::Ok => Ok(()),
+            Kind::Refused => Err(MigrateError::Refused(
+                String::from_utf8_lossy(&buf).into_owned(),
+            )),
+            _ => Err(StreamError::Invalid("unexpected record from the destination").into()),
+        }
+    }
+}
+
+/// Migrates the guest to `addr`. `kick` makes the vCPU thread (the
+/// caller) leave `KVM_RUN`; `cancel` is the control socket's flag.
+pub fn migrate(
+    vm: &mut Vm,
+    addr: &Address,
+    origin: &Origin,
+    cancel: &AtomicBool,
+    kick: &(dyn Fn() + Sync),
+) -> Result<Report, MigrateError> {
+    let t0 = Instant::now();
+    if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
+        return Err(MigrateError::AccelInUse);
+    }
+    let connect = |err| MigrateError::Connect {
+        addr: addr.to_string(),
+        err,
+    };
+    let s = addr.connect_within(Some(CONNECT)).map_err(connect)?;
+    s.set_timeouts(Some(IO)).map_err(connect)?;
+    let mut reader = s.try_clone().map_err(connect)?;
+    let mut out = Out {
+        w: BufWriter::with_capacity(1 << 20, s),
+        bytes: 0,
+    };
+    let result = send(vm, &mut out, &mut reader, origin, cancel, kick);
+    let _ = set_logging(vm, false);
+    vm.mem.track_host_writes(false);
+    if result.is_err() {
+        // The destination sees the stream end and gives up.
+        reader.shutdown();
+    }
+    let (rounds, downtime) = result?;
+    Ok(Report {
+        downtime_ms: downtime.as_secs_f64() * 1e3,
+        total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        rounds,
+        bytes: out.bytes,
+    })
+}
+
+fn send(
+    vm: &mut Vm,
+    out: &mut Out,
+    reader: &mut Stream,
+    origin: &Origin,
+    cancel: &AtomicBool,
+    kick: &(dyn Fn() + Sync),
+) -> Result<(u32, Duration), MigrateError> {
+    // 1. Handshake: what a snapshot records, checked by the destination
+    //    before any page is sent.
+    let (mut h, mut m) = save::describe(vm, &origin.src, 0)?;
+    save::stamp_clock(vm, &mut h, &mut m, 0)?;
+    stream::write_preamble(&mut out.w)?;
+    out.record(Kind::Hello, &[&format::encode(&h, &m)])?;
+    out.record(Kind::Image, &[origin.image])?;
+    out.answer(reader)?;
+
+    // 2. Pre-copy, where KVM logs dirty pages; else everything at the stop.
+    let mem = {
+        // SAFETY: every thread holding the reader is joined in this
+        // function, while `vm` (and its memory) is borrowed by it.
+        unsafe { vm.mem.reader() }
+    };
+    let (rounds, mut left) = match set_logging(vm, true).and_then(|()| DirtyLog::new(vm)) {
+        Ok(log) => {
+            let host = vm.mem.track_host_writes(true);
+            let (rounds, left) = precopy_while_running(vm, out, mem, &log, &host, cancel, kick)?;
+            (rounds, Some((log, host, left)))
+        }
+        Err(e) => {
+            tracing::debug!("migrate: no dirty log ({e}): copying all memory at the stop");
+            (0, None)
+        }
+    };
+
+    // 3. Stop and copy: the guest stays stopped from here.
+    let stop = Instant::now();
+    if cancel.load(Ordering::SeqCst) {
+        return Err(MigrateError::Cancelled);
+    }
+    vm.complete_io()?;
+    match left.as_mut() {
+        Some((log, host, left)) => {
+            or_into(left, &log.take().map_err(MigrateError::DirtyLog)?);
+            or_into(left, &host.take());
+            send_pages(out, mem, left, cancel)?;
+        }
+        None => send_resident(out, mem, cancel)?,
+    }
+    vm.devices.block.flush().map_err(MigrateError::Flush)?;
+    save::capture(vm, &mut h, &mut m, 0)?;
+    out.record(Kind::State, &[&format::encode(&h, &m)])?;
+    out.record(Kind::End, &[])?;
+    out.answer(reader)?;
+    Ok((rounds, stop.elapsed()))
+}
+
+/// Runs the guest on this thread while a pre-copy thread sends memory;
+/// returns the rounds sent and the pages dirtied since the last one, once
+/// the vCPU was kicked out for the stop.
+fn precopy_while_running(
+    vm: &mut Vm,
+    out: &mut Out,
+    mem: Reader,
+    log: &DirtyLog,
+    host: &HostWrites,
+    cancel: &AtomicBool,
+    kick: &(dyn Fn() + Sync),
+) -> Result<(u32, Vec<u64>), MigrateError> {
+    let done = AtomicBool::new(false);
+    let halted = AtomicBool::new(false);
+    let (ran, copied) = std::thread::scope(|sc| {
+        let t = sc.spawn(|| {
+            let stopper =
+                |flag: &AtomicBool| cancel.load(Ordering::SeqCst) || flag.load(Ordering::SeqCst);
+            let r = precopy(out, mem, log, host, &|| stopper(&halted));
+            done.store(true, Ordering::SeqCst);
+            kick();
+            r
+        });
+        let ran = vm.run_until(|| done.load(Ordering::Relaxed));
+        halted.store(true, Ordering::SeqCst);
+        (ran, t.join())
+    });
+    let copied = copied.unwrap_or(Err(MigrateError::Stream(StreamError::Invalid(
+        "the pre-copy thread panicked",
+    ))));
+    match ran? {
+        Some(status) => Err(MigrateError::Halted(status)),
+        None => copied,
+    }
+}
+
+/// Round 0 and the rounds after it (on the pre-copy thread).
+fn precopy(
+    out: &mut Out,
+    mem: Reader,
+    log: &DirtyLog,
+    host: &HostWrites,
+    stop: &dyn Fn() -> bool,
+) -> Result<(u32, Vec<u64>), MigrateError> {
+    let cancelled = AtomicBool::new(false);
+    let check = || {
+        if stop() {
+            cancelled.store(true, Ordering::SeqCst);
+        }
+        &cancelled
+    };
+    send_resident(out, mem, check())?;
+    let mut rounds = 1;
+    let mut last = u64::MAX;
+    let mut stalls = 0;
+    // Every page skiff wrote during the migration goes again at the stop:
+    // a hypercall marks its pages before it writes them, so a round can
+    // harvest a mark and send the page just before the write lands.
+    let mut ever = vec![0u64; mem.size().div_ceil(PAGE * 64) as usize];
+    loop {
+        let mut dirty = log.take().map_err(MigrateError::DirtyLog)?;
+        let written = host.take();
+        or_into(&mut ever, &written);
+        or_into(&mut dirty, &written);
+        let n: u64 = dirty.iter().map(|w| u64::from(w.count_ones())).sum();
+        if n >= last {
+            stalls += 1;
+        }
+        if n <= SMALL || rounds >= MAX_ROUNDS || stalls >= STALLS {
+            or_into(&mut dirty, &ever);
+            return Ok((rounds, dirty));
+        }
+        last = n;
+        send_pages(out, mem, &dirty, check())?;
+        rounds += 1;
+    }
+}
+
+fn or_into(a: &mut [u64], b: &[u64]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x |= y);
+}
+
+/// Every page the host backs that is not all zeros (untouched pages are
+/// zero on the destination too).
+fn send_resident(out: &mut Out, mem: Reader, cancel: &AtomicBool) -> Result<(), MigrateError> {
+    let pages = mem.size() / PAGE;
+    let resident = mem.resident();
+    let mut page = vec![0u8; PAGE as usize];
+    let mut run = Run::default();
+    for p in 0..pages {
+        if resident.as_ref().is_some_and(|r| r[p as usize] & 1 == 0) {
+            continue;
+        }
+        mem.read(p * PAGE, &mut page);
+        if page.iter().all(|&b| b == 0) {
+            continue;
+        }
+        run.push(out, p, &page, cancel)?;
+    }
+    run.flush(out)
+}
+
+/// The pages set in `bitmap`, zero or not (a page may have been cleared).
+fn send_pages(
+    out: &mut Out,
+    mem: Reader,
+    bitmap: &[u64],
+    cancel: &AtomicBool,
+) -> Result<(), MigrateError> {
+    let mut page = vec![0u8; PAGE as usize];
+    let mut run = Run::default();
+    let pages = mem.size() / PAGE;
+    for (i, &w) in bitmap.iter().enumerate() {
+        let mut w = w;
+        while w != 0 {
+            let p = i as u64 * 64 + u64::from(w.trailing_zeros());
+            w &= w - 1;
+            if p >= pages {
+                break;
+            }
+            mem.read(p * PAGE, &mut page);
+            run.push(out, p, &page, cancel)?;
+        }
+    }
+    run.flush(out)
+}
+
+/// Consecutive pages gathered into one record.
+#[derive(Default)]
+struct Run {
+    first: u64,
+    data: Vec<u8>,
+}
+
+impl Run {
+    fn push(
+        &mut self,
+        out: &mut Out,
+        p: u64,
+        page: &[u8],
+        cancel: &AtomicBool,
+    ) -> Result<(), MigrateError> {
+        let n = (self.data.len() as u64) / PAGE;
+        if n > 0 && (self.first + n != p || n as usize == PAGES_PER_RECORD) {
+            self.flush(out)?;
+            if cancel.load(Ordering::SeqCst) {
+                return Err(MigrateError::Cancelled);
+            }
+        }
+        if self.data.is_empty() {
+            self.first = p;
+        }
+        self.data.extend_from_slice(page);
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Out) -> Result<(), MigrateError> {
+        if !self.data.is_empty() {
+            let n = self.data.len() / PAGE as usize;
+            let head = stream::pages_head(self.first * PAGE, n);
+            out.record(Kind::Pages, &[&head, &self.data])?;
+            self.data.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Turns KVM's dirty log of the one memory slot on or off.
+fn set_logging(vm: &Vm, on: bool) -> std::io::Result<()> {
+    let region = kvm_bindings::kvm_userspace_memory_region {
+        slot: 0,
+        flags: if on {
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        },
+        guest_phys_addr: 0,
+        memory_size: vm.mem.size(),
+        userspace_addr: vm.mem.host_base() as u64,
+    };
+    // SAFETY: the same slot, address and size as the builder registered
+    // (our own live mapping, which outlives the VM); only the flags change.
+    unsafe { vm.vm.set_user_memory_region(region) }
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// KVM_GET_DIRTY_LOG on a duplicate of the VM fd, for the pre-copy thread.
+struct DirtyLog {
+    fd: OwnedFd,
+    words: usize,
+}
+
+impl DirtyLog {
+    fn new(vm: &Vm) -> std::io::Result<Self> {
+        // SAFETY: dup of our own open VM fd; the new fd is owned below.
+        let fd = unsafe { libc::fcntl(vm.vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let log = DirtyLog {
+            // SAFETY: a fresh fd nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            words: vm.mem.size().div_ceil(PAGE * 64) as usize,
+        };
+        // Clears what was logged before (and tells whether KVM can).
+        log.take()?;
+        Ok(log)
+    }
+
+    /// The pages the guest wrote since the last call, cleared.
+    fn take(&self) -> std::io::Result<Vec<u64>> {
+        let mut bitmap = vec![0u64; self.words];
+        let log = kvm_bindings::kvm_dirty_log {
+            slot: 0,
+            padding1: 0,
+            __bindgen_anon_1: kvm_bindings::kvm_dirty_log__bindgen_ty_1 {
+                dirty_bitmap: bitmap.as_mut_ptr().cast(),
+            },
+        };
+        // SAFETY: a VM fd; the bitmap has a bit for every page of slot 0.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_GET_DIRTY_LOG, &log) };
+        match r {
+            0 => Ok(bitmap),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+}
