@@ -163,7 +163,7 @@ fn block_writers_disk_after_a_move_matches_a_run_that_never_moved() {
     let flag = format!("--block:storage={}", moved.display());
     let (mut src, sock) = source(dir.path(), &[&flag], "blkwriter", BLK_ARGS);
     let addr = tcp_addr();
-    let dst = destination(&addr, &[&flag], None);
+    let dst = destination(&addr, &[&flag], Some(&guest("blkwriter")));
     // Mid-pass: the mirror holds reads the tender wrote during pre-copy.
     src.wait_for("blkwriter: pass 2", 1, limit(30));
     let (code, reply, err) = ctl(&skiff(), &sock, &["migrate", &addr], limit(60));
@@ -202,7 +202,7 @@ fn held(tag: &str, stall: u64) -> Held {
     let args = ticker_args(&["mem=16M"]);
     let (mut src, sock) = source(dir.path(), &[], "ticker", &strs(&args));
     let addr = tcp_addr();
-    let dst = destination(&addr, &[], None);
+    let dst = destination(&addr, &[], Some(&guest("ticker")));
     let relay = Relay::new(&addr, stall);
     src.wait_for("tick ", BEFORE, limit(30));
     let migrate = ctl_spawn(&skiff(), &sock, &["migrate", &relay.addr]);
@@ -277,7 +277,7 @@ fn recorded_stream(dir: &Path) -> Vec<u8> {
     let args = ticker_args(&[]);
     let (mut src, sock) = source(dir, &[], "ticker", &strs(&args));
     let addr = tcp_addr();
-    let dst = destination(&addr, &[], None);
+    let dst = destination(&addr, &[], Some(&guest("ticker")));
     let relay = Relay::new(&addr, u64::MAX);
     src.wait_for("tick ", BEFORE, limit(30));
     let (code, reply, err) = ctl(&skiff(), &sock, &["migrate", &relay.addr], limit(60));
@@ -292,7 +292,7 @@ fn recorded_stream(dir: &Path) -> Vec<u8> {
 /// connection; asserts it exits 1 with one line and never runs the guest.
 fn refuses_stream(bytes: &[u8], what: &str) {
     let addr = tcp_addr();
-    let dst = destination(&addr, &[], None);
+    let dst = destination(&addr, &[], Some(&guest("ticker")));
     let mut s = std::net::TcpStream::connect(addr.strip_prefix("tcp://").unwrap()).unwrap();
     let mut r = s.try_clone().unwrap();
     let replies = std::thread::spawn(move || {
@@ -382,7 +382,15 @@ fn a_destination_without_the_guests_block_device_refuses_before_memory() {
     let dir = TempDir::new("mig-nodev");
     let d = disk(dir.path(), "d.img");
     let flag = format!("--block:storage={}", d.display());
-    refused("mig-nodev-run", &[&flag], "blkwriter", BLK_ARGS, &[], None);
+    let k = guest("blkwriter");
+    refused(
+        "mig-nodev-run",
+        &[&flag],
+        "blkwriter",
+        BLK_ARGS,
+        &[],
+        Some(&k),
+    );
 }
 
 #[test]
@@ -426,7 +434,14 @@ fn a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move() {
     ns.ping("10.77.0.2", 5);
     let mac = neighbour_mac(&ns, "10.77.0.2");
     let addr = unix_addr(dir.path());
-    let mut dst = Proc::spawn(ns.cmd(&[sk, "run", "--incoming", &addr, "--net:service0=tap0"]));
+    let mut dst = Proc::spawn(ns.cmd(&[
+        sk,
+        "run",
+        "--incoming",
+        &addr,
+        "--net:service0=tap0",
+        g.to_str().unwrap(),
+    ]));
     wait_listening(&addr, &mut dst, limit(20));
     let (code, reply, err) = ctl(&skiff(), &sock, &["migrate", &addr], limit(60));
     assert_eq!(code, Some(0), "migrate: {reply} {err}");
@@ -501,7 +516,7 @@ fn moves_between_the_host_and_the_lane() {
         let addr = format!("tcp://0.0.0.0:{LANE_PORT}");
         let mut dst = Proc::spawn({
             let mut c = Command::new(skiff());
-            c.args(["run", "--incoming", &addr]);
+            c.args(["run", "--incoming", &addr]).arg(guest("ticker"));
             c
         });
         wait_listening(&addr, &mut dst, limit(60));
@@ -516,7 +531,7 @@ fn moves_between_the_host_and_the_lane() {
     }
     let log = PathBuf::from(env("SKIFF_TEST_LANE_LOG"));
     let back = format!("tcp://127.0.0.1:{}", env("SKIFF_TEST_LANE_BACK"));
-    let dst = destination(&back, &[], None);
+    let dst = destination(&back, &[], Some(&guest("ticker")));
     let marker = format!("@@lane listening {nonce}");
     let start = std::time::Instant::now();
     while !std::fs::read_to_string(&log)
