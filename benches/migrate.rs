@@ -51,7 +51,8 @@ fn one(c: &Case, dir: &Path, n: usize) -> Result<Run, String> {
     wait_path(&sock, &mut src, Duration::from_secs(20));
     let addr = format!("tcp://127.0.0.1:{}", free_port());
     let mut d = Command::new(SKIFF);
-    d.args(["run", "--incoming", &addr]);
+    d.args(["run", &format!("--mem={}", c.mem_mib), "--incoming", &addr])
+        .arg(guest_images::image("ticker"));
     let mut dst = Proc::spawn(d);
     wait_listening(&addr, &mut dst, Duration::from_secs(20));
     src.wait_for("tick ", BEFORE, Duration::from_secs(30));
