@@ -105,12 +105,8 @@ fn summary(runs: &[Run]) -> Run {
 }
 
 fn label(c: &Case) -> String {
-    let what = if c.rate == "rate=0" {
-        "idle"
-    } else {
-        "16 MiB/s"
-    };
-    format!("{} MiB {what}", c.mem_mib)
+    let what = if c.rate == "rate=0" { "idle" } else { "16M/s" };
+    format!("{}M {what}", c.mem_mib)
 }
 
 /// A panel of the plot: title, goal (ms), the two bars' values and names.
