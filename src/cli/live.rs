@@ -13,11 +13,17 @@ use crate::snapshot::save::Source;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-pub fn run(prog: &str, cfg: &RunConfig, restore: Option<&Path>, live: &LiveArgs) -> i32 {
+pub fn run(
+    prog: &str,
+    cfg: &RunConfig,
+    restore: Option<&Path>,
+    live: &LiveArgs,
+    kernel_given: bool,
+) -> i32 {
     // 1. The guest: received from a source, restored or booted, and the
     //    image it runs (kept for snapshots and migrations).
     let (mut vm, image) = match &live.incoming {
-        Some(addr) => match crate::migrate::dest::receive(addr, cfg, true) {
+        Some(addr) => match crate::migrate::dest::receive(addr, cfg, kernel_given) {
             Ok(r) => (r.vm, r.image),
             Err(_) if crate::signals::pending().is_some() => return signalled(prog),
             Err(e) => return refuse(prog, &e),

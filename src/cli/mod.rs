@@ -111,7 +111,7 @@ fn clap_exit(e: clap::Error) -> i32 {
 /// skiff's own clap command, built (subcommands know their full names,
 /// for usage lines).
 pub(super) fn skiff_command() -> clap::Command {
-    let mut cmd = Skiff::command();
+    let mut cmd = run::kernel_optional_with_incoming(Skiff::command());
     cmd.build();
     cmd
 }
@@ -150,7 +150,7 @@ pub fn main() -> i32 {
 /// is part of every start-up.
 fn parse(argv: Vec<OsString>) -> Result<Command, clap::Error> {
     use clap::FromArgMatches;
-    let mut top = Skiff::command();
+    let mut top = run::kernel_optional_with_incoming(Skiff::command());
     let argv = solo5::kernel_rule(&top, argv)?;
     let m = top.try_get_matches_from_mut(argv)?;
     Skiff::from_arg_matches(&m).map(|s| s.cmd)

@@ -63,9 +63,10 @@ pub struct RunArgs {
     #[arg(long = "net-mac", value_name = "NAME=MAC")]
     pub net_mac: Vec<OsString>,
     /// The unikernel (.hvt ELF image). Options end here: what follows is
-    /// the guest's.
-    #[arg(value_name = "KERNEL")]
-    pub kernel: PathBuf,
+    /// the guest's. (`skiff run --incoming` may leave it out: see
+    /// [`kernel_optional_with_incoming`].)
+    #[arg(value_name = "KERNEL", required = true)]
+    pub kernel: Option<PathBuf>,
     /// Arguments passed to the unikernel as its command line.
     #[arg(
         value_name = "ARGS",
@@ -73,6 +74,20 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub args: Vec<OsString>,
+}
+
+/// `skiff run --incoming ADDR` takes its image from the source; KERNEL,
+/// when given, must be the same. Only `run` has --incoming, so only its
+/// KERNEL is made optional (clap would refuse the rule on the others).
+pub fn kernel_optional_with_incoming(cmd: clap::Command) -> clap::Command {
+    // mut_arg moves an argument to the end: the guest's ARGS are moved
+    // after it again, so the positionals keep their order.
+    cmd.mut_subcommand("run", |c| {
+        c.mut_arg("kernel", |a| {
+            a.required(false).required_unless_present("incoming")
+        })
+        .mut_arg("args", |a| a)
+    })
 }
 
 impl RunArgs {
@@ -91,7 +106,7 @@ impl RunArgs {
             accel: self
                 .accel
                 .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
-            kernel: self.kernel,
+            kernel: self.kernel.unwrap_or_default(),
             cpu_template: self.cpu_template.into(),
         })
     }
@@ -104,6 +119,7 @@ impl RunArgs {
 
 pub fn main(prog: &str, cmd: RunCmd) -> i32 {
     let RunCmd { live, run } = cmd;
+    let kernel_given = run.kernel.is_some();
     let restore = run.restore.clone();
     if let Some(Err(e)) = restore.as_deref().map(regular_file) {
         return refuse(prog, &e);
@@ -115,7 +131,9 @@ pub fn main(prog: &str, cmd: RunCmd) -> i32 {
             prog,
             &"--control and --incoming cannot be combined with --gdb, --dumpcore or --trace",
         ),
-        Ok(cfg) if live_asked => super::live::run(prog, &cfg, restore.as_deref(), &live),
+        Ok(cfg) if live_asked => {
+            super::live::run(prog, &cfg, restore.as_deref(), &live, kernel_given)
+        }
         Ok(cfg) if debug.any() || super::debug::log_env() => {
             super::debug::run(prog, &cfg, restore.as_deref(), &debug)
         }

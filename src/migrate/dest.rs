@@ -17,6 +17,7 @@ use crate::snapshot::restore::{self, Prepared, RestoreError};
 use crate::vcpu::GuestCpuid;
 use crate::vmm::Vm;
 use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::time::Duration;
 
 /// A source silent for this long is gone.
@@ -51,12 +52,7 @@ pub fn receive(
     drop(listener);
     let mut s = accepted.map_err(listen)?;
     s.set_timeouts(Some(IO)).map_err(StreamError::from)?;
-    let mut buf = Vec::new();
-    stream::read_preamble(&mut s)?;
-    expect(&mut s, &mut buf, Kind::Hello)?;
-    let (h, meta) = format::decode(&buf, u64::MAX)?;
-    expect(&mut s, &mut buf, Kind::Image)?;
-    let image = std::mem::take(&mut buf);
+    let (h, meta, image) = read_hello(&mut s)?;
     let vm = match build(cfg, kernel_given, &h, &meta, &image) {
         Ok(vm) => vm,
         Err(e) => {
@@ -100,7 +96,17 @@ fn accept(l: &Listener) -> std::io::Result<Stream> {
     }
 }
 
-fn expect(s: &mut Stream, buf: &mut Vec<u8>, want: Kind) -> Result<(), StreamError> {
+/// The preamble, the handshake and the image.
+pub fn read_hello(s: &mut impl Read) -> Result<(Header, Meta, Vec<u8>), MigrateError> {
+    let mut buf = Vec::new();
+    stream::read_preamble(s)?;
+    expect(s, &mut buf, Kind::Hello)?;
+    let (h, meta) = format::decode(&buf, u64::MAX)?;
+    expect(s, &mut buf, Kind::Image)?;
+    Ok((h, meta, buf))
+}
+
+fn expect(s: &mut impl Read, buf: &mut Vec<u8>, want: Kind) -> Result<(), StreamError> {
     match stream::read_record(s, buf)? {
         k if k == want => Ok(()),
         _ => Err(StreamError::Invalid("record out of order")),
@@ -145,20 +151,22 @@ fn build(
     Ok(vm)
 }
 
-/// Pages until the state, then the guest set up to resume.
-fn take_guest(s: &mut Stream, mut vm: Vm, h: &Header, meta: &Meta) -> Result<Vm, MigrateError> {
+/// Page records (each handed to `page` once checked against the
+/// handshake's memory size) until the final state, then the end: the
+/// final header and metadata, checked against the handshake's.
+pub fn read_guest(
+    s: &mut impl Read,
+    h: &Header,
+    meta: &Meta,
+    page: &mut dyn FnMut(u64, &[u8]),
+) -> Result<(Header, Meta), MigrateError> {
     let mut buf = Vec::new();
     let mut state = None;
     loop {
         match stream::read_record(s, &mut buf)? {
             Kind::Pages if state.is_none() => {
                 let (gpa, data) = stream::pages(&buf, h.mem_size)?;
-                // In range: stream::pages checked it against mem_size,
-                // which is this memory's size.
-                vm.mem
-                    .slice(Gpa(gpa), data.len() as u64)
-                    .map_err(|_| StreamError::Invalid("pages outside guest memory"))?
-                    .copy_from(data);
+                page(gpa, data);
             }
             Kind::State if state.is_none() => {
                 let (h2, m2) = format::decode(&buf, u64::MAX)?;
@@ -176,9 +184,21 @@ fn take_guest(s: &mut Stream, mut vm: Vm, h: &Header, meta: &Meta) -> Result<Vm,
             _ => return Err(StreamError::Invalid("record out of order").into()),
         }
     }
-    let (h2, m2) = state.ok_or(StreamError::Invalid(
+    Ok(state.ok_or(StreamError::Invalid(
         "the stream ended without the vCPU state",
-    ))?;
+    ))?)
+}
+
+/// Pages until the state, then the guest set up to resume.
+fn take_guest(s: &mut Stream, mut vm: Vm, h: &Header, meta: &Meta) -> Result<Vm, MigrateError> {
+    let mem = &vm.mem;
+    let (h2, m2) = read_guest(s, h, meta, &mut |gpa, data| {
+        // In range: stream::pages checked it against the handshake's
+        // mem_size, which is this memory's size.
+        if let Ok(dst) = mem.slice(Gpa(gpa), data.len() as u64) {
+            dst.copy_from(data);
+        }
+    })?;
     for &(a, b) in &m2.read_only {
         vm.mem.protect(a, b).map_err(RestoreError::Map)?;
     }

@@ -1,0 +1,197 @@
+//! `skiff run --control PATH` and `skiff ctl` on real KVM: the socket is
+//! 0600 and refuses other users, pause stops a spinning guest (no
+//! hypercall: only the kick gets it out of KVM_RUN) and resume goes on,
+//! malformed commands get one line and change nothing, a snapshot taken
+//! anywhere in a guest's life restores, and the socket file goes away
+//! with skiff. Migration's own tests are tests/migrate.rs.
+
+mod common;
+
+use common::{guest, scaled, skiff, ChildGuard, TempDir};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `skiff run --control` of `name`, once its socket exists.
+fn controlled(dir: &Path, name: &str, args: &[&str]) -> (ChildGuard, PathBuf) {
+    let sock = dir.join("ctl.sock");
+    let child = Command::new(skiff())
+        .args(["run", "--mem=8", "--control"])
+        .arg(&sock)
+        .arg(guest(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = ChildGuard::new(child);
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < scaled(Duration::from_secs(10)), "no socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, sock)
+}
+
+fn ctl(sock: &Path, words: &[&str]) -> Output {
+    Command::new(skiff())
+        .arg("ctl")
+        .arg(sock)
+        .args(words)
+        .output()
+        .unwrap()
+}
+
+fn reply(o: &Output) -> String {
+    let s = match o.status.code() {
+        Some(0) => &o.stdout,
+        _ => &o.stderr,
+    };
+    String::from_utf8_lossy(s).trim_end().to_string()
+}
+
+/// The guest's user CPU time so far (utime of /proc/PID/stat), in ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 (utime, stime), counted from the state (field 3).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn pause_stops_a_spinning_guest_and_resume_goes_on() {
+    let tmp = TempDir::new("ctl-pause");
+    let (mut child, sock) = controlled(tmp.path(), "spin", &[]);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok running");
+    let o = ctl(&sock, &["pause"]);
+    assert_eq!(
+        (o.status.code(), reply(&o).as_str()),
+        (Some(0), "ok paused")
+    );
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok paused");
+    // Paused: the spinning vCPU burns no more CPU.
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_millis(1000));
+    let paused = cpu_ticks(child.id()) - before;
+    assert!(paused <= 3, "{paused} ticks of CPU in 1 s while paused");
+
+    let o = ctl(&sock, &["resume"]);
+    assert_eq!(reply(&o), "ok running");
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_millis(1000));
+    // A spinning vCPU: most of a CPU, less on a loaded machine.
+    let running = cpu_ticks(child.id()) - before;
+    assert!(running >= 10, "only {running} ticks in 1 s after resume");
+    let o = ctl(&sock, &["resume"]);
+    assert_eq!(
+        (o.status.code(), reply(&o).as_str()),
+        (Some(1), "error: not paused")
+    );
+
+    // SIGTERM ends it as always, and the socket goes with it.
+    // SAFETY: kill(2) of our own child, which is not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!sock.exists(), "the socket outlived skiff");
+}
+
+#[test]
+fn malformed_commands_get_one_line_and_change_nothing() {
+    let tmp = TempDir::new("ctl-bad");
+    let (_child, sock) = controlled(tmp.path(), "spin", &[]);
+    for words in [
+        &["frobnicate"][..],
+        &["pause", "now"],
+        &["snapshot"],
+        &["migrate", "ftp://x"],
+        &["cancel"],
+    ] {
+        let o = ctl(&sock, words);
+        assert_eq!(o.status.code(), Some(1), "{words:?}");
+        let err = reply(&o);
+        assert!(
+            err.starts_with("error: ") && !err.contains('\n'),
+            "{words:?}: {err:?}"
+        );
+    }
+    // Raw bytes: a line too long, and not UTF-8; the connection ends.
+    use std::io::{BufRead, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(&[b'x'; 5000]).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+    assert!(line.starts_with("error: "), "{line:?}");
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(b"\xff\xfe\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+    assert!(line.starts_with("error: "), "{line:?}");
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok running");
+}
+
+#[test]
+fn another_user_is_refused() {
+    let tmp = TempDir::new("ctl-uid");
+    let (_child, sock) = controlled(tmp.path(), "spin", &[]);
+    // Let the other user reach the socket's directory: the socket's own
+    // mode and SO_PEERCRED must refuse it.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(skiff())
+        .arg("ctl")
+        .arg(&sock)
+        .arg("pause")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{o:?}"
+    );
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok running");
+}
+
+#[test]
+fn a_snapshot_taken_mid_run_restores_and_runs_on() {
+    let tmp = TempDir::new("ctl-snap");
+    let (mut child, sock) = controlled(tmp.path(), "spin", &[]);
+    let snap = tmp.path().join("now.snap");
+    let o = ctl(&sock, &["snapshot", snap.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", reply(&o));
+    assert!(reply(&o).starts_with("ok saved "), "{}", reply(&o));
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok running");
+    let _ = child.kill();
+
+    // The restored guest spins on (no REQ_READ to answer): it is still
+    // running after a second, and a signal ends it as usual.
+    let restored = Command::new(skiff())
+        .args(["run", "--mem=8", "--restore"])
+        .arg(&snap)
+        .arg(guest("spin"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut restored = ChildGuard::new(restored);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        restored.try_wait().unwrap().is_none(),
+        "the restored guest stopped"
+    );
+    assert!(
+        cpu_ticks(restored.id()) > 20,
+        "the restored guest does not run"
+    );
+    // SAFETY: kill(2) of our own child, which is not reaped yet.
+    unsafe { libc::kill(restored.id() as i32, libc::SIGTERM) };
+    let out = restored.into_inner().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{out:?}");
+}
