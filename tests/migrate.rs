@@ -67,8 +67,8 @@ fn unix_addr(dir: &Path) -> String {
     format!("unix://{}", dir.join("incoming.sock").display())
 }
 
-fn ticker_args(extra: &[&str]) -> Vec<String> {
-    let mut v = vec![format!("count={COUNT}"), PERIOD_US.to_string()];
+fn ticker_args(count: u64, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![format!("count={count}"), PERIOD_US.to_string()];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
@@ -78,21 +78,21 @@ fn strs(v: &[String]) -> Vec<&str> {
 }
 
 /// The ticks of `outs` (one process's stdout after another's) are
-/// 0..COUNT once each, in order, with clocks that never go back, and the
+/// 0..count once each, in order, with clocks that never go back, and the
 /// last one says it is done.
-fn assert_one_sequence(outs: &[&str]) {
+fn assert_one_sequence(outs: &[&str], count: u64) {
     let all: Vec<Tick> = outs.iter().flat_map(|o| ticks(o)).collect();
     for (i, t) in all.iter().enumerate() {
         assert_eq!(t.seq, i as u64, "tick {i} has sequence number {}", t.seq);
     }
-    assert_eq!(all.len() as u64, COUNT, "{} ticks, not {COUNT}", all.len());
+    assert_eq!(all.len() as u64, count, "{} ticks, not {count}", all.len());
     for w in all.windows(2) {
         assert!(w[1].mono >= w[0].mono, "monotonic clock went back: {w:?}");
         assert!(w[1].wall >= w[0].wall, "wall clock went back: {w:?}");
     }
     let last = outs.last().unwrap();
     assert!(
-        last.ends_with(&format!("ticker: done {COUNT}\n")),
+        last.ends_with(&format!("ticker: done {count}\n")),
         "{:?}",
         &last[last.len().saturating_sub(200)..]
     );
@@ -108,7 +108,10 @@ fn one_line(err: &str, needle: &str) {
 /// A ticker moved over `addr` after BEFORE ticks: one sequence, the source
 /// exits 0 with the report line, the destination with the guest's 0.
 fn ticker_moves(dir: &TempDir, addr: &str, kernel: bool) {
-    let args = ticker_args(&["mem=8M", "rate=4M"]);
+    // A move must end before the ticker does: under emulation (the lane)
+    // pre-copy is far slower than the guest's clock, so it ticks longer.
+    let count = scaled(Duration::from_secs(COUNT)).as_secs();
+    let args = ticker_args(count, &["mem=8M", "rate=4M"]);
     let (mut src, sock) = source(dir.path(), &[], "ticker", &strs(&args));
     let g = guest("ticker");
     let dst = destination(addr, &[], kernel.then_some(g.as_path()));
@@ -126,7 +129,7 @@ fn ticker_moves(dir: &TempDir, addr: &str, kernel: bool) {
     let (dcode, dout, derr) = dst.finish(limit(120));
     assert_eq!(dcode, Some(0), "destination: {derr}");
     assert!(!ticks(&sout).is_empty() && !ticks(&dout).is_empty());
-    assert_one_sequence(&[&sout, &dout]);
+    assert_one_sequence(&[&sout, &dout], count);
     assert!(!sock.exists(), "the source left its control socket");
 }
 
@@ -199,7 +202,7 @@ struct Held {
 
 fn held(tag: &str, stall: u64) -> Held {
     let dir = TempDir::new(tag);
-    let args = ticker_args(&["mem=16M"]);
+    let args = ticker_args(COUNT, &["mem=16M"]);
     let (mut src, sock) = source(dir.path(), &[], "ticker", &strs(&args));
     let addr = tcp_addr();
     let dst = destination(&addr, &[], Some(&guest("ticker")));
@@ -222,7 +225,7 @@ fn assert_ran_on(src: Proc) {
     let (code, out, err) = src.finish(limit(60));
     assert_eq!(code, Some(0), "source: {err}");
     assert!(!err.contains("migrated"), "{err}");
-    assert_one_sequence(&[&out]);
+    assert_one_sequence(&[&out], COUNT);
 }
 
 #[test]
@@ -274,7 +277,7 @@ fn killing_the_source_mid_stream_ends_the_destination_with_one_line() {
 
 /// A whole migration stream of a small ticker, recorded by a relay.
 fn recorded_stream(dir: &Path) -> Vec<u8> {
-    let args = ticker_args(&[]);
+    let args = ticker_args(COUNT, &[]);
     let (mut src, sock) = source(dir, &[], "ticker", &strs(&args));
     let addr = tcp_addr();
     let dst = destination(&addr, &[], Some(&guest("ticker")));
@@ -371,7 +374,7 @@ fn refused(
     assert_eq!(scode, Some(0), "source: {serr}");
     assert!(!serr.contains("migrated"), "{serr}");
     if name == "ticker" {
-        assert_one_sequence(&[&sout]);
+        assert_one_sequence(&[&sout], COUNT);
     } else {
         assert!(sout.contains("blkwriter: ok"), "{sout}");
     }
@@ -395,7 +398,7 @@ fn a_destination_without_the_guests_block_device_refuses_before_memory() {
 
 #[test]
 fn a_destination_given_another_kernel_refuses_before_memory() {
-    let args = ticker_args(&["mem=16M"]);
+    let args = ticker_args(COUNT, &["mem=16M"]);
     let other = guest("hello");
     refused("mig-kernel", &[], "ticker", &strs(&args), &[], Some(&other));
 }
@@ -510,7 +513,7 @@ fn moves_between_the_host_and_the_lane() {
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
     let nonce = env("SKIFF_TEST_LANE_NONCE");
     let dir = TempDir::new("mig-lane");
-    let args = ticker_args(&["mem=16M"]);
+    let args = ticker_args(COUNT, &["mem=16M"]);
     if let Ok(host) = std::env::var("SKIFF_TEST_LANE_HOST") {
         // In the lane: first a destination for the host's guest...
         let addr = format!("tcp://0.0.0.0:{LANE_PORT}");
