@@ -82,6 +82,9 @@ pub fn migrate(
     if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
         return Err(MigrateError::AccelInUse);
     }
+    if let Some(name) = vm.devices.net.unmovable() {
+        return Err(MigrateError::Unmovable(name.to_string()));
+    }
     let connect = |err| MigrateError::Connect {
         addr: addr.to_string(),
         err,
@@ -97,8 +100,12 @@ pub fn migrate(
     let _ = set_logging(vm, false);
     vm.mem.track_host_writes(false);
     if result.is_err() {
-        // The destination sees the stream end and gives up.
+        // The destination sees the stream end and gives up; the guest
+        // gets its TAPs back if the stop had handed them over.
         reader.shutdown();
+        if let Err(e) = vm.devices.net.open_taps() {
+            tracing::warn!("migrate: cannot take the TAPs back: {e}");
+        }
     }
     let (rounds, downtime) = result?;
     Ok(Report {
@@ -159,6 +166,8 @@ fn send(
         None => send_resident(out, mem, cancel)?,
     }
     vm.devices.block.flush().map_err(MigrateError::Flush)?;
+    // The destination attaches the same TAPs once it has the state.
+    vm.devices.net.close_taps();
     save::capture(vm, &mut h, &mut m, 0)?;
     out.record(Kind::State, &[&format::encode(&h, &m)])?;
     out.record(Kind::End, &[])?;
