@@ -72,14 +72,21 @@ impl Out {
     }
 }
 
-/// Migrates the guest to `addr`. `kick` makes the vCPU thread (the
-/// caller) leave `KVM_RUN`; `cancel` is the control socket's flag.
+/// How the source is driven: the control socket's cancel flag, how to
+/// kick the vCPU thread (the caller) out of `KVM_RUN`, and whether the
+/// guest runs during the pre-copy (a paused guest stays paused).
+pub struct Driver<'a> {
+    pub cancel: &'a AtomicBool,
+    pub kick: &'a (dyn Fn() + Sync),
+    pub running: bool,
+}
+
+/// Migrates the guest to `addr`.
 pub fn migrate(
     vm: &mut Vm,
     addr: &Address,
     origin: &Origin,
-    cancel: &AtomicBool,
-    kick: &(dyn Fn() + Sync),
+    d: &Driver,
 ) -> Result<Report, MigrateError> {
     let t0 = Instant::now();
     if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
@@ -88,7 +95,7 @@ pub fn migrate(
     if let Some(name) = vm.devices.net.unmovable() {
         return Err(MigrateError::Unmovable(name.to_string()));
     }
-    let result = send(vm, addr, origin, cancel, kick);
+    let result = send(vm, addr, origin, d);
     let _ = set_logging(vm, false);
     vm.mem.track_host_writes(false);
     if result.is_err() {
@@ -120,9 +127,9 @@ fn send(
     vm: &mut Vm,
     addr: &Address,
     origin: &Origin,
-    cancel: &AtomicBool,
-    kick: &(dyn Fn() + Sync),
+    d: &Driver,
 ) -> Result<(u32, Duration, u64), MigrateError> {
+    let cancel = d.cancel;
     // What a snapshot records, for the handshake (microseconds: the rest
     // happens while the guest runs).
     let (mut h, mut m) = save::describe(vm, &origin.src, 0)?;
@@ -136,7 +143,7 @@ fn send(
     let log = DirtyLog::new(vm).map_err(MigrateError::DirtyLog)?;
     let host = vm.mem.track_host_writes(true);
 
-    let p = precopy_while_running(vm, kick, |halted| {
+    let p = precopy_while_running(vm, d, |halted| {
         let stop = || cancel.load(Ordering::SeqCst) || halted.load(Ordering::SeqCst);
         let mut p = handshake(addr, &hello, origin.image)?;
         if stop() {
@@ -210,14 +217,15 @@ fn handshake(addr: &Address, hello: &[u8], image: &[u8]) -> Result<Precopied, Mi
     Ok(p)
 }
 
-/// Runs the guest on this thread while `work` runs on another (it is
-/// told when the guest halted); once `work` is done it kicks the vCPU out
-/// for the stop.
+/// Runs the guest on this thread (unless it is paused) while `work` runs
+/// on another (it is told when the guest halted); once `work` is done it
+/// kicks the vCPU out for the stop.
 fn precopy_while_running<T: Send>(
     vm: &mut Vm,
-    kick: &(dyn Fn() + Sync),
+    d: &Driver,
     work: impl FnOnce(&AtomicBool) -> Result<T, MigrateError> + Send,
 ) -> Result<T, MigrateError> {
+    let kick = d.kick;
     let done = AtomicBool::new(false);
     let halted = AtomicBool::new(false);
     let (ran, worked) = std::thread::scope(|sc| {
@@ -227,8 +235,16 @@ fn precopy_while_running<T: Send>(
             kick();
             r
         });
-        let ran = vm.run_until(|| done.load(Ordering::Relaxed));
-        halted.store(true, Ordering::SeqCst);
+        // The guest stopped (for the stop, or it halted or failed): the
+        // work must not wait for it any more.
+        let ran = match d.running {
+            true => {
+                let r = vm.run_until(|| done.load(Ordering::Relaxed));
+                halted.store(true, Ordering::SeqCst);
+                r
+            }
+            false => Ok(None),
+        };
         (ran, t.join())
     });
     let worked = worked.unwrap_or(Err(MigrateError::Stream(StreamError::Invalid(
