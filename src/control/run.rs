@@ -64,7 +64,12 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
             Command::Migrate(addr) => {
                 ctl.set_migrating(true);
                 let kick = || ctl.kick();
-                let r = source::migrate(vm, &addr, origin, ctl.cancel_flag(), &kick);
+                let driver = source::Driver {
+                    cancel: ctl.cancel_flag(),
+                    kick: &kick,
+                    running: !paused,
+                };
+                let r = source::migrate(vm, &addr, origin, &driver);
                 ctl.set_migrating(false);
                 match r {
                     Ok(report) => {

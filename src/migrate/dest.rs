@@ -142,7 +142,11 @@ fn build(
         );
     }
     let img = builder::parse_image(&cfg.kernel, image, h.mem_size).map_err(RestoreError::from)?;
-    let devices = restore::devices_for(&img, cfg, h, meta)?;
+    // The source holds its TAPs until the stop: check ours now, open
+    // them then.
+    let mut cfg = cfg.clone();
+    cfg.devices.net.iter_mut().for_each(|n| n.open_later = true);
+    let devices = restore::devices_for(&img, &cfg, h, meta)?;
     let mem = GuestMemory::new(h.mem_size).map_err(RestoreError::from)?;
     let cpuid = crate::snapshot::vcpu::cpuid_from_meta(meta);
     let vm =
@@ -203,6 +207,7 @@ fn take_guest(s: &mut Stream, mut vm: Vm, h: &Header, meta: &Meta) -> Result<Vm,
         vm.mem.protect(a, b).map_err(RestoreError::Map)?;
     }
     let saved = restore::apply_state(&mut vm, &h2, &m2)?;
+    vm.devices.net.open_taps()?;
     let vm = Prepared::from_parts(vm, (saved, None))
         .resume(crate::devices::function::Function::from_env())?;
     Ok(vm)

@@ -34,6 +34,12 @@ pub enum MigrateError {
     Cancelled,
     #[error("the guest has accelerator sessions open; they live in skiff, not in guest memory, and cannot be moved yet")]
     AccelInUse,
+    #[error(
+        "net device {0} is an inherited file descriptor (@FD): it cannot move to another process"
+    )]
+    Unmovable(String),
+    #[error("{0}")]
+    Net(#[from] crate::devices::net::NetAttachError),
     #[error("the guest halted (status {0}) during the migration")]
     Halted(i32),
     #[error("{0}")]

@@ -35,6 +35,9 @@ const SMALL: u64 = 256;
 const STALLS: u32 = 3;
 /// KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, struct kvm_dirty_log).
 const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_ae42;
+/// KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, struct
+/// kvm_userspace_memory_region).
+const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_ae46;
 
 /// What the running guest was made from (a controlled run keeps it).
 #[derive(Debug, Clone, Copy)]
@@ -69,136 +72,187 @@ impl Out {
     }
 }
 
-/// Migrates the guest to `addr`. `kick` makes the vCPU thread (the
-/// caller) leave `KVM_RUN`; `cancel` is the control socket's flag.
+/// How the source is driven: the control socket's cancel flag, how to
+/// kick the vCPU thread (the caller) out of `KVM_RUN`, and whether the
+/// guest runs during the pre-copy (a paused guest stays paused).
+pub struct Driver<'a> {
+    pub cancel: &'a AtomicBool,
+    pub kick: &'a (dyn Fn() + Sync),
+    pub running: bool,
+}
+
+/// Migrates the guest to `addr`.
 pub fn migrate(
     vm: &mut Vm,
     addr: &Address,
     origin: &Origin,
-    cancel: &AtomicBool,
-    kick: &(dyn Fn() + Sync),
+    d: &Driver,
 ) -> Result<Report, MigrateError> {
     let t0 = Instant::now();
     if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
         return Err(MigrateError::AccelInUse);
     }
+    if let Some(name) = vm.devices.net.unmovable() {
+        return Err(MigrateError::Unmovable(name.to_string()));
+    }
+    let result = send(vm, addr, origin, d);
+    let _ = set_logging(vm, false);
+    vm.mem.track_host_writes(false);
+    if result.is_err() {
+        // The stream is closed (the destination gives up); the guest
+        // gets its TAPs back if the stop had handed them over.
+        if let Err(e) = vm.devices.net.open_taps() {
+            tracing::warn!("migrate: cannot take the TAPs back: {e}");
+        }
+    }
+    let (rounds, downtime, bytes) = result?;
+    Ok(Report {
+        downtime_ms: downtime.as_secs_f64() * 1e3,
+        total_ms: t0.elapsed().as_secs_f64() * 1e3,
+        rounds,
+        bytes,
+    })
+}
+
+/// What the pre-copy thread leaves for the stop.
+struct Precopied {
+    out: Out,
+    reader: Stream,
+    /// Rounds sent and the pages dirtied since the last one; `None`
+    /// without a dirty log (everything goes at the stop).
+    left: Option<(u32, Vec<u64>)>,
+}
+
+fn send(
+    vm: &mut Vm,
+    addr: &Address,
+    origin: &Origin,
+    d: &Driver,
+) -> Result<(u32, Duration, u64), MigrateError> {
+    let cancel = d.cancel;
+    // What a snapshot records, for the handshake (microseconds: the rest
+    // happens while the guest runs).
+    let (mut h, mut m) = save::describe(vm, &origin.src, 0)?;
+    save::stamp_clock(vm, &mut h, &mut m, 0)?;
+    let hello = format::encode(&h, &m);
+    let mem = {
+        // SAFETY: every thread holding the reader is joined in this
+        // function, while `vm` (and its memory) is borrowed by it.
+        unsafe { vm.mem.reader() }
+    };
+    let log = DirtyLog::new(vm).map_err(MigrateError::DirtyLog)?;
+    let host = vm.mem.track_host_writes(true);
+
+    let p = precopy_while_running(vm, d, |halted| {
+        let stop = || cancel.load(Ordering::SeqCst) || halted.load(Ordering::SeqCst);
+        let mut p = handshake(addr, &hello, origin.image)?;
+        if stop() {
+            return Err(MigrateError::Cancelled);
+        }
+        p.left = match log.start() {
+            Ok(()) => Some(precopy(&mut p.out, mem, &log, &host, &stop)?),
+            Err(e) => {
+                tracing::debug!("migrate: no dirty log ({e}): all memory goes at the stop");
+                None
+            }
+        };
+        Ok(p)
+    })?;
+    let Precopied {
+        mut out,
+        mut reader,
+        left,
+    } = p;
+
+    // Stop and copy: the guest stays stopped from here.
+    let stop = Instant::now();
+    if cancel.load(Ordering::SeqCst) {
+        return Err(MigrateError::Cancelled);
+    }
+    vm.complete_io()?;
+    let rounds = match left {
+        Some((rounds, mut left)) => {
+            or_into(&mut left, &log.take().map_err(MigrateError::DirtyLog)?);
+            or_into(&mut left, &host.take());
+            send_pages(&mut out, mem, &left, cancel)?;
+            rounds
+        }
+        None => {
+            send_resident(&mut out, mem, cancel)?;
+            0
+        }
+    };
+    vm.devices.block.flush().map_err(MigrateError::Flush)?;
+    // The destination attaches the same TAPs once it has the state.
+    vm.devices.net.close_taps();
+    save::capture(vm, &mut h, &mut m, 0)?;
+    out.record(Kind::State, &[&format::encode(&h, &m)])?;
+    out.record(Kind::End, &[])?;
+    out.answer(&mut reader)?;
+    Ok((rounds, stop.elapsed(), out.bytes))
+}
+
+/// Connects and has the destination check the handshake (on the
+/// pre-copy thread, while the guest runs).
+fn handshake(addr: &Address, hello: &[u8], image: &[u8]) -> Result<Precopied, MigrateError> {
     let connect = |err| MigrateError::Connect {
         addr: addr.to_string(),
         err,
     };
     let s = addr.connect_within(Some(CONNECT)).map_err(connect)?;
     s.set_timeouts(Some(IO)).map_err(connect)?;
-    let mut reader = s.try_clone().map_err(connect)?;
-    let mut out = Out {
-        w: BufWriter::with_capacity(1 << 20, s),
-        bytes: 0,
+    let reader = s.try_clone().map_err(connect)?;
+    let mut p = Precopied {
+        out: Out {
+            w: BufWriter::with_capacity(1 << 20, s),
+            bytes: 0,
+        },
+        reader,
+        left: None,
     };
-    let result = send(vm, &mut out, &mut reader, origin, cancel, kick);
-    let _ = set_logging(vm, false);
-    vm.mem.track_host_writes(false);
-    if result.is_err() {
-        // The destination sees the stream end and gives up.
-        reader.shutdown();
-    }
-    let (rounds, downtime) = result?;
-    Ok(Report {
-        downtime_ms: downtime.as_secs_f64() * 1e3,
-        total_ms: t0.elapsed().as_secs_f64() * 1e3,
-        rounds,
-        bytes: out.bytes,
-    })
+    stream::write_preamble(&mut p.out.w)?;
+    p.out.record(Kind::Hello, &[hello])?;
+    p.out.record(Kind::Image, &[image])?;
+    p.out.answer(&mut p.reader)?;
+    Ok(p)
 }
 
-fn send(
+/// Runs the guest on this thread (unless it is paused) while `work` runs
+/// on another (it is told when the guest halted); once `work` is done it
+/// kicks the vCPU out for the stop.
+fn precopy_while_running<T: Send>(
     vm: &mut Vm,
-    out: &mut Out,
-    reader: &mut Stream,
-    origin: &Origin,
-    cancel: &AtomicBool,
-    kick: &(dyn Fn() + Sync),
-) -> Result<(u32, Duration), MigrateError> {
-    // 1. Handshake: what a snapshot records, checked by the destination
-    //    before any page is sent.
-    let (mut h, mut m) = save::describe(vm, &origin.src, 0)?;
-    save::stamp_clock(vm, &mut h, &mut m, 0)?;
-    stream::write_preamble(&mut out.w)?;
-    out.record(Kind::Hello, &[&format::encode(&h, &m)])?;
-    out.record(Kind::Image, &[origin.image])?;
-    out.answer(reader)?;
-
-    // 2. Pre-copy, where KVM logs dirty pages; else everything at the stop.
-    let mem = {
-        // SAFETY: every thread holding the reader is joined in this
-        // function, while `vm` (and its memory) is borrowed by it.
-        unsafe { vm.mem.reader() }
-    };
-    let (rounds, mut left) = match set_logging(vm, true).and_then(|()| DirtyLog::new(vm)) {
-        Ok(log) => {
-            let host = vm.mem.track_host_writes(true);
-            let (rounds, left) = precopy_while_running(vm, out, mem, &log, &host, cancel, kick)?;
-            (rounds, Some((log, host, left)))
-        }
-        Err(e) => {
-            tracing::debug!("migrate: no dirty log ({e}): copying all memory at the stop");
-            (0, None)
-        }
-    };
-
-    // 3. Stop and copy: the guest stays stopped from here.
-    let stop = Instant::now();
-    if cancel.load(Ordering::SeqCst) {
-        return Err(MigrateError::Cancelled);
-    }
-    vm.complete_io()?;
-    match left.as_mut() {
-        Some((log, host, left)) => {
-            or_into(left, &log.take().map_err(MigrateError::DirtyLog)?);
-            or_into(left, &host.take());
-            send_pages(out, mem, left, cancel)?;
-        }
-        None => send_resident(out, mem, cancel)?,
-    }
-    vm.devices.block.flush().map_err(MigrateError::Flush)?;
-    save::capture(vm, &mut h, &mut m, 0)?;
-    out.record(Kind::State, &[&format::encode(&h, &m)])?;
-    out.record(Kind::End, &[])?;
-    out.answer(reader)?;
-    Ok((rounds, stop.elapsed()))
-}
-
-/// Runs the guest on this thread while a pre-copy thread sends memory;
-/// returns the rounds sent and the pages dirtied since the last one, once
-/// the vCPU was kicked out for the stop.
-fn precopy_while_running(
-    vm: &mut Vm,
-    out: &mut Out,
-    mem: Reader,
-    log: &DirtyLog,
-    host: &HostWrites,
-    cancel: &AtomicBool,
-    kick: &(dyn Fn() + Sync),
-) -> Result<(u32, Vec<u64>), MigrateError> {
+    d: &Driver,
+    work: impl FnOnce(&AtomicBool) -> Result<T, MigrateError> + Send,
+) -> Result<T, MigrateError> {
+    let kick = d.kick;
     let done = AtomicBool::new(false);
     let halted = AtomicBool::new(false);
-    let (ran, copied) = std::thread::scope(|sc| {
+    let (ran, worked) = std::thread::scope(|sc| {
         let t = sc.spawn(|| {
-            let stopper =
-                |flag: &AtomicBool| cancel.load(Ordering::SeqCst) || flag.load(Ordering::SeqCst);
-            let r = precopy(out, mem, log, host, &|| stopper(&halted));
+            let r = work(&halted);
             done.store(true, Ordering::SeqCst);
             kick();
             r
         });
-        let ran = vm.run_until(|| done.load(Ordering::Relaxed));
-        halted.store(true, Ordering::SeqCst);
+        // The guest stopped (for the stop, or it halted or failed): the
+        // work must not wait for it any more.
+        let ran = match d.running {
+            true => {
+                let r = vm.run_until(|| done.load(Ordering::Relaxed));
+                halted.store(true, Ordering::SeqCst);
+                r
+            }
+            false => Ok(None),
+        };
         (ran, t.join())
     });
-    let copied = copied.unwrap_or(Err(MigrateError::Stream(StreamError::Invalid(
+    let worked = worked.unwrap_or(Err(MigrateError::Stream(StreamError::Invalid(
         "the pre-copy thread panicked",
     ))));
     match ran? {
         Some(status) => Err(MigrateError::Halted(status)),
-        None => copied,
+        None => worked,
     }
 }
 
@@ -333,7 +387,8 @@ impl Run {
     }
 }
 
-/// Turns KVM's dirty log of the one memory slot on or off.
+/// Turns KVM's dirty log of the one memory slot off (the main thread,
+/// after a migration).
 fn set_logging(vm: &Vm, on: bool) -> std::io::Result<()> {
     let region = kvm_bindings::kvm_userspace_memory_region {
         slot: 0,
@@ -352,10 +407,12 @@ fn set_logging(vm: &Vm, on: bool) -> std::io::Result<()> {
         .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
-/// KVM_GET_DIRTY_LOG on a duplicate of the VM fd, for the pre-copy thread.
+/// KVM's dirty log of the one memory slot, through a duplicate of the VM
+/// fd: the pre-copy thread turns it on and reads it while the vCPU runs.
 struct DirtyLog {
     fd: OwnedFd,
     words: usize,
+    region: kvm_bindings::kvm_userspace_memory_region,
 }
 
 impl DirtyLog {
@@ -365,14 +422,36 @@ impl DirtyLog {
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let log = DirtyLog {
+        Ok(DirtyLog {
             // SAFETY: a fresh fd nobody else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             words: vm.mem.size().div_ceil(PAGE * 64) as usize,
+            region: kvm_bindings::kvm_userspace_memory_region {
+                slot: 0,
+                flags: kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES,
+                guest_phys_addr: 0,
+                memory_size: vm.mem.size(),
+                userspace_addr: vm.mem.host_base() as u64,
+            },
+        })
+    }
+
+    /// Registers the slot again with KVM_MEM_LOG_DIRTY_PAGES (KVM allows
+    /// it while the vCPU runs), and clears the log.
+    fn start(&self) -> std::io::Result<()> {
+        // SAFETY: the builder's slot, address and size again (our own
+        // live mapping, which outlives the VM); only the flags change.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                KVM_SET_USER_MEMORY_REGION,
+                &self.region,
+            )
         };
-        // Clears what was logged before (and tells whether KVM can).
-        log.take()?;
-        Ok(log)
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.take().map(|_| ())
     }
 
     /// The pages the guest wrote since the last call, cleared.
