@@ -28,7 +28,7 @@ SKIFF_TEST_LANE_LOG=$out/console.log SKIFF_TEST_LANE_FWD=$fwd SKIFF_TEST_LANE_BA
 host=$!
 trap 'kill $host 2>/dev/null || true' EXIT
 lane=0
-STDKVM_NET="hostfwd=tcp:127.0.0.1:$fwd-:7700" STDKVM_MODES=${STDKVM_MODES:-npt} STDKVM_SKIP="" \
+STDKVM_LIMIT=${STDKVM_LIMIT:-1200} STDKVM_NET="hostfwd=tcp:127.0.0.1:$fwd-:7700" STDKVM_MODES=${STDKVM_MODES:-npt} STDKVM_SKIP="" \
     STDKVM_ENV="SKIFF_TEST_LANE_HOST=10.0.2.2 SKIFF_TEST_LANE_BACK=$back SKIFF_TEST_LANE_NONCE=$nonce" \
     STDKVM_FILTER="--ignored --exact $name --nocapture" tools/stdkvm/run.sh migrate || lane=$?
 # The host side ends on its own once the lane's move back has come or
