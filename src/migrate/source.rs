@@ -156,6 +156,10 @@ fn send(
                 None
             }
         };
+        // The destination catches up with what the socket buffers hold
+        // (megabytes) before the guest stops, not during the downtime.
+        p.out.record(Kind::Sync, &[])?;
+        p.out.answer(&mut p.reader)?;
         Ok(p)
     })?;
     let Precopied {
