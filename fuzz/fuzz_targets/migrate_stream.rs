@@ -10,8 +10,26 @@ use libfuzzer_sys::fuzz_target;
 use skiff::migrate::{dest, stream};
 use skiff::snapshot::format::{self, Header, Meta};
 
+/// The stream's bytes to read; what the destination answers is dropped.
+struct Peer<'a>(&'a [u8]);
+
+impl std::io::Read for Peer<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(b)
+    }
+}
+
+impl std::io::Write for Peer<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn decode(bytes: &[u8]) {
-    let mut r = bytes;
+    let mut r = Peer(bytes);
     let Ok((h, m, _image)) = dest::read_hello(&mut r) else {
         return;
     };
@@ -41,9 +59,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&kind, body)) = data.split_first() else {
         return;
     };
-    let kind = match kind % 3 {
+    let kind = match kind % 4 {
         0 => stream::Kind::Pages,
         1 => stream::Kind::State,
+        2 => stream::Kind::Sync,
         _ => stream::Kind::End,
     };
     let mut s = hello();

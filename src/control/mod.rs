@@ -138,6 +138,9 @@ struct Shared {
     /// A migration runs; `cancel` asks it to stop.
     migrating: AtomicBool,
     cancel: AtomicBool,
+    /// The running migration's socket: `cancel` shuts it down, so a
+    /// migration blocked on a stalled peer ends at once.
+    stream_fd: Mutex<Option<libc::c_int>>,
     /// The vCPU thread's tid (0 until it runs).
     vcpu_tid: AtomicI32,
     conns: AtomicUsize,
@@ -184,6 +187,7 @@ impl Control {
             state: AtomicU8::new(State::Running as u8),
             migrating: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
+            stream_fd: Mutex::new(None),
             vcpu_tid: AtomicI32::new(0),
             conns: AtomicUsize::new(0),
         });
@@ -241,6 +245,16 @@ impl Control {
     /// Makes the vCPU thread leave `KVM_RUN` (and a guest's POLL sleep).
     pub fn kick(&self) {
         kick(&self.shared);
+    }
+
+    /// Names (or, with `None`, forgets: before it is closed) the socket
+    /// of the running migration, which `cancel` shuts down.
+    pub fn set_stream(&self, fd: Option<libc::c_int>) {
+        *self
+            .shared
+            .stream_fd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = fd;
     }
 
     /// The flag `cancel` sets while a migration runs.
@@ -404,6 +418,12 @@ fn answer(text: &str, shared: &Shared) -> (String, Option<mpsc::Sender<()>>) {
         },
         Command::Cancel if migrating => {
             shared.cancel.store(true, Ordering::SeqCst);
+            let fd = shared.stream_fd.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(fd) = *fd {
+                // SAFETY: the migration's open socket: it is forgotten
+                // under this lock before it is closed.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            }
             "ok cancelling".into()
         }
         Command::Cancel => "error: no migration is running".into(),

@@ -64,9 +64,11 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
             Command::Migrate(addr) => {
                 ctl.set_migrating(true);
                 let kick = || ctl.kick();
+                let stream = |fd| ctl.set_stream(fd);
                 let driver = source::Driver {
                     cancel: ctl.cancel_flag(),
                     kick: &kick,
+                    stream: &stream,
                     running: !paused,
                 };
                 let r = source::migrate(vm, &addr, origin, &driver);

@@ -156,10 +156,11 @@ fn build(
 }
 
 /// Page records (each handed to `page` once checked against the
-/// handshake's memory size) until the final state, then the end: the
-/// final header and metadata, checked against the handshake's.
-pub fn read_guest(
-    s: &mut impl Read,
+/// handshake's memory size; a sync answered) until the final state, then
+/// the end: the final header and metadata, checked against the
+/// handshake's.
+pub fn read_guest<S: Read + std::io::Write>(
+    s: &mut S,
     h: &Header,
     meta: &Meta,
     page: &mut dyn FnMut(u64, &[u8]),
@@ -184,6 +185,7 @@ pub fn read_guest(
                 }
                 state = Some((h2, m2));
             }
+            Kind::Sync if state.is_none() => stream::write_record(s, Kind::Ok, &[])?,
             Kind::End => break,
             _ => return Err(StreamError::Invalid("record out of order").into()),
         }

@@ -20,7 +20,7 @@ use crate::snapshot::format;
 use crate::snapshot::save::{self, Source};
 use crate::vmm::Vm;
 use std::io::{BufWriter, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,10 @@ impl Out {
 pub struct Driver<'a> {
     pub cancel: &'a AtomicBool,
     pub kick: &'a (dyn Fn() + Sync),
+    /// Told the stream's socket once connected and `None` before it is
+    /// closed (a cancel shuts it down, ending a write or read blocked on
+    /// a stalled peer).
+    pub stream: &'a (dyn Fn(Option<RawFd>) + Sync),
     pub running: bool,
 }
 
@@ -95,7 +99,11 @@ pub fn migrate(
     if let Some(name) = vm.devices.net.unmovable() {
         return Err(MigrateError::Unmovable(name.to_string()));
     }
-    let result = send(vm, addr, origin, d);
+    let mut result = send(vm, addr, origin, d);
+    if result.is_err() && d.cancel.load(Ordering::SeqCst) {
+        // Whatever the shut-down socket made fail, it was the cancel.
+        result = Err(MigrateError::Cancelled);
+    }
     let _ = set_logging(vm, false);
     vm.mem.track_host_writes(false);
     if result.is_err() {
@@ -114,8 +122,19 @@ pub fn migrate(
     })
 }
 
-/// What the pre-copy thread leaves for the stop.
-struct Precopied {
+/// Forgets the registered stream when dropped: before the stream closes.
+struct Unregister<'a>(&'a (dyn Fn(Option<RawFd>) + Sync));
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        (self.0)(None);
+    }
+}
+
+/// What the pre-copy thread leaves for the stop. Field order is drop
+/// order: the stream is forgotten before it closes.
+struct Precopied<'a> {
+    _unregister: Unregister<'a>,
     out: Out,
     reader: Stream,
     /// Rounds sent and the pages dirtied since the last one; `None`
@@ -145,7 +164,7 @@ fn send(
 
     let p = precopy_while_running(vm, d, |halted| {
         let stop = || cancel.load(Ordering::SeqCst) || halted.load(Ordering::SeqCst);
-        let mut p = handshake(addr, &hello, origin.image)?;
+        let mut p = handshake(addr, &hello, origin.image, d.stream)?;
         if stop() {
             return Err(MigrateError::Cancelled);
         }
@@ -156,13 +175,14 @@ fn send(
                 None
             }
         };
+        // The destination catches up with what the socket buffers hold
+        // (megabytes) before the guest stops, not during the downtime.
+        p.out.record(Kind::Sync, &[])?;
+        p.out.answer(&mut p.reader)?;
         Ok(p)
     })?;
-    let Precopied {
-        mut out,
-        mut reader,
-        left,
-    } = p;
+    let mut p = p;
+    let (out, reader) = (&mut p.out, &mut p.reader);
 
     // Stop and copy: the guest stays stopped from here.
     let stop = Instant::now();
@@ -170,15 +190,15 @@ fn send(
         return Err(MigrateError::Cancelled);
     }
     vm.complete_io()?;
-    let rounds = match left {
+    let rounds = match p.left.take() {
         Some((rounds, mut left)) => {
             or_into(&mut left, &log.take().map_err(MigrateError::DirtyLog)?);
             or_into(&mut left, &host.take());
-            send_pages(&mut out, mem, &left, cancel)?;
+            send_pages(out, mem, &left, cancel)?;
             rounds
         }
         None => {
-            send_resident(&mut out, mem, cancel)?;
+            send_resident(out, mem, cancel)?;
             0
         }
     };
@@ -188,21 +208,30 @@ fn send(
     save::capture(vm, &mut h, &mut m, 0)?;
     out.record(Kind::State, &[&format::encode(&h, &m)])?;
     out.record(Kind::End, &[])?;
-    out.answer(&mut reader)?;
+    out.answer(reader)?;
     Ok((rounds, stop.elapsed(), out.bytes))
 }
 
 /// Connects and has the destination check the handshake (on the
 /// pre-copy thread, while the guest runs).
-fn handshake(addr: &Address, hello: &[u8], image: &[u8]) -> Result<Precopied, MigrateError> {
+fn handshake<'a>(
+    addr: &Address,
+    hello: &[u8],
+    image: &[u8],
+    register: &'a (dyn Fn(Option<RawFd>) + Sync),
+) -> Result<Precopied<'a>, MigrateError> {
     let connect = |err| MigrateError::Connect {
         addr: addr.to_string(),
         err,
     };
     let s = addr.connect_within(Some(CONNECT)).map_err(connect)?;
+    register(Some(s.raw_fd()));
+    // Declared after the stream: dropped (forgotten) before it closes.
+    let unregister = Unregister(register);
     s.set_timeouts(Some(IO)).map_err(connect)?;
     let reader = s.try_clone().map_err(connect)?;
     let mut p = Precopied {
+        _unregister: unregister,
         out: Out {
             w: BufWriter::with_capacity(1 << 20, s),
             bytes: 0,

@@ -30,6 +30,10 @@ pub enum Kind {
     State = 4,
     /// Source: nothing more follows.
     End = 5,
+    /// Source, at the end of the pre-copy: answer `Ok` once everything
+    /// before this is in guest memory (so the stop does not wait for
+    /// pages still queued in socket buffers).
+    Sync = 6,
     /// Destination: go on (after Hello) or resumed (after End).
     Ok = 0x81,
     /// Destination: refused, with a one-line reason.
@@ -44,6 +48,7 @@ impl Kind {
             3 => Kind::Pages,
             4 => Kind::State,
             5 => Kind::End,
+            6 => Kind::Sync,
             0x81 => Kind::Ok,
             0x82 => Kind::Refused,
             _ => return None,
@@ -56,7 +61,7 @@ impl Kind {
             Kind::Hello | Kind::State => 1 << 20,
             Kind::Image => 256 << 20,
             Kind::Pages => 12 + PAGES_PER_RECORD as u32 * PAGE as u32,
-            Kind::End | Kind::Ok => 0,
+            Kind::End | Kind::Sync | Kind::Ok => 0,
             Kind::Refused => 4096,
         }
     }
