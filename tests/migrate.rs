@@ -431,7 +431,7 @@ fn a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move() {
         "--net:service0=tap0",
         g.to_str().unwrap(),
         "limit",
-        "10",
+        "11",
     ]));
     src.wait_for("serving ping", 1, limit(20));
     ns.ping("10.77.0.2", 5);
@@ -454,9 +454,11 @@ fn a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move() {
     ns.exec_ok(&["ip", "neigh", "flush", "dev", "tap0"]);
     ns.ping("10.77.0.2", 5);
     assert_eq!(neighbour_mac(&ns, "10.77.0.2"), mac);
+    // The last ping ends the guest (and its TAP's neighbours go with it).
+    ns.ping("10.77.0.2", 1);
     let (dcode, dout, derr) = dst.finish(limit(30));
     assert_eq!(dcode, Some(0), "destination: {dout} {derr}");
-    assert!(dout.contains("limit reached, 10 pings answered"), "{dout}");
+    assert!(dout.contains("limit reached, 11 pings answered"), "{dout}");
 }
 
 /// The fleet-common CPU features (docs/snapshots.md), for the lane's guest:
