@@ -10,7 +10,7 @@ type Source = (&'static str, &'static str);
 
 /// (file, filter name inside it, Rust constant emitted, the policy whose
 /// rules it extends)
-const POLICIES: [(&str, &str, &str, Option<Source>); 6] = [
+const POLICIES: [(&str, &str, &str, Option<Source>); 7] = [
     ("seccomp/run.json", "run", "RUN", None),
     ("seccomp/accel.json", "accel", "ACCEL", None),
     (
@@ -20,6 +20,7 @@ const POLICIES: [(&str, &str, &str, Option<Source>); 6] = [
         Some(("seccomp/run.json", "run")),
     ),
     ("seccomp/serve.json", "serve", "SERVE", None),
+    ("seccomp/ctl.json", "ctl", "CTL", None),
     (
         "seccomp/agent.json",
         "agent",

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-targets=(image manifest hypercall pool_request agent_frame model_blob snapshot)
+targets=(image manifest hypercall pool_request agent_frame model_blob snapshot migrate_stream)
 if [ $# -gt 1 ]; then targets=("${@:2}"); fi
 
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz

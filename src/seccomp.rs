@@ -43,6 +43,9 @@ pub enum Policy {
     /// `seccomp/debug.json` plus run's rules: a run with `--gdb`,
     /// `--dumpcore` or `--trace` (src/debug/).
     Debug,
+    /// `seccomp/ctl.json`: `skiff ctl`, once connected: one line out, one
+    /// line back.
+    Ctl,
     /// `seccomp/agent.json` plus accel's rules: `skiff agent` (src/agent/),
     /// which serves plugins to network clients and never execs.
     Agent,
@@ -56,6 +59,7 @@ impl Policy {
             Policy::Accel => &bpf::ACCEL,
             Policy::Pool => &bpf::POOL,
             Policy::Serve => &bpf::SERVE,
+            Policy::Ctl => &bpf::CTL,
             Policy::Debug => &bpf::DEBUG,
             Policy::Agent => &bpf::AGENT,
         }

@@ -166,6 +166,23 @@ impl Vm {
         }
     }
 
+    /// Runs the guest to its HALT (`Some(status)`) or until `stop()` holds
+    /// between two exits (`None`): a controlled run (control.rs) checks
+    /// its request flag there, one atomic load per exit. Whatever made
+    /// `stop()` true must also kick `KVM_RUN` (signals::interrupt_run).
+    pub fn run_until(&mut self, stop: impl Fn() -> bool) -> Result<Option<i32>, RunError> {
+        self.vcpu.arm_signals();
+        marks::mark(Mark::FirstRun);
+        loop {
+            if let Some(status) = self.step()? {
+                return Ok(Some(status));
+            }
+            if stop() {
+                return Ok(None);
+            }
+        }
+    }
+
     /// Runs the guest to its next exit and acts on it: `Some(status)` once
     /// the guest has halted (benches/exit_cost times one exit).
     pub fn step(&mut self) -> Result<Option<i32>, RunError> {

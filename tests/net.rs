@@ -4,44 +4,13 @@
 //! deletes the namespace afterwards. Needs root and iproute2/iputils-ping.
 
 mod common;
+use common::netns::Netns;
 use common::*;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A network namespace with TAPs, deleted on drop.
-struct Netns(String);
-
-fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("run ip");
-    assert!(o.status.success(), "ip {args:?}: {}", stderr(&o));
-}
-
+/// Runs skiff inside a test's namespace.
 impl Netns {
-    /// A namespace with `taps` (name, host address/prefix, mtu).
-    fn new(tag: &str, taps: &[(&str, &str, u32)]) -> Self {
-        let name = format!("skiff-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name);
-        for (tap, addr, mtu) in taps {
-            ns.exec_ok(&["ip", "tuntap", "add", tap, "mode", "tap"]);
-            ns.exec_ok(&["ip", "addr", "add", addr, "dev", tap]);
-            ns.exec_ok(&["ip", "link", "set", tap, "mtu", &mtu.to_string(), "up"]);
-        }
-        ns
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).args(args);
-        c
-    }
-
-    fn exec_ok(&self, args: &[&str]) {
-        let o = self.cmd(args).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-    }
-
     /// `skiff run FLAGS GUEST ARGS` inside the namespace, in the background.
     fn spawn_skiff(&self, flags: &[&str], guest_name: &str, args: &[&str]) -> Child {
         let g = guest(guest_name);
@@ -59,27 +28,6 @@ impl Netns {
 
     fn run_skiff(&self, flags: &[&str], guest_name: &str, args: &[&str]) -> Output {
         wait(self.spawn_skiff(flags, guest_name, args))
-    }
-
-    /// `count` pings to `addr`; asserts every one was answered.
-    fn ping(&self, addr: &str, count: u32) {
-        let n = count.to_string();
-        let o = self
-            .cmd(&["ping", "-c", &n, "-i", "0.05", "-W", "5", addr])
-            .output()
-            .unwrap();
-        let out = stdout(&o);
-        assert!(
-            o.status.success() && out.contains(&format!("{count} received")),
-            "{out} {}",
-            stderr(&o)
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
     }
 }
 

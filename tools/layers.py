@@ -31,6 +31,10 @@ LAYERS = [
     ["builder"],
     # Features: each stands on the core, none on another.
     ["snapshot", "debug", "oci", "bench", "agent"],
+    # Live orchestration: migration stands on snapshots; the control
+    # socket drives both.
+    ["migrate"],
+    ["control"],
     ["pool"],
     ["serve"],
     # Only the CLI turns argv into config and prints.

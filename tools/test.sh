@@ -6,7 +6,8 @@
 #   3. runs the whole suite: cargo test --workspace;
 #   4. runs part of it again on a standard KVM (tools/stdkvm/run.sh:
 #      kvm_amd inside QEMU/TCG, nested and shadow paging), and moves
-#      snapshots between the two (tools/stdkvm/travel.sh).
+#      snapshots (tools/stdkvm/travel.sh) and live guests (migrate.sh)
+#      between the two.
 # Ends with one line, "tests: N passed, M failed, K skipped", and a non-zero exit if
 # anything failed. SKIFF_NO_STDKVM=1 leaves step 4 out.
 set -uo pipefail
@@ -52,6 +53,9 @@ if [ "${SKIFF_NO_STDKVM:-}" != 1 ]; then
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     # Snapshots moving between this host's KVM and the lane's, both ways.
     tools/stdkvm/travel.sh 2>&1 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+    # Live migration between this host and the lane, both ways.
+    tools/stdkvm/migrate.sh 2>&1 | tee -a "$log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 

@@ -69,3 +69,20 @@ pub fn cost_vm(mode: &str) -> skiff::vmm::Vm {
     vm.set_console(std::os::fd::IntoRawFd::into_raw_fd(devnull));
     vm
 }
+
+/// The plots' legend: the series' labels, upper left, on a pale box.
+pub fn legend<
+    'a,
+    DB: plotters::prelude::DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+>(
+    chart: &mut plotters::prelude::ChartContext<'a, DB, CT>,
+) -> Result<(), plotters::prelude::DrawingAreaErrorKind<DB::ErrorType>> {
+    use plotters::prelude::*;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+}

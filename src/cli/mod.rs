@@ -12,9 +12,11 @@ mod accel;
 mod agent;
 mod bench;
 mod call;
+mod ctl;
 mod debug;
 mod hook;
 mod inspect;
+mod live;
 mod pool;
 mod run;
 mod serve;
@@ -47,7 +49,7 @@ struct Skiff {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a unikernel: skiff run [solo5-hvt flags] [--] KERNEL [ARGS...]
-    Run(run::RunArgs),
+    Run(run::RunCmd),
     /// Measure start-up: run an image N times (fresh processes) and report
     /// each phase from exec; optionally alternate with another tender.
     Bench(bench::BenchArgs),
@@ -69,6 +71,9 @@ enum Command {
     /// Show what a snapshot records and whether this host can restore it,
     /// or an image's ABI and manifest: skiff inspect FILE
     Inspect(inspect::InspectArgs),
+    /// Send one command to a running guest's control socket
+    /// (`skiff run --control PATH`): skiff ctl PATH COMMAND [ARG]
+    Ctl(ctl::CtlArgs),
     /// OCI runtime hook: container state JSON on stdin; checks the image
     /// named by the annotation org.skiff.kernel (see README)
     Hook,
@@ -106,7 +111,7 @@ fn clap_exit(e: clap::Error) -> i32 {
 /// skiff's own clap command, built (subcommands know their full names,
 /// for usage lines).
 pub(super) fn skiff_command() -> clap::Command {
-    let mut cmd = Skiff::command();
+    let mut cmd = run::kernel_optional_with_incoming(Skiff::command());
     cmd.build();
     cmd
 }
@@ -135,6 +140,7 @@ pub fn main() -> i32 {
         Ok(Command::Hook) => hook::main(&prog),
         Ok(Command::Inspect(i)) => inspect::main(&prog, i),
         Ok(Command::Agent(a)) => agent::main(&prog, a),
+        Ok(Command::Ctl(c)) => ctl::main(&prog, c),
         Err(e) => clap_exit(transposed_subcommand(e)),
     }
 }
@@ -144,7 +150,7 @@ pub fn main() -> i32 {
 /// is part of every start-up.
 fn parse(argv: Vec<OsString>) -> Result<Command, clap::Error> {
     use clap::FromArgMatches;
-    let mut top = Skiff::command();
+    let mut top = run::kernel_optional_with_incoming(Skiff::command());
     let argv = solo5::kernel_rule(&top, argv)?;
     let m = top.try_get_matches_from_mut(argv)?;
     Skiff::from_arg_matches(&m).map(|s| s.cmd)

@@ -8,6 +8,29 @@ use clap::Args;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+/// `skiff run` (and solo5-hvt): the shared flags and the live ones.
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    #[command(flatten)]
+    pub live: LiveArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Live orchestration (docs/migration.md): none of it costs anything
+/// when absent (no thread, no socket).
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    /// Serve a control socket at PATH (mode 0600): status, pause, resume,
+    /// snapshot FILE, migrate ADDR, cancel (`skiff ctl PATH COMMAND`).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Receive a running guest from a `migrate` at ADDR (tcp://HOST:PORT
+    /// or unix:///PATH) instead of booting KERNEL, then run it.
+    #[arg(long, value_name = "ADDR", conflicts_with = "restore")]
+    pub incoming: Option<crate::accel::remote::addr::Address>,
+}
+
 /// The flags `skiff run` shares with solo5-hvt.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -40,9 +63,10 @@ pub struct RunArgs {
     #[arg(long = "net-mac", value_name = "NAME=MAC")]
     pub net_mac: Vec<OsString>,
     /// The unikernel (.hvt ELF image). Options end here: what follows is
-    /// the guest's.
-    #[arg(value_name = "KERNEL")]
-    pub kernel: PathBuf,
+    /// the guest's. (`skiff run --incoming` may leave it out: see
+    /// [`kernel_optional_with_incoming`].)
+    #[arg(value_name = "KERNEL", required = true)]
+    pub kernel: Option<PathBuf>,
     /// Arguments passed to the unikernel as its command line.
     #[arg(
         value_name = "ARGS",
@@ -50,6 +74,20 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub args: Vec<OsString>,
+}
+
+/// `skiff run --incoming ADDR` takes its image from the source; KERNEL,
+/// when given, must be the same. Only `run` has --incoming, so only its
+/// KERNEL is made optional (clap would refuse the rule on the others).
+pub fn kernel_optional_with_incoming(cmd: clap::Command) -> clap::Command {
+    // mut_arg moves an argument to the end: the guest's ARGS are moved
+    // after it again, so the positionals keep their order.
+    cmd.mut_subcommand("run", |c| {
+        c.mut_arg("kernel", |a| {
+            a.required(false).required_unless_present("incoming")
+        })
+        .mut_arg("args", |a| a)
+    })
 }
 
 impl RunArgs {
@@ -68,7 +106,7 @@ impl RunArgs {
             accel: self
                 .accel
                 .into_config(std::env::var("VACCEL_PLUGINS").ok())?,
-            kernel: self.kernel,
+            kernel: self.kernel.unwrap_or_default(),
             cpu_template: self.cpu_template.into(),
         })
     }
@@ -79,13 +117,23 @@ impl RunArgs {
     }
 }
 
-pub fn main(prog: &str, run: RunArgs) -> i32 {
+pub fn main(prog: &str, cmd: RunCmd) -> i32 {
+    let RunCmd { live, run } = cmd;
+    let kernel_given = run.kernel.is_some();
     let restore = run.restore.clone();
     if let Some(Err(e)) = restore.as_deref().map(regular_file) {
         return refuse(prog, &e);
     }
     let debug = run.debug.clone();
+    let live_asked = live.control.is_some() || live.incoming.is_some();
     match run.config_or_report(prog) {
+        Ok(_) if live_asked && debug.any() => refuse(
+            prog,
+            &"--control and --incoming cannot be combined with --gdb, --dumpcore or --trace",
+        ),
+        Ok(cfg) if live_asked => {
+            super::live::run(prog, &cfg, restore.as_deref(), &live, kernel_given)
+        }
         Ok(cfg) if debug.any() || super::debug::log_env() => {
             super::debug::run(prog, &cfg, restore.as_deref(), &debug)
         }

@@ -9,7 +9,7 @@
 //! Which options take their value as the next argument is read from clap's
 //! own definition of the command, so it cannot drift from it.
 
-use super::run::RunArgs;
+use super::run::RunCmd;
 use super::REFUSED;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
@@ -26,7 +26,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 )]
 struct Solo5Hvt {
     #[command(flatten)]
-    run: RunArgs,
+    run: RunCmd,
 }
 
 /// `cmd`'s long (and short) options that take a value.
@@ -168,7 +168,7 @@ fn rebuild(head: Vec<OsString>, s: Split) -> Vec<OsString> {
 /// Parses solo5-hvt's argv. On a usage error it prints what solo5-hvt
 /// would (`solo5-hvt: Invalid option: ...`, `Missing KERNEL operand`, then
 /// its usage) and returns the exit status, 1, as solo5-hvt does.
-pub fn parse(prog: &str, argv: Vec<OsString>) -> Result<RunArgs, i32> {
+pub fn parse(prog: &str, argv: Vec<OsString>) -> Result<RunCmd, i32> {
     let cmd = Solo5Hvt::command();
     let mut argv = argv.into_iter();
     let head: Vec<OsString> = argv.by_ref().take(1).collect();
@@ -232,7 +232,7 @@ fn usage(prog: &str) -> i32 {
          \x20   [ --block:NAME=PATH ] [ --block-sector-size:NAME=SIZE ]\n\
          skiff's own options:\n"
     );
-    let cmd = RunArgs::augment_args(clap::Command::new("solo5-hvt"));
+    let cmd = RunCmd::augment_args(clap::Command::new("solo5-hvt"));
     for a in cmd.get_arguments().filter(|a| !a.is_positional()) {
         let Some(long) = a.get_long() else { continue };
         if matches!(

@@ -49,6 +49,8 @@ fn sample(id: &str) -> &'static str {
         "dumpcore" => "/tmp",
         "plot" => "p.svg",
         "cpu_template" => "baseline",
+        "control" => "c.sock",
+        "incoming" => "tcp://127.0.0.1:9",
         other => panic!("no sample value for --{other}: add one"),
     }
 }
@@ -79,7 +81,7 @@ fn forms(a: &clap::Arg) -> Vec<Vec<String>> {
 /// The positional part and what it must parse to.
 fn check(cmd: Command, argv: &[String]) {
     let (kernel, args) = match cmd {
-        Command::Run(r) => (r.kernel, r.args),
+        Command::Run(r) => (r.run.kernel, r.run.args),
         Command::Snapshot(s) => (s.run.kernel, s.run.args),
         Command::Pool(p) => (p.run.kernel, p.run.args),
         Command::Serve(s) => (s.run.kernel, s.run.args),
@@ -89,7 +91,11 @@ fn check(cmd: Command, argv: &[String]) {
         }
         other => panic!("{other:?}"),
     };
-    assert_eq!(kernel, std::path::Path::new("k.hvt"), "{argv:?}");
+    assert_eq!(
+        kernel.as_deref(),
+        Some(std::path::Path::new("k.hvt")),
+        "{argv:?}"
+    );
     assert_eq!(args, os(&["a", "--mem=8", "--help"]), "{argv:?}");
 }
 

@@ -125,6 +125,7 @@ impl Bindings {
                 name,
                 target,
                 mac: None,
+                open_later: false,
             });
         }
         for (name, val) in macs {

@@ -171,6 +171,15 @@ impl BlockDevices {
         self.by_handle[i] = Some(dev);
     }
 
+    /// fsync of every backing file: a guest stopped here for good (a
+    /// snapshot, a migration) has its writes on storage.
+    pub fn flush(&self) -> std::io::Result<()> {
+        for b in self.by_handle.iter().flatten() {
+            b.file.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// BLOCK_READ or BLOCK_WRITE.
     pub fn io(&self, mem: &GuestMemory, dir: Dir, arg: Gpa, mut req: HcBlock) -> Result<(), Stop> {
         let call = match dir {

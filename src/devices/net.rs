@@ -29,6 +29,10 @@ pub struct NetSpec {
     pub target: NetTarget,
     /// From `--net-mac`; generated at attach time when absent.
     pub mac: Option<[u8; 6]>,
+    /// Check the TAP now but open it only at [`NetDevices::open_taps`]:
+    /// a migration's destination, whose TAP the source holds until the
+    /// stop.
+    pub open_later: bool,
 }
 
 /// A bad `--net` or `--net-mac` value.
@@ -184,16 +188,23 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
 /// An attached net device.
 #[derive(Debug)]
 pub struct Net {
-    fd: OwnedFd,
+    /// `None` while a migration has handed the TAP over (or not yet
+    /// taken it): reads and writes then fail with EBADF.
+    fd: Option<OwnedFd>,
     pub mac: [u8; 6],
     pub mtu: u16,
+    spec: NetSpec,
 }
 
 impl Net {
     /// Opens the TAP (or takes over the inherited fd), nonblocking.
     pub fn attach(spec: &NetSpec) -> Result<Self, NetAttachError> {
         let fd = match &spec.target {
-            NetTarget::Iface(iface) => open_tap(spec, iface)?,
+            NetTarget::Iface(iface) if spec.open_later => {
+                check_tap(spec, iface)?;
+                None
+            }
+            NetTarget::Iface(iface) => Some(open_tap(spec, iface)?),
             NetTarget::Fd(raw) => {
                 let fd_err = |err| NetAttachError::Fd {
                     name: spec.name.clone(),
@@ -204,7 +215,7 @@ impl Net {
                 // SAFETY: `@FD` hands this fd to skiff for the whole run;
                 // it is open (FIONBIO just succeeded) and owned by no one
                 // else in this process.
-                unsafe { OwnedFd::from_raw_fd(*raw) }
+                Some(unsafe { OwnedFd::from_raw_fd(*raw) })
             }
         };
         // The MTU is the interface's; for an inherited fd, ask the TAP
@@ -213,7 +224,8 @@ impl Net {
             NetTarget::Iface(iface) => iface_info(iface.as_bytes()).map(|i| i.1),
             NetTarget::Fd(_) => {
                 let mut r = IfReq::new(b"");
-                ioctl(fd.as_raw_fd(), TUNGETIFF, &mut r).and_then(|_| {
+                let raw = fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+                ioctl(raw, TUNGETIFF, &mut r).and_then(|_| {
                     let len = r.name.iter().position(|&c| c == 0).unwrap_or(0);
                     iface_info(&r.name[..len]).map(|i| i.1)
                 })
@@ -224,16 +236,17 @@ impl Net {
             fd,
             mac: spec.mac.unwrap_or_else(generate_mac),
             mtu,
+            spec: spec.clone(),
         })
     }
 
     pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
 }
 
-/// Opens `/dev/net/tun` attached to the existing, up interface `iface`.
-fn open_tap(spec: &NetSpec, iface: &str) -> Result<OwnedFd, NetAttachError> {
+/// The interface `iface` exists and is up.
+fn check_tap(spec: &NetSpec, iface: &str) -> Result<(), NetAttachError> {
     let err = |err| NetAttachError::Iface {
         name: spec.name.clone(),
         iface: iface.to_string(),
@@ -247,6 +260,17 @@ fn open_tap(spec: &NetSpec, iface: &str) -> Result<OwnedFd, NetAttachError> {
             iface: iface.to_string(),
         });
     }
+    Ok(())
+}
+
+/// Opens `/dev/net/tun` attached to the existing, up interface `iface`.
+fn open_tap(spec: &NetSpec, iface: &str) -> Result<OwnedFd, NetAttachError> {
+    let err = |err| NetAttachError::Iface {
+        name: spec.name.clone(),
+        iface: iface.to_string(),
+        err,
+    };
+    check_tap(spec, iface)?;
     // SAFETY: open(2) on a constant NUL-terminated path; checked below.
     let raw = unsafe {
         libc::open(
@@ -293,12 +317,58 @@ impl NetDevices {
             Some(w) => w,
             None => self.waiter.insert(Waiter::new()?),
         };
-        waiter.add(dev.raw_fd(), handle)?;
+        if dev.fd.is_some() {
+            waiter.add(dev.raw_fd(), handle)?;
+        }
         let i = handle as usize;
         if self.by_handle.len() <= i {
             self.by_handle.resize_with(i + 1, || None);
         }
         self.by_handle[i] = Some(dev);
+        Ok(())
+    }
+
+    /// A device that cannot leave this process (an inherited `@FD`), by
+    /// name: a migration refuses to start then.
+    pub fn unmovable(&self) -> Option<&str> {
+        self.by_handle
+            .iter()
+            .flatten()
+            .find(|d| matches!(d.spec.target, NetTarget::Fd(_)))
+            .map(|d| d.spec.name.as_str())
+    }
+
+    /// Closes every TAP opened by name (a migration's stop: the
+    /// destination attaches the same interfaces next).
+    pub fn close_taps(&mut self) {
+        for d in self.by_handle.iter_mut().flatten() {
+            if matches!(d.spec.target, NetTarget::Iface(_)) {
+                d.fd = None;
+            }
+        }
+    }
+
+    /// Opens the TAPs closed or not yet opened ([`Self::close_taps`],
+    /// [`NetSpec::open_later`]) and puts them back in POLL's wait set.
+    pub fn open_taps(&mut self) -> Result<(), NetAttachError> {
+        for (h, slot) in self.by_handle.iter_mut().enumerate() {
+            let Some(d) = slot.as_mut().filter(|d| d.fd.is_none()) else {
+                continue;
+            };
+            let NetTarget::Iface(iface) = &d.spec.target else {
+                continue;
+            };
+            let fd = open_tap(&d.spec, iface)?;
+            if let Some(w) = self.waiter.as_mut() {
+                w.add(fd.as_raw_fd(), h as u64)
+                    .map_err(|err| NetAttachError::Iface {
+                        name: d.spec.name.clone(),
+                        iface: iface.clone(),
+                        err,
+                    })?;
+            }
+            d.fd = Some(fd);
+        }
         Ok(())
     }
 

@@ -5,7 +5,10 @@
 //! pays for the pages the loader or the guest actually use, so start-up
 //! does no work proportional to `--mem`.
 
+mod dirty;
 mod layout;
+
+pub use dirty::{HostDirty, HostWrites, Reader};
 
 pub use layout::{write_boot_state, BootState, BOOT_CR3, BOOT_GDT_SELECTORS, KERNEL_BASE};
 
@@ -47,6 +50,9 @@ pub struct GuestMemory {
     /// so a guest write there faults instead of succeeding; host-side
     /// writes refuse them rather than crash on them.
     read_only: Vec<(u64, u64)>,
+    /// skiff's own writes into guest memory while a migration tracks
+    /// them (KVM's dirty log sees only the guest's).
+    host_dirty: HostDirty,
 }
 
 impl GuestMemory {
@@ -62,6 +68,7 @@ impl GuestMemory {
             region,
             size,
             read_only: Vec::new(),
+            host_dirty: HostDirty::default(),
         })
     }
 
@@ -187,6 +194,22 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Starts (`on`, from a clean bitmap) or stops recording which pages
+    /// skiff itself writes (a migration's pre-copy); see [`HostDirty`].
+    pub fn track_host_writes(&self, on: bool) -> HostWrites {
+        self.host_dirty.track(self.size, on)
+    }
+
+    /// A reader of guest memory another thread can hold while the vCPU
+    /// runs (a migration's pre-copy).
+    ///
+    /// # Safety
+    /// The reader must not be used after this memory is dropped or
+    /// discarded: the caller joins every thread holding it before then.
+    pub unsafe fn reader(&self) -> Reader {
+        Reader::new(self.host_base(), self.size)
+    }
+
     /// The read-only ranges (for snapshots).
     pub fn read_only(&self) -> &[(u64, u64)] {
         &self.read_only
@@ -207,6 +230,7 @@ impl GuestMemory {
                 size: self.size,
             });
         }
+        self.host_dirty.mark(addr.0, len);
         Ok(s)
     }
 

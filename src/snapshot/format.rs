@@ -22,6 +22,10 @@ pub const PAGE: u64 = 4096;
 /// [`Meta::kvm`] of a snapshot made on kvm_pvm.
 pub const KVM_PVM: u32 = 1;
 pub const HEADER_LEN: usize = 136;
+/// [`Meta::pending_req_read`] of a guest stopped anywhere else than inside
+/// a REQ_READ (`snapshot` on a control socket, a migration): it resumes
+/// with nothing to answer first.
+pub const NO_PENDING_REQ_READ: u64 = u64::MAX;
 const CHECKSUM_AT: usize = 104;
 
 /// Why a snapshot file was refused.
@@ -86,7 +90,8 @@ pub struct Meta {
     /// and CLOCK_MONOTONIC_RAW at `Header::saved_at_ns` (snapshot/clock.rs).
     pub boot_id: Vec<u8>,
     pub saved_raw_ns: u64,
-    /// The guest-physical argument of the REQ_READ the guest is inside.
+    /// The guest-physical argument of the REQ_READ the guest is inside, or
+    /// [`NO_PENDING_REQ_READ`].
     pub pending_req_read: u64,
     /// Page-aligned ranges mapped read-only (the image's text and rodata).
     pub read_only: Vec<(u64, u64)>,

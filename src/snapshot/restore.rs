@@ -172,7 +172,7 @@ impl Prepared {
         (self.clock, self.keeping)
     }
 
-    pub(super) fn from_parts(vm: Vm, clock: (clock::Saved, Option<Keeping>)) -> Self {
+    pub(crate) fn from_parts(vm: Vm, clock: (clock::Saved, Option<Keeping>)) -> Self {
         Prepared {
             vm,
             clock: clock.0,
@@ -238,20 +238,8 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     }
     let img = builder::parse_image(&cfg.kernel, &image, h.mem_size)?;
 
-    // 2. Devices as the guest saw them at boot. It learnt then whether
-    //    accelerators are there; it had no session open at the snapshot
-    //    (save.rs), so a fresh runtime is its.
-    let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
-    let (devices, entries) = builder::attach(&img, &bindings, &cfg.accel)?;
-    check_devices(&meta.devices, &entries)?;
-    match (
-        h.host_features & guest_abi::skiff::SKIFF_FEATURE_ACCEL != 0,
-        devices.accel.is_some(),
-    ) {
-        (true, false) => return Err(RestoreError::AccelMissing),
-        (false, true) => return Err(RestoreError::AccelAdded),
-        _ => {}
-    }
+    // 2. Devices as the guest saw them at boot.
+    let devices = devices_for(&img, cfg, &h, &meta)?;
 
     // 3. Memory: the saved pages, copy-on-write.
     let mut mem = GuestMemory::new(h.mem_size)?;
@@ -264,18 +252,8 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
     let cpuid = super::vcpu::cpuid_from_meta(&meta);
     let mut vm = builder::machine(mem, devices, GuestCpuid::Saved(&cpuid))?;
 
-    // 5. The saved vCPU, which converts TSC ticks with the frequency it
-    //    was booted with; it resumes inside its REQ_READ.
-    clock::match_tsc_hz(&vm.kvm, vm.vcpu.fd(), h.tsc_hz)?;
-    let saved = saved_clock(&h, &meta);
-    clock::check_boot(vm.vcpu.fd(), &saved)?;
-    let native = super::vcpu::from_meta(&meta)?.apply(&mut vm.vcpu)?;
-    vm.vcpu.set_pvm_native(native);
-    vm.vcpu.resume_through_stub(&vm.mem)?;
-    vm.resume = Some(Request::Extension {
-        nr: Hypercall::ReqRead,
-        arg: Gpa(meta.pending_req_read),
-    });
+    // 5. The saved vCPU; it resumes inside its REQ_READ.
+    let saved = apply_state(&mut vm, &h, &meta)?;
     Ok(Prepared {
         vm,
         clock: saved,
@@ -287,6 +265,64 @@ pub fn prepare(snap: &Path, cfg: &RunConfig) -> Result<Prepared, RestoreError> {
             read_only: meta.read_only,
             pending_req_read: meta.pending_req_read,
         }),
+    })
+}
+
+/// Attaches `cfg`'s devices as the guest saw them at boot (net devices
+/// keep its MAC) and checks them against the record. It learnt at boot
+/// whether accelerators are there; it has no session open (save.rs and
+/// migrations refuse then), so a fresh runtime is its.
+pub(crate) fn devices_for(
+    img: &crate::image::Image<'_>,
+    cfg: &RunConfig,
+    h: &Header,
+    meta: &Meta,
+) -> Result<crate::devices::Devices, RestoreError> {
+    let bindings = with_recorded_macs(&cfg.devices, &meta.devices);
+    let (devices, entries) = builder::attach(img, &bindings, &cfg.accel)?;
+    check_devices(&meta.devices, &entries)?;
+    match (
+        h.host_features & guest_abi::skiff::SKIFF_FEATURE_ACCEL != 0,
+        devices.accel.is_some(),
+    ) {
+        (true, false) => Err(RestoreError::AccelMissing),
+        (false, true) => Err(RestoreError::AccelAdded),
+        _ => Ok(devices),
+    }
+}
+
+/// What this KVM must do for the recorded guest before any of its state
+/// is set: its TSC frequency (which converts its ticks), and on kvm_pvm
+/// the host's boot.
+pub(crate) fn host_check(vm: &Vm, h: &Header, meta: &Meta) -> Result<clock::Saved, RestoreError> {
+    clock::match_tsc_hz(&vm.kvm, vm.vcpu.fd(), h.tsc_hz)?;
+    let saved = saved_clock(h, meta);
+    clock::check_boot(vm.vcpu.fd(), &saved)?;
+    Ok(saved)
+}
+
+/// Puts the recorded vCPU back (after [`host_check`]); the guest will
+/// first answer the hypercall it was stopped in, if any. The clock is the
+/// caller's ([`Prepared::resume`]).
+pub(crate) fn apply_state(
+    vm: &mut Vm,
+    h: &Header,
+    meta: &Meta,
+) -> Result<clock::Saved, RestoreError> {
+    let saved = host_check(vm, h, meta)?;
+    let native = super::vcpu::from_meta(meta)?.apply(&mut vm.vcpu)?;
+    vm.vcpu.set_pvm_native(native);
+    vm.vcpu.resume_through_stub(&vm.mem)?;
+    vm.resume = pending_request(meta.pending_req_read);
+    Ok(saved)
+}
+
+/// The hypercall a restored guest is inside, which the restoring skiff
+/// answers first: its REQ_READ, unless it was stopped elsewhere.
+pub(crate) fn pending_request(arg: u64) -> Option<Request> {
+    (arg != format::NO_PENDING_REQ_READ).then_some(Request::Extension {
+        nr: Hypercall::ReqRead,
+        arg: Gpa(arg),
     })
 }
 

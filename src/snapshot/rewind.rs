@@ -22,11 +22,8 @@
 use super::clock::{Keeping, Saved};
 use super::format::Run;
 use super::restore::{Prepared, RestoreError};
-use crate::hypercall::Request;
-use crate::memory::Gpa;
 use crate::vcpu::state::VcpuState;
 use crate::vmm::Vm;
-use guest_abi::hvt::Hypercall;
 
 /// Where the snapshot's pages live, to map them again.
 #[derive(Debug)]
@@ -87,10 +84,7 @@ impl Origin {
         let native = self.state.apply(&mut vm.vcpu)?;
         vm.vcpu.set_pvm_native(native);
         vm.vcpu.resume_through_stub(&vm.mem)?;
-        vm.resume = Some(Request::Extension {
-            nr: Hypercall::ReqRead,
-            arg: Gpa(self.pages.pending_req_read),
-        });
+        vm.resume = super::restore::pending_request(self.pages.pending_req_read);
         Ok(Prepared::from_parts(vm, self.clock))
     }
 }

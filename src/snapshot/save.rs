@@ -7,7 +7,7 @@ use crate::devices::Stop;
 use crate::hypercall::{Control, Request};
 use crate::memory::{Gpa, GuestMemory};
 use crate::vcpu::state::{StateError, VcpuState};
-use crate::vmm::{Ended, Hooked, RunError, RunHook};
+use crate::vmm::{Ended, Hooked, RunError, RunHook, Vm};
 use guest_abi::hvt::{BootInfo, HcWalltime, Hypercall, BOOT_INFO_BASE};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -22,7 +22,7 @@ pub enum SaveError {
     Run(#[from] RunError),
     #[error("the guest halted (status {0}) before asking for its request: nothing to snapshot")]
     Halted(i32),
-    #[error("the guest opened accelerator sessions before asking for its request; they live in skiff, not in guest memory, and cannot be saved")]
+    #[error("the guest has accelerator sessions open; they live in skiff, not in guest memory, and cannot be saved or moved")]
     AccelInUse,
     #[error("cannot read the vCPU state: {0}")]
     State(#[from] StateError),
@@ -60,8 +60,31 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
     // The guest is just past its REQ_READ, whose result the restoring
     // skiff provides.
     vm.complete_io()?;
-    let state = VcpuState::capture(&vm.kvm, &vm.vcpu)?;
-    let (guest_tsc, now, raw) = super::clock::read_tsc(vm.vcpu.fd())?;
+    let image = Source {
+        sha256: Sha256::digest(&image).into(),
+        cmdline: &cfg.cmdline,
+    };
+    let (mut header, mut meta) = describe(&vm, &image, backdate_ns)?;
+    capture(&vm, &mut header, &mut meta, backdate_ns)?;
+    meta.pending_req_read = arg.0;
+    let (runs, pages) = nonzero_runs(&vm.mem)?;
+    header.data_pages = pages;
+    meta.runs = runs;
+    write_file(out, &header, &meta, &vm.mem)
+}
+
+/// What a running guest was made from: its image's hash and command line
+/// (a controlled run keeps them for snapshots and migrations).
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub sha256: [u8; 32],
+    pub cmdline: &'a [u8],
+}
+
+/// A stopped guest's header and metadata without its vCPU state, clock
+/// or pages (those are [`capture`]'s and the caller's): what a snapshot
+/// and a migration's handshake record about the guest and this host.
+pub fn describe(vm: &Vm, src: &Source, backdate_ns: u64) -> Result<(Header, Meta), SaveError> {
     // A backdated snapshot's TSC did not count the time it claims: it
     // stands for one whose boot is unknown (its raw clock moved back too).
     let boot_id = match backdate_ns {
@@ -69,34 +92,68 @@ pub fn snapshot(cfg: &RunConfig, out: &Path, backdate_ns: u64) -> Result<Saved, 
         _ => Vec::new(),
     };
     let bi: BootInfo = vm.mem.read_obj(Gpa(BOOT_INFO_BASE))?;
-
-    let (runs, pages) = nonzero_runs(&vm.mem)?;
     let header = Header {
         version: format::VERSION,
         host_features: bi.host_features,
         mem_size: vm.mem.size(),
-        image_sha256: Sha256::digest(&image).into(),
-        saved_at_ns: now - backdate_ns,
-        guest_tsc,
+        image_sha256: src.sha256,
         tsc_hz: bi.cpu_cycle_freq,
-        data_pages: pages,
         ..Header::default()
     };
     let mut meta = Meta {
-        cmdline: cfg.cmdline.clone(),
+        cmdline: src.cmdline.to_vec(),
         boot_id,
-        saved_raw_ns: raw.saturating_sub(backdate_ns),
-        pending_req_read: arg.0,
+        pending_req_read: format::NO_PENDING_REQ_READ,
         read_only: vm.mem.read_only().to_vec(),
         devices: device_record(&vm.mem, &bi)?,
-        runs,
         ..Meta::default()
     };
-    super::vcpu::to_meta(&state, &mut meta);
     meta.cpuid = super::vcpu::cpuid_to_meta(&vm.vcpu.cpuid()?);
     if crate::vcpu::is_kvm_pvm(vm.vcpu.fd()) {
         meta.kvm = format::KVM_PVM;
     }
+    Ok((header, meta))
+}
+
+/// Adds the vCPU state and the guest's clock now to `h`/`m`. The vCPU
+/// must be stopped between exits with no I/O pending (`Vm::complete_io`).
+pub fn capture(vm: &Vm, h: &mut Header, m: &mut Meta, backdate_ns: u64) -> Result<(), SaveError> {
+    let state = VcpuState::capture(&vm.kvm, &vm.vcpu)?;
+    super::vcpu::to_meta(&state, m);
+    stamp_clock(vm, h, m, backdate_ns)
+}
+
+/// Records the guest's TSC now, with the host's wall and raw clocks.
+pub fn stamp_clock(
+    vm: &Vm,
+    h: &mut Header,
+    m: &mut Meta,
+    backdate_ns: u64,
+) -> Result<(), SaveError> {
+    let (guest_tsc, now, raw) = super::clock::read_tsc(vm.vcpu.fd())?;
+    h.guest_tsc = guest_tsc;
+    h.saved_at_ns = now - backdate_ns;
+    m.saved_raw_ns = raw.saturating_sub(backdate_ns);
+    Ok(())
+}
+
+/// `skiff run --control`'s `snapshot FILE`: the guest as it is now,
+/// stopped between two exits anywhere in its life (no REQ_READ pending:
+/// the restored guest simply runs on).
+pub fn snapshot_now(vm: &mut Vm, src: &Source, out: &Path) -> Result<Saved, SaveError> {
+    if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
+        return Err(SaveError::AccelInUse);
+    }
+    vm.complete_io()?;
+    let (mut header, mut meta) = describe(vm, src, 0)?;
+    capture(vm, &mut header, &mut meta, 0)?;
+    vm.devices.block.flush().map_err(|err| SaveError::Write {
+        path: "(a block device)".into(),
+        err,
+    })?;
+    let (runs, pages) = nonzero_runs(&vm.mem)?;
+    header.data_pages = pages;
+    meta.runs = runs;
     write_file(out, &header, &meta, &vm.mem)
 }
 
@@ -152,7 +209,7 @@ fn device_record(mem: &GuestMemory, bi: &BootInfo) -> Result<Vec<DeviceRecord>, 
 
 /// The guest pages that hold anything but zeros, as runs. Only pages the
 /// host has backed (mincore) are looked at: an untouched page is zero.
-fn nonzero_runs(mem: &GuestMemory) -> Result<(Vec<Run>, u64), SaveError> {
+pub(crate) fn nonzero_runs(mem: &GuestMemory) -> Result<(Vec<Run>, u64), SaveError> {
     let n = (mem.size() / PAGE) as usize;
     let mut resident = vec![0u8; n];
     // SAFETY: the range is our own mapping; `resident` has one byte per page.

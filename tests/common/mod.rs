@@ -2,6 +2,7 @@
 //! through a symlink) on the project's own guests, with a time limit.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod pool;
 pub mod serve;
 pub mod urunc;
