@@ -28,7 +28,7 @@ pub struct LiveArgs {
     /// Receive a running guest from a `migrate` at ADDR (tcp://HOST:PORT
     /// or unix:///PATH) instead of booting KERNEL, then run it.
     #[arg(long, value_name = "ADDR", conflicts_with = "restore")]
-    pub incoming: Option<crate::accel::remote::addr::Address>,
+    pub incoming: Option<crate::vaccel::addr::Address>,
 }
 
 /// The flags `skiff run` shares with solo5-hvt.

@@ -52,7 +52,7 @@ pub enum Command {
     Pause,
     Resume,
     Snapshot(PathBuf),
-    Migrate(crate::accel::remote::addr::Address),
+    Migrate(crate::vaccel::addr::Address),
     Cancel,
 }
 

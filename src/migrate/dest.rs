@@ -8,12 +8,12 @@
 
 use super::stream::{self, Kind, StreamError};
 use super::MigrateError;
-use crate::accel::remote::addr::{Address, Listener, Stream};
 use crate::builder;
 use crate::config::RunConfig;
 use crate::memory::{Gpa, GuestMemory};
 use crate::snapshot::format::{self, Header, Meta};
 use crate::snapshot::restore::{self, Prepared, RestoreError};
+use crate::vaccel::addr::{Address, Listener, Stream};
 use crate::vcpu::GuestCpuid;
 use crate::vmm::Vm;
 use sha2::{Digest, Sha256};

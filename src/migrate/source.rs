@@ -14,10 +14,10 @@
 
 use super::stream::{self, Kind, StreamError, PAGE, PAGES_PER_RECORD};
 use super::{MigrateError, Report};
-use crate::accel::remote::addr::{Address, Stream};
 use crate::memory::{HostWrites, Reader};
 use crate::snapshot::format;
 use crate::snapshot::save::{self, Source};
+use crate::vaccel::addr::{Address, Stream};
 use crate::vmm::Vm;
 use std::io::{BufWriter, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
