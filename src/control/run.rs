@@ -33,6 +33,8 @@ pub fn run(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Outcom
 /// Serves waiting commands; while paused, waits for more. `None`: run on.
 fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<Outcome>, RunError> {
     let mut paused = false;
+    // A migration in doubt left the guest paused without its TAPs.
+    let mut in_doubt = false;
     loop {
         if let Some(sig) = crate::signals::pending() {
             return Err(RunError::Signal(sig));
@@ -50,6 +52,13 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
                 req.reply(Ok("paused".into()));
             }
             Command::Resume if paused => {
+                if in_doubt {
+                    if let Err(e) = vm.devices.net.open_taps() {
+                        req.reply(Err(format!("cannot take the TAPs back: {e}")));
+                        continue;
+                    }
+                    in_doubt = false;
+                }
                 paused = false;
                 ctl.set_state(State::Running);
                 req.reply(Ok("running".into()));
@@ -90,6 +99,14 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
                     Err(crate::migrate::MigrateError::Run(e)) => {
                         req.reply(Err(e.to_string()));
                         return Err(e);
+                    }
+                    Err(e @ crate::migrate::MigrateError::InDoubt(_)) => {
+                        // Never two running copies: the operator decides.
+                        paused = true;
+                        in_doubt = true;
+                        ctl.set_state(State::Paused);
+                        tracing::warn!("migrate: {e}");
+                        req.reply(Err(e.to_string()));
                     }
                     Err(e) => req.reply(Err(e.to_string())),
                 }

@@ -32,6 +32,10 @@ pub enum MigrateError {
     Refusing(String),
     #[error("cancelled")]
     Cancelled,
+    /// The whole guest was sent but the destination's word that it took
+    /// it never came: it may be running there. The source stays paused.
+    #[error("the destination did not confirm it took the guest ({0}); the guest is paused here and may be running there: resume it here only if it is not")]
+    InDoubt(String),
     #[error("the guest has accelerator sessions open; they live in skiff, not in guest memory, and cannot be moved yet")]
     AccelInUse,
     #[error(

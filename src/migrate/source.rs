@@ -61,6 +61,22 @@ impl Out {
     /// Flushes, then waits for the destination's answer.
     fn answer(&mut self, reader: &mut Stream) -> Result<(), MigrateError> {
         self.w.flush().map_err(StreamError::from)?;
+        Self::read_answer(reader)
+    }
+
+    /// The answer to the whole guest. A failed flush left the last
+    /// record (End) unsent, so the destination cannot run the guest; but
+    /// once it is sent, a missing answer says nothing about whether the
+    /// destination runs it: the source must not run it too.
+    fn confirm(&mut self, reader: &mut Stream) -> Result<(), MigrateError> {
+        self.w.flush().map_err(StreamError::from)?;
+        match Self::read_answer(reader) {
+            Err(MigrateError::Stream(e)) => Err(MigrateError::InDoubt(e.to_string())),
+            other => other,
+        }
+    }
+
+    fn read_answer(reader: &mut Stream) -> Result<(), MigrateError> {
         let mut buf = Vec::new();
         match stream::read_record(reader, &mut buf)? {
             Kind::Ok => Ok(()),
@@ -106,9 +122,10 @@ pub fn migrate(
     }
     let _ = set_logging(vm, false);
     vm.mem.track_host_writes(false);
-    if result.is_err() {
+    if result.is_err() && !matches!(result, Err(MigrateError::InDoubt(_))) {
         // The stream is closed (the destination gives up); the guest
-        // gets its TAPs back if the stop had handed them over.
+        // gets its TAPs back if the stop had handed them over (in doubt,
+        // the destination may hold them: they come back with `resume`).
         if let Err(e) = vm.devices.net.open_taps() {
             tracing::warn!("migrate: cannot take the TAPs back: {e}");
         }
@@ -208,7 +225,7 @@ fn send(
     save::capture(vm, &mut h, &mut m, 0)?;
     out.record(Kind::State, &[&format::encode(&h, &m)])?;
     out.record(Kind::End, &[])?;
-    out.answer(reader)?;
+    out.confirm(reader)?;
     Ok((rounds, stop.elapsed(), out.bytes))
 }
 

@@ -230,6 +230,18 @@ pub struct Relay {
 /// [`Relay::release`] or [`Relay::cut`]), recording them.
 impl Relay {
     pub fn new(upstream: &str, stall_after: u64) -> Self {
+        Self::with(upstream, stall_after, false)
+    }
+
+    /// A relay that forwards everything but the destination's last
+    /// answer (its word that it took the guest), then closes the
+    /// source's connection: the source cannot know whether the guest
+    /// runs there.
+    pub fn swallowing_the_confirmation(upstream: &str) -> Self {
+        Self::with(upstream, u64::MAX, true)
+    }
+
+    fn with(upstream: &str, stall_after: u64, swallow: bool) -> Self {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = format!("tcp://{}", l.local_addr().unwrap());
         let up = upstream.strip_prefix("tcp://").unwrap().to_string();
@@ -252,7 +264,14 @@ impl Relay {
             };
             let (mut src_r, mut dst_w) = (src.try_clone().unwrap(), dst.try_clone().unwrap());
             let back = std::thread::spawn(move || {
-                let _ = std::io::copy(&mut dst, &mut src);
+                if swallow {
+                    // The answers are 9-byte Ok records: to the
+                    // handshake, to the end of the pre-copy, to the guest.
+                    let _ = std::io::copy(&mut (&mut dst).take(18), &mut src);
+                    let _ = dst.read_exact(&mut [0u8; 9]);
+                } else {
+                    let _ = std::io::copy(&mut dst, &mut src);
+                }
                 let _ = src.shutdown(Shutdown::Both);
             });
             let mut buf = vec![0u8; 64 << 10];
