@@ -198,10 +198,8 @@ impl Accel {
         let mut w = Writer::default();
         w.0.extend(MAGIC);
         write_registry(&mut w, &self.reg);
+        self.movable()?;
         let busy = !self.reg.is_empty();
-        if let Some(p) = self.plugins.iter().find(|p| busy && !p.forwards()) {
-            return Err(HandOverError::Local(p.name()));
-        }
         let mut parked = Vec::new();
         for p in self.plugins.iter_mut().filter(|p| busy && p.forwards()) {
             match p.park() {
@@ -217,6 +215,16 @@ impl Accel {
             w.bytes(s);
         }
         Ok(w.into_bytes())
+    }
+
+    /// Whether [`Accel::hand_over`] could move the sessions open now: not
+    /// with a local plugin configured (a migration checks before it starts).
+    pub fn movable(&self) -> Result<(), HandOverError> {
+        let busy = !self.reg.is_empty();
+        match self.plugins.iter().find(|p| busy && !p.forwards()) {
+            Some(p) => Err(HandOverError::Local(p.name())),
+            None => Ok(()),
+        }
     }
 
     /// Source side, the migration failed: claims the parked sessions back

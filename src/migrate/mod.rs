@@ -32,8 +32,12 @@ pub enum MigrateError {
     Refusing(String),
     #[error("cancelled")]
     Cancelled,
-    #[error("the guest has accelerator sessions open; they live in skiff, not in guest memory, and cannot be moved yet")]
-    AccelInUse,
+    /// On the source: its sessions cannot be handed over.
+    #[error("migration refused: {0}")]
+    Accel(#[from] crate::accel::handover::HandOverError),
+    /// On the destination: the handed-over sessions cannot be claimed.
+    #[error("cannot claim the guest's accelerator sessions: {0}")]
+    Claim(crate::accel::handover::HandOverError),
     #[error(
         "net device {0} is an inherited file descriptor (@FD): it cannot move to another process"
     )]
