@@ -4,12 +4,15 @@
 //! guest's lines must form one sequence across the two processes; the
 //! block writer's disk must match a run that never moved; a cancelled,
 //! refused or broken migration leaves the source running to its normal
-//! end; a bad stream ends the destination with one line. Every skiff,
+//! end; a bad stream ends the destination with one line; accelerator
+//! sessions move with their guest (accel.rs). Every skiff,
 //! relay and file a test makes goes when it ends, passing or not.
 //!
 //! Waits are counted in guest lines, not sleeps, and every limit is
 //! scaled (SKIFF_TEST_TIME_SCALE) for the standard-KVM lane.
 
+#[path = "migrate/accel.rs"]
+mod accel;
 mod common;
 #[path = "support/migrate.rs"]
 mod mig;
