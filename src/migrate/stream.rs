@@ -235,6 +235,11 @@ mod tests {
             Err(StreamError::Length(Kind::Pages, _, _))
         ));
         assert!(buf.capacity() < 1 << 20);
+        let mut r: &[u8] = &[7, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_record(&mut r, &mut buf),
+            Err(StreamError::Length(Kind::Accel, _, _))
+        ));
         let mut r: &[u8] = &[1, 0, 0];
         assert!(matches!(
             read_record(&mut r, &mut buf),
