@@ -8,7 +8,7 @@
 
 use super::stream::{self, Kind, StreamError};
 use super::MigrateError;
-use crate::accel::Accel;
+use crate::accel::handover::HandOverError;
 use crate::builder;
 use crate::config::RunConfig;
 use crate::memory::{Gpa, GuestMemory};
@@ -63,7 +63,7 @@ pub fn receive(
         }
     };
     stream::write_record(&mut s, Kind::Ok, &[])?;
-    match take_guest(&mut s, vm, &h, &meta, cfg) {
+    match take_guest(&mut s, vm, &h, &meta) {
         Ok(vm) => {
             stream::write_record(&mut s, Kind::Ok, &[])?;
             Ok(Received { vm, image })
@@ -213,13 +213,7 @@ pub fn read_guest<S: Read + std::io::Write>(
 }
 
 /// Pages until the state, then the guest set up to resume.
-fn take_guest(
-    s: &mut Stream,
-    mut vm: Vm,
-    h: &Header,
-    meta: &Meta,
-    cfg: &RunConfig,
-) -> Result<Vm, MigrateError> {
+fn take_guest(s: &mut Stream, mut vm: Vm, h: &Header, meta: &Meta) -> Result<Vm, MigrateError> {
     let mem = &vm.mem;
     let stopped = read_guest(s, h, meta, &mut |gpa, data| {
         // In range: stream::pages checked it against the handshake's
@@ -235,9 +229,14 @@ fn take_guest(
     let saved = restore::apply_state(&mut vm, h2, m2)?;
     vm.devices.net.open_taps()?;
     // Last before the guest runs: once claimed here, the source cannot
-    // take its sessions back.
+    // take its sessions back. The runtime was built at the handshake
+    // (the same --accel flags: devices_for checked they are there).
     if let Some(bytes) = &stopped.accel {
-        vm.devices.accel = Accel::claim(&cfg.accel, bytes).map_err(MigrateError::Claim)?;
+        match vm.devices.accel.as_mut() {
+            Some(a) => a.claim_here(bytes),
+            None => Err(HandOverError::Off),
+        }
+        .map_err(MigrateError::Claim)?;
     }
     let vm = Prepared::from_parts(vm, (saved, None))
         .resume(crate::devices::function::Function::from_env())?;
