@@ -4,13 +4,18 @@
 //! guest's lines must form one sequence across the two processes; the
 //! block writer's disk must match a run that never moved; a cancelled,
 //! refused or broken migration leaves the source running to its normal
-//! end; a bad stream ends the destination with one line. Every skiff,
+//! end; a bad stream ends the destination with one line; accelerator
+//! sessions move with their guest (accel.rs). Every skiff,
 //! relay and file a test makes goes when it ends, passing or not.
 //!
 //! Waits are counted in guest lines, not sleeps, and every limit is
 //! scaled (SKIFF_TEST_TIME_SCALE) for the standard-KVM lane.
 
+#[path = "migrate/accel.rs"]
+mod accel;
 mod common;
+#[path = "migrate/doubt.rs"]
+mod doubt;
 #[path = "support/migrate.rs"]
 mod mig;
 
@@ -257,36 +262,6 @@ fn killing_the_destination_mid_stream_leaves_the_source_running() {
     one_line(&err, "");
     let _ = h.dst.finish(limit(10));
     assert_ran_on(h.src, COUNT);
-}
-
-/// The destination took the guest but its word never reached the
-/// source: the source stays paused (never two running copies) and says
-/// so; the guest runs on at the destination.
-#[test]
-fn a_lost_confirmation_leaves_the_source_paused_in_doubt() {
-    let dir = TempDir::new("mig-doubt");
-    let args = ticker_args(COUNT, &["mem=8M"]);
-    let (mut src, sock) = source(dir.path(), &[], "ticker", &strs(&args));
-    let addr = tcp_addr();
-    let dst = destination(&addr, &[], Some(&guest("ticker")));
-    let relay = Relay::swallowing_the_confirmation(&addr);
-    src.wait_for("tick ", BEFORE, limit(30));
-    let (code, reply, err) = ctl(&skiff(), &sock, &["migrate", &relay.addr], limit(60));
-    assert_eq!(code, Some(1), "migrate: {reply}");
-    one_line(&err, "did not confirm it took the guest");
-    let (code, reply, _) = ctl(&skiff(), &sock, &["status"], limit(10));
-    assert_eq!((code, reply.trim()), (Some(0), "ok paused"));
-    // The destination runs the guest to its end; the source, paused,
-    // added nothing: together one sequence.
-    let (dcode, dout, derr) = dst.finish(limit(120));
-    assert_eq!(dcode, Some(0), "destination: {derr}");
-    let before = ticks(&src.stdout()).len();
-    assert!(src.running(), "the source in doubt exited");
-    src.kill9();
-    let (_, sout, _) = src.finish(limit(10));
-    assert_eq!(ticks(&sout).len(), before, "the paused source ticked");
-    assert_one_sequence(&[&sout, &dout], COUNT);
-    drop(relay);
 }
 
 #[test]

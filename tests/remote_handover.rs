@@ -157,14 +157,35 @@ fn another_runtime_claims_the_sessions_with_their_ids() {
     }
 }
 
-#[test]
-fn a_failed_migration_takes_the_sessions_back() {
+/// An agent, and a runtime on it with one guest session whose agent
+/// session a first op made.
+fn one_session() -> (Agent, AccelConfig, Guest, Accel, u32) {
     let agent = Agent::tcp(&[]);
     let cfg = remote(&agent.addr);
     let mut g = Guest::new();
-    let mut src = Accel::build(&cfg).unwrap().unwrap();
-    let s = g.session(&mut src);
-    assert_eq!(g.noop(&mut src, s), OK);
+    let mut a = Accel::build(&cfg).unwrap().unwrap();
+    let s = g.session(&mut a);
+    assert_eq!(g.noop(&mut a, s), OK);
+    (agent, cfg, g, a, s)
+}
+
+/// As a migration's destination does: the runtime built before the
+/// stop takes the sessions in; one with sessions of its own refuses.
+#[test]
+fn a_runtime_built_already_claims_the_sessions_into_itself() {
+    let (_agent, cfg, mut g, mut src, s) = one_session();
+    let mut dst = Accel::build(&cfg).unwrap().unwrap();
+    let token = src.hand_over().unwrap();
+    dst.claim_here(&token).unwrap();
+    assert_eq!(g.noop(&mut dst, s), OK, "the guest's session id serves");
+    let e = dst.claim_here(&token).unwrap_err();
+    assert!(matches!(e, HandOverError::Malformed(_)), "{e}");
+    assert_eq!(g.simple(&mut dst, CMD_SESSION_RELEASE, s, 0), OK);
+}
+
+#[test]
+fn a_failed_migration_takes_the_sessions_back() {
+    let (_agent, _, mut g, mut src, s) = one_session();
     let token = src.hand_over().unwrap();
     src.take_back(&token).unwrap();
     assert_eq!(g.noop(&mut src, s), OK);

@@ -7,7 +7,8 @@
 //!
 //! - source: [`Accel::hand_over`] -> bytes carried in the migration stream;
 //! - destination: [`Accel::claim`] (same agent): the runtime, its agent
-//!   sessions claimed on its own connection;
+//!   sessions claimed on its own connection ([`Accel::claim_here`] on one
+//!   built already);
 //! - a failed migration: [`Accel::take_back`] on the source claims them
 //!   back. Unclaimed, parked sessions expire at the agent after 60 s.
 //!
@@ -198,10 +199,8 @@ impl Accel {
         let mut w = Writer::default();
         w.0.extend(MAGIC);
         write_registry(&mut w, &self.reg);
+        self.movable()?;
         let busy = !self.reg.is_empty();
-        if let Some(p) = self.plugins.iter().find(|p| busy && !p.forwards()) {
-            return Err(HandOverError::Local(p.name()));
-        }
         let mut parked = Vec::new();
         for p in self.plugins.iter_mut().filter(|p| busy && p.forwards()) {
             match p.park() {
@@ -219,36 +218,59 @@ impl Accel {
         Ok(w.into_bytes())
     }
 
+    /// Whether [`Accel::hand_over`] could move the sessions open now: not
+    /// with a local plugin configured (a migration checks before it starts).
+    pub fn movable(&self) -> Result<(), HandOverError> {
+        let busy = !self.reg.is_empty();
+        match self.plugins.iter().find(|p| busy && !p.forwards()) {
+            Some(p) => Err(HandOverError::Local(p.name())),
+            None => Ok(()),
+        }
+    }
+
     /// Source side, the migration failed: claims the parked sessions back
     /// on this runtime's own connections (its registry never changed).
     pub fn take_back(&mut self, token: &[u8]) -> Result<(), HandOverError> {
-        let mut rd = Reader::new(token);
-        if rd.take(MAGIC.len())? != MAGIC {
-            return Err(HandOverError::Malformed("not skiff's hand-over bytes"));
-        }
-        read_registry(&mut rd)?;
-        let states = read_states(&mut rd)?;
+        let (_, states) = parse(token)?;
         self.claim_states(&states)
     }
 
     /// Destination side: the runtime `cfg` describes (the same agent),
     /// holding the guest's sessions and resources from `token`.
     pub fn claim(cfg: &AccelConfig, token: &[u8]) -> Result<Option<Accel>, HandOverError> {
-        let mut rd = Reader::new(token);
-        if rd.take(MAGIC.len())? != MAGIC {
-            return Err(HandOverError::Malformed("not skiff's hand-over bytes"));
-        }
-        let reg = read_registry(&mut rd)?;
-        let states = read_states(&mut rd)?;
+        let (reg, states) = parse(token)?;
         let Some(mut a) = Accel::build(cfg)? else {
             return match reg.is_empty() {
                 true => Ok(None),
                 false => Err(HandOverError::Off),
             };
         };
-        a.claim_states(&states)?;
-        a.reg = reg;
+        a.adopt(reg, &states)?;
         Ok(Some(a))
+    }
+
+    /// Destination side, on a runtime [`Accel::build`] made before the
+    /// guest stopped (no session of its own): [`Accel::claim`] without
+    /// the build, so connecting to the agent and loading models stay out
+    /// of a migration's downtime.
+    pub fn claim_here(&mut self, token: &[u8]) -> Result<(), HandOverError> {
+        let (reg, states) = parse(token)?;
+        if self.in_use() {
+            return Err(HandOverError::Malformed(
+                "this runtime has sessions of its own",
+            ));
+        }
+        self.adopt(reg, &states)
+    }
+
+    fn adopt(
+        &mut self,
+        reg: Registry<ResourceData>,
+        states: &[&[u8]],
+    ) -> Result<(), HandOverError> {
+        self.claim_states(states)?;
+        self.reg = reg;
+        Ok(())
     }
 
     /// The parked states, one per remote plugin in order.
@@ -268,6 +290,16 @@ impl Accel {
         let states: Vec<&[u8]> = parked.iter().map(|s| &s[..]).collect();
         let _ = self.claim_states(&states);
     }
+}
+
+/// The registry and the parked states in `token`.
+fn parse(token: &[u8]) -> Result<(Registry<ResourceData>, Vec<&[u8]>), HandOverError> {
+    let mut rd = Reader::new(token);
+    if rd.take(MAGIC.len())? != MAGIC {
+        return Err(HandOverError::Malformed("not skiff's hand-over bytes"));
+    }
+    let reg = read_registry(&mut rd)?;
+    Ok((reg, read_states(&mut rd)?))
 }
 
 fn read_states<'a>(rd: &mut Reader<'a>) -> Result<Vec<&'a [u8]>, HandOverError> {

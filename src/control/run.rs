@@ -33,8 +33,9 @@ pub fn run(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Outcom
 /// Serves waiting commands; while paused, waits for more. `None`: run on.
 fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<Outcome>, RunError> {
     let mut paused = false;
-    // A migration in doubt left the guest paused without its TAPs.
-    let mut in_doubt = false;
+    // A migration in doubt left the guest paused without its TAPs (and
+    // with its accelerator sessions parked at the agent: these bytes).
+    let mut in_doubt: Option<Option<Vec<u8>>> = None;
     loop {
         if let Some(sig) = crate::signals::pending() {
             return Err(RunError::Signal(sig));
@@ -52,16 +53,26 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
                 req.reply(Ok("paused".into()));
             }
             Command::Resume if paused => {
-                if in_doubt {
+                let mut note = String::new();
+                if let Some(handed) = &in_doubt {
+                    // A TAP held elsewhere means the destination runs the
+                    // guest: refuse. Sessions gone (claimed, or expired at
+                    // the agent) are said, and the guest runs without them.
                     if let Err(e) = vm.devices.net.open_taps() {
                         req.reply(Err(format!("cannot take the TAPs back: {e}")));
                         continue;
                     }
-                    in_doubt = false;
+                    if let (Some(a), Some(bytes)) = (vm.devices.accel.as_mut(), handed) {
+                        if let Err(e) = a.take_back(bytes) {
+                            tracing::warn!("resume: accelerator sessions lost: {e}");
+                            note = format!(" (accelerator sessions lost: {e})");
+                        }
+                    }
+                    in_doubt = None;
                 }
                 paused = false;
                 ctl.set_state(State::Running);
-                req.reply(Ok("running".into()));
+                req.reply(Ok(format!("running{note}")));
             }
             Command::Resume => req.reply(Err("not paused".into())),
             Command::Snapshot(path) => {
@@ -100,10 +111,11 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
                         req.reply(Err(e.to_string()));
                         return Err(e);
                     }
-                    Err(e @ crate::migrate::MigrateError::InDoubt(_)) => {
+                    Err(crate::migrate::MigrateError::InDoubt { why, handed }) => {
+                        let e = crate::migrate::MigrateError::InDoubt { why, handed: None };
                         // Never two running copies: the operator decides.
                         paused = true;
-                        in_doubt = true;
+                        in_doubt = Some(handed);
                         ctl.set_state(State::Paused);
                         tracing::warn!("migrate: {e}");
                         req.reply(Err(e.to_string()));

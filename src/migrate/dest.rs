@@ -8,6 +8,7 @@
 
 use super::stream::{self, Kind, StreamError};
 use super::MigrateError;
+use crate::accel::handover::HandOverError;
 use crate::builder;
 use crate::config::RunConfig;
 use crate::memory::{Gpa, GuestMemory};
@@ -155,18 +156,28 @@ fn build(
     Ok(vm)
 }
 
+/// What follows the pages: the vCPU state and the accelerator sessions.
+#[derive(Debug)]
+pub struct Stopped {
+    pub header: Header,
+    pub meta: Meta,
+    /// accel::handover's bytes, when the guest had sessions open.
+    pub accel: Option<Vec<u8>>,
+}
+
 /// Page records (each handed to `page` once checked against the
-/// handshake's memory size; a sync answered) until the final state, then
-/// the end: the final header and metadata, checked against the
-/// handshake's.
+/// handshake's memory size; a sync answered) until the final state, the
+/// sessions if any, then the end. The final header and metadata are
+/// checked against the handshake's.
 pub fn read_guest<S: Read + std::io::Write>(
     s: &mut S,
     h: &Header,
     meta: &Meta,
     page: &mut dyn FnMut(u64, &[u8]),
-) -> Result<(Header, Meta), MigrateError> {
+) -> Result<Stopped, MigrateError> {
     let mut buf = Vec::new();
     let mut state = None;
+    let mut accel = None;
     loop {
         match stream::read_record(s, &mut buf)? {
             Kind::Pages if state.is_none() => {
@@ -186,30 +197,47 @@ pub fn read_guest<S: Read + std::io::Write>(
                 state = Some((h2, m2));
             }
             Kind::Sync if state.is_none() => stream::write_record(s, Kind::Ok, &[])?,
+            Kind::Accel if state.is_some() && accel.is_none() => accel = Some(buf.clone()),
             Kind::End => break,
             _ => return Err(StreamError::Invalid("record out of order").into()),
         }
     }
-    Ok(state.ok_or(StreamError::Invalid(
+    let (header, meta) = state.ok_or(StreamError::Invalid(
         "the stream ended without the vCPU state",
-    ))?)
+    ))?;
+    Ok(Stopped {
+        header,
+        meta,
+        accel,
+    })
 }
 
 /// Pages until the state, then the guest set up to resume.
 fn take_guest(s: &mut Stream, mut vm: Vm, h: &Header, meta: &Meta) -> Result<Vm, MigrateError> {
     let mem = &vm.mem;
-    let (h2, m2) = read_guest(s, h, meta, &mut |gpa, data| {
+    let stopped = read_guest(s, h, meta, &mut |gpa, data| {
         // In range: stream::pages checked it against the handshake's
         // mem_size, which is this memory's size.
         if let Ok(dst) = mem.slice(Gpa(gpa), data.len() as u64) {
             dst.copy_from(data);
         }
     })?;
+    let (h2, m2) = (&stopped.header, &stopped.meta);
     for &(a, b) in &m2.read_only {
         vm.mem.protect(a, b).map_err(RestoreError::Map)?;
     }
-    let saved = restore::apply_state(&mut vm, &h2, &m2)?;
+    let saved = restore::apply_state(&mut vm, h2, m2)?;
     vm.devices.net.open_taps()?;
+    // Last before the guest runs: once claimed here, the source cannot
+    // take its sessions back. The runtime was built at the handshake
+    // (the same --accel flags: devices_for checked they are there).
+    if let Some(bytes) = &stopped.accel {
+        match vm.devices.accel.as_mut() {
+            Some(a) => a.claim_here(bytes),
+            None => Err(HandOverError::Off),
+        }
+        .map_err(MigrateError::Claim)?;
+    }
     let vm = Prepared::from_parts(vm, (saved, None))
         .resume(crate::devices::function::Function::from_env())?;
     Ok(vm)

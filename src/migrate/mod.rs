@@ -33,11 +33,20 @@ pub enum MigrateError {
     #[error("cancelled")]
     Cancelled,
     /// The whole guest was sent but the destination's word that it took
-    /// it never came: it may be running there. The source stays paused.
-    #[error("the destination did not confirm it took the guest ({0}); the guest is paused here and may be running there: resume it here only if it is not")]
-    InDoubt(String),
-    #[error("the guest has accelerator sessions open; they live in skiff, not in guest memory, and cannot be moved yet")]
-    AccelInUse,
+    /// it never came: it may be running there. The source stays paused;
+    /// `handed` is its accelerator sessions' hand-over, to take back if
+    /// the operator resumes it here.
+    #[error("the destination did not confirm it took the guest ({why}); the guest is paused here and may be running there: resume it here only if it is not")]
+    InDoubt {
+        why: String,
+        handed: Option<Vec<u8>>,
+    },
+    /// On the source: its sessions cannot be handed over.
+    #[error("migration refused: {0}")]
+    Accel(#[from] crate::accel::handover::HandOverError),
+    /// On the destination: the handed-over sessions cannot be claimed.
+    #[error("cannot claim the guest's accelerator sessions: {0}")]
+    Claim(crate::accel::handover::HandOverError),
     #[error(
         "net device {0} is an inherited file descriptor (@FD): it cannot move to another process"
     )]

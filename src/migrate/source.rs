@@ -10,7 +10,8 @@
 //! waits for the destination's word that it holds the guest. Anything
 //! that fails before that word (refusal, cancel, a broken stream, a
 //! timeout) turns logging off and returns an error: the guest runs on
-//! here as before.
+//! here as before. Open accelerator sessions are handed over at the stop
+//! (parked at their agent) and taken back if the migration then fails.
 
 use super::stream::{self, Kind, StreamError, PAGE, PAGES_PER_RECORD};
 use super::{MigrateError, Report};
@@ -71,7 +72,10 @@ impl Out {
     fn confirm(&mut self, reader: &mut Stream) -> Result<(), MigrateError> {
         self.w.flush().map_err(StreamError::from)?;
         match Self::read_answer(reader) {
-            Err(MigrateError::Stream(e)) => Err(MigrateError::InDoubt(e.to_string())),
+            Err(MigrateError::Stream(e)) => Err(MigrateError::InDoubt {
+                why: e.to_string(),
+                handed: None,
+            }),
             other => other,
         }
     }
@@ -109,25 +113,37 @@ pub fn migrate(
     d: &Driver,
 ) -> Result<Report, MigrateError> {
     let t0 = Instant::now();
-    if vm.devices.accel.as_ref().is_some_and(|a| a.in_use()) {
-        return Err(MigrateError::AccelInUse);
+    if let Some(a) = vm.devices.accel.as_ref() {
+        a.movable()?;
     }
     if let Some(name) = vm.devices.net.unmovable() {
         return Err(MigrateError::Unmovable(name.to_string()));
     }
-    let mut result = send(vm, addr, origin, d);
+    let mut handed = None;
+    let mut result = send(vm, addr, origin, d, &mut handed);
     if result.is_err() && d.cancel.load(Ordering::SeqCst) {
         // Whatever the shut-down socket made fail, it was the cancel.
         result = Err(MigrateError::Cancelled);
     }
     let _ = set_logging(vm, false);
     vm.mem.track_host_writes(false);
-    if result.is_err() && !matches!(result, Err(MigrateError::InDoubt(_))) {
+    if let Err(MigrateError::InDoubt { handed: h, .. }) = &mut result {
+        // In doubt the sessions stay parked: the destination may hold
+        // them. A `resume` here takes them back.
+        *h = handed.take();
+    }
+    if result.is_err() && !matches!(result, Err(MigrateError::InDoubt { .. })) {
         // The stream is closed (the destination gives up); the guest
         // gets its TAPs back if the stop had handed them over (in doubt,
         // the destination may hold them: they come back with `resume`).
         if let Err(e) = vm.devices.net.open_taps() {
             tracing::warn!("migrate: cannot take the TAPs back: {e}");
+        }
+        // Its accelerator sessions too, if they were parked at the agent.
+        if let (Some(a), Some(bytes)) = (vm.devices.accel.as_mut(), handed) {
+            if let Err(e) = a.take_back(&bytes) {
+                tracing::warn!("migrate: cannot take the accelerator sessions back: {e}");
+            }
         }
     }
     let (rounds, downtime, bytes) = result?;
@@ -164,6 +180,7 @@ fn send(
     addr: &Address,
     origin: &Origin,
     d: &Driver,
+    handed: &mut Option<Vec<u8>>,
 ) -> Result<(u32, Duration, u64), MigrateError> {
     let cancel = d.cancel;
     // What a snapshot records, for the handshake (microseconds: the rest
@@ -224,6 +241,13 @@ fn send(
     vm.devices.net.close_taps();
     save::capture(vm, &mut h, &mut m, 0)?;
     out.record(Kind::State, &[&format::encode(&h, &m)])?;
+    // Open sessions are parked at their agent for the destination to
+    // claim (a local plugin's, or a vAccel agent's, refuse: the guest
+    // runs on here).
+    if let Some(a) = vm.devices.accel.as_mut().filter(|a| a.in_use()) {
+        let bytes = handed.insert(a.hand_over()?);
+        out.record(Kind::Accel, &[bytes])?;
+    }
     out.record(Kind::End, &[])?;
     out.confirm(reader)?;
     Ok((rounds, stop.elapsed(), out.bytes))

@@ -5,6 +5,7 @@
 //! record's address and count are checked against the handshake's
 //! memory size before any byte reaches guest memory.
 
+use crate::accel::registry::RESOURCE_TOTAL_MAX;
 use std::io::{self, Read, Write};
 use thiserror::Error;
 
@@ -34,6 +35,9 @@ pub enum Kind {
     /// before this is in guest memory (so the stop does not wait for
     /// pages still queued in socket buffers).
     Sync = 6,
+    /// Source, at the stop: the guest's accelerator sessions, handed over
+    /// (accel::handover's bytes; only when it has sessions open).
+    Accel = 7,
     /// Destination: go on (after Hello) or resumed (after End).
     Ok = 0x81,
     /// Destination: refused, with a one-line reason.
@@ -49,6 +53,7 @@ impl Kind {
             4 => Kind::State,
             5 => Kind::End,
             6 => Kind::Sync,
+            7 => Kind::Accel,
             0x81 => Kind::Ok,
             0x82 => Kind::Refused,
             _ => return None,
@@ -61,6 +66,9 @@ impl Kind {
             Kind::Hello | Kind::State => 1 << 20,
             Kind::Image => 256 << 20,
             Kind::Pages => 12 + PAGES_PER_RECORD as u32 * PAGE as u32,
+            // Every resource byte a guest may register, and room for ids,
+            // paths and the agents' tokens.
+            Kind::Accel => RESOURCE_TOTAL_MAX as u32 + (1 << 20),
             Kind::End | Kind::Sync | Kind::Ok => 0,
             Kind::Refused => 4096,
         }
@@ -227,6 +235,11 @@ mod tests {
             Err(StreamError::Length(Kind::Pages, _, _))
         ));
         assert!(buf.capacity() < 1 << 20);
+        let mut r: &[u8] = &[7, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read_record(&mut r, &mut buf),
+            Err(StreamError::Length(Kind::Accel, _, _))
+        ));
         let mut r: &[u8] = &[1, 0, 0];
         assert!(matches!(
             read_record(&mut r, &mut buf),

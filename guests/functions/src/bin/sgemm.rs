@@ -5,14 +5,17 @@
 //! whatever its summation order; the guest is soft-float, so it builds and
 //! reads f32 bit patterns with integer code only. Prints one line,
 //! `sgemm M N K checksum=S` (S: the integer sum of C); exits 1 on a
-//! mismatch or a failed call. Arguments: `[M N K]` (each 1..=512).
+//! mismatch or a failed call. Arguments: `[M N K [ROUNDS [PERIOD_US]]]`
+//! (each dimension 1..=512): ROUNDS multiplications on one session,
+//! PERIOD_US apart, each checked and printed (live migration moves the
+//! guest mid-loop and its session with it).
 #![no_std]
 #![no_main]
 
 use core::ptr::addr_of_mut;
 use guest_abi::println;
 use guest_abi::rt::accel::{self, bits, Session};
-use guest_abi::rt::Ctx;
+use guest_abi::rt::{poll, Ctx};
 
 guest_abi::manifest!();
 guest_abi::entry!(main);
@@ -34,17 +37,24 @@ fn c0(i: usize, j: usize) -> i64 {
 const ALPHA: i64 = 2;
 const BETA: i64 = 1;
 
-fn dims(ctx: &Ctx) -> Option<(usize, usize, usize)> {
+/// (M, N, K) and (rounds, period in microseconds).
+type Args = ((usize, usize, usize), (u64, u64));
+
+fn args(ctx: &Ctx) -> Option<Args> {
     let mut it = ctx.cmdline().split_ascii_whitespace();
     let Some(first) = it.next() else {
-        return Some((40, 24, 33));
+        return Some(((40, 24, 33), (1, 0)));
     };
     let mut d = [0usize; 3];
     d[0] = first.parse().ok()?;
     d[1] = it.next()?.parse().ok()?;
     d[2] = it.next()?.parse().ok()?;
     let ok = d.iter().all(|&x| (1..=DIM_MAX).contains(&x));
-    ok.then_some((d[0], d[1], d[2]))
+    let mut loops = [1u64, 0];
+    for (slot, s) in loops.iter_mut().zip(it) {
+        *slot = s.parse().ok()?;
+    }
+    (ok && loops[0] >= 1).then_some(((d[0], d[1], d[2]), (loops[0], loops[1])))
 }
 
 fn main(ctx: &Ctx) -> i32 {
@@ -52,8 +62,8 @@ fn main(ctx: &Ctx) -> i32 {
         println!("sgemm: the host offers no accelerator extension");
         return 1;
     }
-    let Some((m, n, k)) = dims(ctx) else {
-        println!("sgemm: usage: sgemm [M N K], each 1..={DIM_MAX}");
+    let Some(((m, n, k), (rounds, period_us))) = args(ctx) else {
+        println!("sgemm: usage: sgemm [M N K [ROUNDS [PERIOD_US]]], each of M N K 1..={DIM_MAX}");
         return 1;
     };
     // SAFETY: single-threaded; the only references to these statics.
@@ -68,9 +78,6 @@ fn main(ctx: &Ctx) -> i32 {
         for p in 0..k {
             am[i * k + p] = bits::f32_from_int(a(i, p));
         }
-        for j in 0..n {
-            cm[i * n + j] = bits::f32_from_int(c0(i, j));
-        }
     }
     for p in 0..k {
         for j in 0..n {
@@ -84,6 +91,31 @@ fn main(ctx: &Ctx) -> i32 {
             return 1;
         }
     };
+    for round in 0..rounds {
+        if round > 0 && period_us > 0 {
+            poll(period_us * 1000);
+        }
+        if !multiply(&sess, (m, n, k), am, bm, cm) {
+            return 1;
+        }
+    }
+    let _ = sess.release();
+    0
+}
+
+/// One checked C = ALPHA * A * B + BETA * C0 on `sess`, printed.
+fn multiply(
+    sess: &Session,
+    (m, n, k): (usize, usize, usize),
+    am: &[u32],
+    bm: &[u32],
+    cm: &mut [u32],
+) -> bool {
+    for i in 0..m {
+        for j in 0..n {
+            cm[i * n + j] = bits::f32_from_int(c0(i, j));
+        }
+    }
     let (mi, ni, ki) = (m as i64, n as i64, k as i64);
     let r = sess.sgemm(
         (mi, ni, ki),
@@ -98,9 +130,8 @@ fn main(ctx: &Ctx) -> i32 {
     );
     if let Err(e) = r {
         println!("sgemm: BLAS_SGEMM failed: errno {e}");
-        return 1;
+        return false;
     }
-    let _ = sess.release();
     let mut sum: i64 = 0;
     for i in 0..m {
         for j in 0..n {
@@ -108,11 +139,11 @@ fn main(ctx: &Ctx) -> i32 {
             let got = cm[i * n + j];
             if bits::f32_to_int(got) != Some(want) {
                 println!("sgemm: mismatch at ({i},{j}): got f32 bits {got:#x}, want {want}");
-                return 1;
+                return false;
             }
             sum += want;
         }
     }
     println!("sgemm {m} {n} {k} checksum={sum}");
-    0
+    true
 }
