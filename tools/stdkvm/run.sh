@@ -24,13 +24,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 out=${STDKVM_OUT:-$repo/target/stdkvm}
-DEFAULT_TESTS="core hostile function block snapshot pool bad_input migrate"
+DEFAULT_TESTS="core hostile function block snapshot pool bad_input control migrate"
 # Too slow under TCG: 50 concurrent restores (a page-sharing measure) and
 # 200 sequential warm/cold runs (restored_meta covers a restore's I/O).
 # The lane has no network namespaces (iproute2's netns, ping): the
-# migrated TAP guest runs on the host only.
+# migrated TAP guest runs on the host only. The accelerator sessions'
+# moves (tests/migrate/accel.rs: hundreds of sgemm rounds, minutes each
+# under TCG) test the agent's hand-over, which no KVM takes part in: host
+# only.
 DEFAULT_SKIP="fifty_concurrent_restores_share_the_snapshots_pages restored_echo_answers_as_a_cold_run
-    a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move"
+    a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move
+    a_destination_that_cannot_claim_the_session a_remote_sgemm_loop_keeps_its_session
+    a_session_on_a_local_plugin_refuses_the_move"
 tests=${*:-$DEFAULT_TESTS}
 modes=${STDKVM_MODES:-npt shadow}
 mkdir -p "$out"
