@@ -227,6 +227,24 @@ fn a_snapshot_taken_mid_run_restores_and_runs_on() {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{out:?}");
 }
 
+/// `skiff run --incoming unix://DIR/in.sock`, once it listens.
+fn incoming(dir: &Path) -> (ChildGuard, String) {
+    let path = dir.join("in.sock");
+    let addr = format!("unix://{}", path.display());
+    let dst = Command::new(skiff())
+        .args(["run", "--incoming", &addr])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dst = ChildGuard::new(dst);
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < scaled(Duration::from_secs(10)), "no listener");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (dst, addr)
+}
+
 /// The smallest migration, on whatever KVM this is (kvm_pvm here, the
 /// standard-KVM lane there): a spinning guest (no hypercall at all) moves
 /// over a unix socket with at least one pre-copy round, so KVM's dirty
@@ -236,18 +254,7 @@ fn a_snapshot_taken_mid_run_restores_and_runs_on() {
 fn a_spinning_guest_migrates_with_the_dirty_log() {
     let tmp = TempDir::new("ctl-mig");
     let (src, sock) = controlled(tmp.path(), "spin", &[]);
-    let addr = format!("unix://{}", tmp.path().join("in.sock").display());
-    let dst = Command::new(skiff())
-        .args(["run", "--incoming", &addr])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut dst = ChildGuard::new(dst);
-    let t = Instant::now();
-    while !tmp.path().join("in.sock").exists() {
-        assert!(t.elapsed() < scaled(Duration::from_secs(10)), "no listener");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (mut dst, addr) = incoming(tmp.path());
     let o = ctl(&sock, &["migrate", &addr]);
     let r = reply(&o);
     assert_eq!(o.status.code(), Some(0), "{r}");
@@ -278,18 +285,7 @@ fn a_spinning_guest_migrates_with_the_dirty_log() {
 fn ctl_is_confined_and_cancel_ends_a_stalled_migration() {
     let tmp = TempDir::new("ctl-cancel");
     let (_src, sock) = controlled(tmp.path(), "spin", &[]);
-    let addr = format!("unix://{}", tmp.path().join("in.sock").display());
-    let dst = Command::new(skiff())
-        .args(["run", "--incoming", &addr])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let dst = ChildGuard::new(dst);
-    let t = Instant::now();
-    while !tmp.path().join("in.sock").exists() {
-        assert!(t.elapsed() < scaled(Duration::from_secs(10)), "no listener");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (dst, addr) = incoming(tmp.path());
     // SAFETY: kill(2) of our own child, which is not reaped yet.
     unsafe { libc::kill(dst.id() as i32, libc::SIGSTOP) };
     let migrate = Command::new(skiff())
