@@ -173,6 +173,10 @@ impl Vm {
     pub fn run_until(&mut self, stop: impl Fn() -> bool) -> Result<Option<i32>, RunError> {
         self.vcpu.arm_signals();
         marks::mark(Mark::FirstRun);
+        // A request made before the signals were armed kicked nothing.
+        if stop() {
+            return Ok(None);
+        }
         loop {
             if let Some(status) = self.step()? {
                 return Ok(Some(status));

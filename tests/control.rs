@@ -14,12 +14,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `skiff run --control` of `name`, once its socket exists.
+/// A `skiff run --control` of `name`, once its socket exists. A stalled
+/// destination must meet a `cancel`, not the silence bound, however
+/// slowly (under TCG) the test gets to send it.
 fn controlled(dir: &Path, name: &str, args: &[&str]) -> (ChildGuard, PathBuf) {
+    let silence = scaled(Duration::from_secs(60)).as_secs().min(3600);
+    controlled_for(dir, name, silence, args)
+}
+
+/// As [`controlled`], giving up on a destination silent for `silence` s.
+fn controlled_for(dir: &Path, name: &str, silence: u64, args: &[&str]) -> (ChildGuard, PathBuf) {
     let sock = dir.join("ctl.sock");
     let child = Command::new(skiff())
         .args(["run", "--mem=8", "--control"])
         .arg(&sock)
+        .arg(format!("--migrate-timeout={silence}"))
         .arg(guest(name))
         .args(args)
         .stdin(Stdio::null())
@@ -296,7 +305,7 @@ fn ctl_is_confined_and_cancel_ends_a_stalled_migration() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let migrate = ChildGuard::new(migrate);
+    let mut migrate = ChildGuard::new(migrate);
     // It waits for the reply, confined.
     confined_ticks(migrate.id());
     // Until the migration runs, cancel is refused (and changes nothing).
@@ -307,6 +316,10 @@ fn ctl_is_confined_and_cancel_ends_a_stalled_migration() {
             break;
         }
         assert_eq!(r, "error: no migration is running");
+        if migrate.try_wait().unwrap().is_some() {
+            let out = migrate.wait_with_output().unwrap();
+            panic!("the migration ended before a cancel: {out:?}");
+        }
         assert!(
             t.elapsed() < scaled(Duration::from_secs(10)),
             "never migrating"
@@ -323,4 +336,30 @@ fn ctl_is_confined_and_cancel_ends_a_stalled_migration() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// `--migrate-timeout`: a destination that stops answering (here, stopped
+/// before it read the handshake) is given up after that many seconds,
+/// the reply says so, and the guest runs on.
+#[test]
+fn a_silent_destination_is_given_up_after_the_migrate_timeout() {
+    let tmp = TempDir::new("ctl-silent");
+    let (src, sock) = controlled_for(tmp.path(), "spin", 1, &[]);
+    let (dst, addr) = incoming(tmp.path());
+    // SAFETY: kill(2) of our own child, which is not reaped yet.
+    unsafe { libc::kill(dst.id() as i32, libc::SIGSTOP) };
+    let t = Instant::now();
+    let o = ctl(&sock, &["migrate", &addr]);
+    let waited = t.elapsed();
+    let r = reply(&o);
+    assert_eq!(o.status.code(), Some(1), "{r}");
+    assert!(r.contains("silent for 1 s"), "{r}");
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok running");
+    let from = confined_ticks(src.id());
+    assert!(runs_on(src.id(), from, 10), "the guest does not run on");
+    // SAFETY: as above.
+    unsafe { libc::kill(dst.id() as i32, libc::SIGCONT) };
+    let out = dst.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }

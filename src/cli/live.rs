@@ -60,7 +60,10 @@ pub fn run(
     };
     let origin = Origin { src, image: &image };
     let result = match &ctl {
-        Some(ctl) => crate::control::run::run(&mut vm, ctl, &origin),
+        Some(ctl) => {
+            let silence = std::time::Duration::from_secs(live.migrate_timeout);
+            crate::control::run::run(&mut vm, ctl, &origin, silence)
+        }
         None => vm.run().map(Outcome::Halted),
     };
     if confined != Installed::OuterFilter {

@@ -29,6 +29,11 @@ pub struct LiveArgs {
     /// or unix:///PATH) instead of booting KERNEL, then run it.
     #[arg(long, value_name = "ADDR", conflicts_with = "restore")]
     pub incoming: Option<crate::vaccel::addr::Address>,
+    /// A `migrate` gives up (the guest runs on) when its destination
+    /// stays silent this many seconds (a slow link or host: more).
+    #[arg(long, value_name = "SECS", default_value = "10", requires = "control",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub migrate_timeout: u64,
 }
 
 /// The flags `skiff run` shares with solo5-hvt.

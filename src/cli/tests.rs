@@ -42,7 +42,8 @@ fn sample(id: &str) -> &'static str {
         | "send_timeout"
         | "body_timeout"
         | "body_buffer"
-        | "frame_timeout" => "100",
+        | "frame_timeout"
+        | "migrate_timeout" => "100",
         "remote" => "127.0.0.1:9",
         "remote_timeout" => "2",
         "gdb" => "127.0.0.1:0",
@@ -130,10 +131,15 @@ fn every_option_of_every_subcommand_in_every_position() {
             .collect();
         assert!(!options.is_empty(), "{name}");
         for a in &options {
-            let required: Vec<String> = match required.first() {
+            let mut required: Vec<String> = match required.first() {
                 Some(r) if Some(&r[2..]) == a.get_long() => vec![],
                 _ => required.clone(),
             };
+            // Options that only mean something beside another (clap's
+            // `requires`).
+            if a.get_id() == "migrate_timeout" {
+                required.extend(["--control".into(), "c.sock".into()]);
+            }
             for form in forms(a) {
                 let before = |mut v: Vec<String>, x: &[String]| {
                     v.extend_from_slice(x);

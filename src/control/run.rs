@@ -7,6 +7,7 @@ use super::{Command, Control, State};
 use crate::migrate::{source, Report};
 use crate::snapshot::save;
 use crate::vmm::{RunError, Vm};
+use std::time::Duration;
 
 /// How a controlled run ended.
 #[derive(Debug)]
@@ -17,21 +18,32 @@ pub enum Outcome {
     Migrated { addr: String, report: Report },
 }
 
-/// Runs `vm` to its HALT or until it migrates away.
-pub fn run(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Outcome, RunError> {
+/// Runs `vm` to its HALT or until it migrates away; a migration gives up
+/// on a destination silent for `silence`.
+pub fn run(
+    vm: &mut Vm,
+    ctl: &Control,
+    origin: &source::Origin,
+    silence: Duration,
+) -> Result<Outcome, RunError> {
     ctl.on_vcpu_thread();
     loop {
         if let Some(status) = vm.run_until(|| ctl.requested())? {
             return Ok(Outcome::Halted(status));
         }
-        if let Some(done) = serve(vm, ctl, origin)? {
+        if let Some(done) = serve(vm, ctl, origin, silence)? {
             return Ok(done);
         }
     }
 }
 
 /// Serves waiting commands; while paused, waits for more. `None`: run on.
-fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<Outcome>, RunError> {
+fn serve(
+    vm: &mut Vm,
+    ctl: &Control,
+    origin: &source::Origin,
+    silence: Duration,
+) -> Result<Option<Outcome>, RunError> {
     let mut paused = false;
     // A migration in doubt left the guest paused without its TAPs (and
     // with its accelerator sessions parked at the agent: these bytes).
@@ -90,6 +102,7 @@ fn serve(vm: &mut Vm, ctl: &Control, origin: &source::Origin) -> Result<Option<O
                     kick: &kick,
                     stream: &stream,
                     running: !paused,
+                    silence,
                 };
                 let r = source::migrate(vm, &addr, origin, &driver);
                 ctl.set_migrating(false);

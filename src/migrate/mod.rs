@@ -32,6 +32,9 @@ pub enum MigrateError {
     Refusing(String),
     #[error("cancelled")]
     Cancelled,
+    /// On the source: no word from the destination within the bound.
+    #[error("the destination was silent for {0} s (skiff run --migrate-timeout)")]
+    Silent(u64),
     /// The whole guest was sent but the destination's word that it took
     /// it never came: it may be running there. The source stays paused;
     /// `handed` is its accelerator sessions' hand-over, to take back if

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 const CONNECT: Duration = Duration::from_secs(5);
 /// A destination that takes longer than this for any read or write is
-/// gone (the guest must not stay stopped for long on a dead peer).
-const IO: Duration = Duration::from_secs(10);
+/// gone (the guest must not stay stopped for long on a dead peer):
+/// `skiff run --migrate-timeout`'s default.
+pub const SILENCE: Duration = Duration::from_secs(10);
 const MAX_ROUNDS: u32 = 30;
 /// Stop when no more than this many pages (1 MiB) remain dirty.
 const SMALL: u64 = 256;
@@ -103,6 +104,8 @@ pub struct Driver<'a> {
     /// a stalled peer).
     pub stream: &'a (dyn Fn(Option<RawFd>) + Sync),
     pub running: bool,
+    /// How long the destination may stay silent ([`SILENCE`]).
+    pub silence: Duration,
 }
 
 /// Migrates the guest to `addr`.
@@ -124,6 +127,9 @@ pub fn migrate(
     if result.is_err() && d.cancel.load(Ordering::SeqCst) {
         // Whatever the shut-down socket made fail, it was the cancel.
         result = Err(MigrateError::Cancelled);
+    }
+    if let Err(MigrateError::Stream(StreamError::Timeout)) = result {
+        result = Err(MigrateError::Silent(d.silence.as_secs()));
     }
     let _ = set_logging(vm, false);
     vm.mem.track_host_writes(false);
@@ -198,7 +204,7 @@ fn send(
 
     let p = precopy_while_running(vm, d, |halted| {
         let stop = || cancel.load(Ordering::SeqCst) || halted.load(Ordering::SeqCst);
-        let mut p = handshake(addr, &hello, origin.image, d.stream)?;
+        let mut p = handshake(addr, &hello, origin.image, d.stream, d.silence)?;
         if stop() {
             return Err(MigrateError::Cancelled);
         }
@@ -260,6 +266,7 @@ fn handshake<'a>(
     hello: &[u8],
     image: &[u8],
     register: &'a (dyn Fn(Option<RawFd>) + Sync),
+    silence: Duration,
 ) -> Result<Precopied<'a>, MigrateError> {
     let connect = |err| MigrateError::Connect {
         addr: addr.to_string(),
@@ -269,7 +276,7 @@ fn handshake<'a>(
     register(Some(s.raw_fd()));
     // Declared after the stream: dropped (forgotten) before it closes.
     let unregister = Unregister(register);
-    s.set_timeouts(Some(IO)).map_err(connect)?;
+    s.set_timeouts(Some(silence)).map_err(connect)?;
     let reader = s.try_clone().map_err(connect)?;
     let mut p = Precopied {
         _unregister: unregister,
