@@ -6,9 +6,9 @@
 //! resource ids are the agent process's, so they stay valid.
 //!
 //! Parked state belongs to no connection: it expires after [`PARK_TIME`]
-//! unclaimed (dropped at the next park or claim, as a closed connection's
-//! would be), so a migration that never finishes costs the agent nothing
-//! for long.
+//! unclaimed (dropped within a second by the accept loop, or at the next
+//! park or claim, as a closed connection's would be), so a migration that
+//! never finishes costs the agent nothing for long.
 
 use super::conn::Failure;
 use super::exec::Executor;
@@ -39,7 +39,7 @@ fn parked() -> std::sync::MutexGuard<'static, Vec<Parked>> {
 }
 
 /// Drops what waited longer than [`PARK_TIME`].
-fn expire(exec: &Executor) {
+pub(super) fn expire(exec: &Executor) {
     expire_at(Instant::now(), exec);
 }
 

@@ -203,8 +203,12 @@ pub fn serve(cfg: AgentConfig, ready: impl FnOnce(&Address, &str)) -> Result<i32
     let clock = Instant::now();
     let mut next = 0u64;
     let stopped_by = loop {
-        if let Some(signal) = wait(&listener, &sig) {
-            break signal;
+        // Parked hand-overs expire on time, not only at the next call.
+        handover::expire(&exec);
+        match wait(&listener, &sig) {
+            Woke::Signal(signal) => break signal,
+            Woke::Tick => continue,
+            Woke::Accept => {}
         }
         let Ok(s) = listener.accept() else { continue };
         let peer = match &s {
@@ -278,7 +282,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Waits for a connection (true) or a stop signal (false).
-fn wait(l: &Listener, sig: &OwnedFd) -> Option<i32> {
+/// What woke the accept loop.
+enum Woke {
+    Signal(i32),
+    Accept,
+    /// A second passed (time to expire parked hand-overs).
+    Tick,
+}
+
+fn wait(l: &Listener, sig: &OwnedFd) -> Woke {
     let mut fds = [
         libc::pollfd {
             fd: l.raw_fd(),
@@ -293,19 +305,20 @@ fn wait(l: &Listener, sig: &OwnedFd) -> Option<i32> {
     ];
     loop {
         // SAFETY: two valid pollfd entries.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
         if r < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Some(libc::SIGTERM);
+            return Woke::Signal(libc::SIGTERM);
         }
         if fds[1].revents != 0 {
-            return Some(read_signal(sig));
+            return Woke::Signal(read_signal(sig));
         }
         if fds[0].revents != 0 {
-            return None;
+            return Woke::Accept;
         }
+        return Woke::Tick;
     }
 }
 
