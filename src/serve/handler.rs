@@ -6,17 +6,16 @@
 //! writes it, and a failure after that point ends the body abnormally
 //! (the client sees a truncated chunked body, never a clean one).
 
-use super::conns::{Busy, Conn};
+use super::body::{plain, RespBody};
+use super::conns::Conn;
 use super::guest::{parse_head, Guest, GuestError, Head};
 use super::State;
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Incoming};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -26,61 +25,6 @@ use tokio::time::Instant as Deadline;
 const COMMIT: usize = 64 << 10;
 /// Bytes per read of the guest's response.
 const CHUNK: usize = 256 << 10;
-
-/// A response body: whole, or streamed from the guest. It keeps its
-/// connection busy (not idle, so neither evicted nor timed out) until
-/// hyper has sent its last byte and drops it.
-pub struct RespBody {
-    data: Data,
-    busy: Option<Busy>,
-}
-
-enum Data {
-    Full(Option<Bytes>),
-    Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
-}
-
-impl RespBody {
-    pub fn full(b: Bytes) -> Self {
-        RespBody {
-            data: Data::Full(Some(b)),
-            busy: None,
-        }
-    }
-
-    fn stream(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Self {
-        RespBody {
-            data: Data::Stream(rx),
-            busy: None,
-        }
-    }
-}
-
-impl Body for RespBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        match &mut self.get_mut().data {
-            Data::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Data::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.data, Data::Full(None))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.data {
-            Data::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Data::Stream(_) => SizeHint::default(),
-        }
-    }
-}
 
 /// How reading the request body (and feeding it to the guest) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,14 +143,6 @@ impl Done {
             ),
         );
     }
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<RespBody> {
-    let mut r = Response::new(RespBody::full(Bytes::from_static(text.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
 }
 
 /// Answers one request (never fails: every problem is a status).

@@ -20,6 +20,7 @@
 //! - `vars.rs`: the watchdog's `Http_*` variables
 //! - `metrics.rs`: Prometheus text
 
+mod body;
 mod conns;
 mod guest;
 mod handler;
@@ -488,7 +489,7 @@ async fn serve_metrics(state: Arc<State>, listener: tokio::net::TcpListener) {
             let svc = service_fn(move |_req| {
                 let text = state.metrics.render(state.conns.open());
                 async move {
-                    let mut r = hyper::Response::new(handler::RespBody::full(text.into()));
+                    let mut r = hyper::Response::new(body::RespBody::full(text.into()));
                     r.headers_mut().insert(
                         hyper::header::CONTENT_TYPE,
                         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
