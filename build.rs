@@ -10,7 +10,7 @@ type Source = (&'static str, &'static str);
 
 /// (file, filter name inside it, Rust constant emitted, the policy whose
 /// rules it extends)
-const POLICIES: [(&str, &str, &str, Option<Source>); 7] = [
+const POLICIES: [(&str, &str, &str, Option<Source>); 8] = [
     ("seccomp/run.json", "run", "RUN", None),
     ("seccomp/accel.json", "accel", "ACCEL", None),
     (
@@ -26,6 +26,12 @@ const POLICIES: [(&str, &str, &str, Option<Source>); 7] = [
         "agent",
         "AGENT",
         Some(("seccomp/accel.json", "accel")),
+    ),
+    (
+        "seccomp/live.json",
+        "live",
+        "LIVE",
+        Some(("seccomp/run.json", "run")),
     ),
     (
         "seccomp/debug.json",

@@ -40,6 +40,10 @@ pub enum Policy {
     /// `seccomp/serve.json`: `skiff serve`'s HTTP front (src/serve/), which
     /// runs no guest: sockets, pipes, epoll, memory.
     Serve,
+    /// `seccomp/live.json` plus run's rules: a controlled run (`skiff run
+    /// --control`, src/control/), which also serves its control socket,
+    /// writes snapshots and streams migrations, each on command.
+    Live,
     /// `seccomp/debug.json` plus run's rules: a run with `--gdb`,
     /// `--dumpcore` or `--trace` (src/debug/).
     Debug,
@@ -61,6 +65,7 @@ impl Policy {
             Policy::Serve => &bpf::SERVE,
             Policy::Ctl => &bpf::CTL,
             Policy::Debug => &bpf::DEBUG,
+            Policy::Live => &bpf::LIVE,
             Policy::Agent => &bpf::AGENT,
         }
     }

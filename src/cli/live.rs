@@ -45,11 +45,13 @@ pub fn run(
         Some(Err(e)) => return refuse(prog, &e),
         None => None,
     };
-    // A controlled run opens files (snapshot FILE) and sockets (migrate
-    // ADDR) on command: the denylist policy, as for accelerator plugins.
-    let policy = match ctl.is_some() || cfg.accel.plugins.is_some() {
-        true => Policy::Accel,
-        false => Policy::Run,
+    // A controlled run opens files (snapshot FILE), sockets (migrate ADDR)
+    // and threads on command: run's allowlist plus those (seccomp/
+    // live.json). Accelerator plugins need the denylist whatever else.
+    let policy = match (cfg.accel.plugins.is_some(), ctl.is_some()) {
+        (true, _) => Policy::Accel,
+        (false, true) => Policy::Live,
+        (false, false) => Policy::Run,
     };
     let Some(confined) = confine(prog, policy) else {
         return REFUSED;
