@@ -363,3 +363,90 @@ fn a_silent_destination_is_given_up_after_the_migrate_timeout() {
     let out = dst.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
+
+/// PTRACE_SECCOMP_GET_FILTER (linux/ptrace.h; libc has no constant).
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// The thread of `pid` named `comm` (/proc/PID/task/*/comm).
+fn thread_named(pid: u32, comm: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .and_then(|t| t.file_name().to_str()?.parse().ok())
+}
+
+/// The BPF program of thread `tid`'s newest seccomp filter, as the kernel
+/// holds it: read with PTRACE_SECCOMP_GET_FILTER while the thread is held
+/// in a ptrace stop (root; CONFIG_CHECKPOINT_RESTORE), then let go.
+fn seccomp_program(tid: i32) -> Result<Vec<(u16, u8, u8, u32)>, String> {
+    let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let null = std::ptr::null_mut::<libc::c_void>();
+    // SAFETY: seizing a thread of our own child; it is detached below on
+    // every path after this one succeeds.
+    if unsafe { libc::ptrace(libc::PTRACE_SEIZE, tid, null, null) } != 0 {
+        return Err(err("PTRACE_SEIZE"));
+    }
+    let read = || {
+        // SAFETY: stops the seized thread (a ptrace stop, not a signal).
+        if unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, tid, null, null) } != 0 {
+            return Err(err("PTRACE_INTERRUPT"));
+        }
+        let mut status = 0;
+        // SAFETY: waits for the stop of the thread we trace.
+        if unsafe { libc::waitpid(tid, &mut status, libc::__WALL) } != tid {
+            return Err(err("waitpid"));
+        }
+        // SAFETY: a null buffer asks only for the length of filter 0.
+        let n = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, null, null) };
+        if n <= 0 {
+            return Err(err("PTRACE_SECCOMP_GET_FILTER"));
+        }
+        let zero = libc::sock_filter {
+            code: 0,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        };
+        let mut prog = vec![zero; n as usize];
+        // SAFETY: the buffer holds the n instructions the kernel copies.
+        let got = unsafe { libc::ptrace(PTRACE_SECCOMP_GET_FILTER, tid, null, prog.as_mut_ptr()) };
+        if got != n {
+            return Err(err("PTRACE_SECCOMP_GET_FILTER"));
+        }
+        Ok(prog.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
+    };
+    let prog = read();
+    // SAFETY: lets the thread go on as it was.
+    unsafe { libc::ptrace(libc::PTRACE_DETACH, tid, null, null) };
+    prog
+}
+
+/// A controlled run without accelerator plugins is confined by run's
+/// allowlist plus seccomp/live.json (Policy::Live), not by accel's
+/// denylist: the filter the kernel holds for its control thread is that
+/// program, instruction for instruction, and the guest runs on after.
+#[test]
+fn a_controlled_run_is_under_the_live_allowlist() {
+    use skiff::seccomp::Policy;
+    let tmp = TempDir::new("ctl-policy");
+    let (child, sock) = controlled(tmp.path(), "spin", &[]);
+    let pid = child.id();
+    let from = confined_ticks(pid);
+    let tid = thread_named(pid, "skiff-control").expect("no skiff-control thread");
+    let prog = seccomp_program(tid).unwrap();
+    let want = |p: Policy| -> Vec<(u16, u8, u8, u32)> {
+        p.program()
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect()
+    };
+    assert!(
+        prog == want(Policy::Live),
+        "not Policy::Live's program ({} instructions)",
+        prog.len()
+    );
+    assert_ne!(want(Policy::Live), want(Policy::Accel));
+    assert!(runs_on(pid, from, 10), "the guest does not run on");
+    assert_eq!(reply(&ctl(&sock, &["status"])), "ok running");
+}

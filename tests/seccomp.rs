@@ -248,6 +248,57 @@ fn install_reports_what_it_did() {
     );
 }
 
+/// `skiff run --control` (Policy::Live): the control path's calls pass,
+/// and it stays an allowlist: exec, a netlink socket and a write to the
+/// vCPU's registers (a pool's rewind, not a controlled run's) kill.
+#[test]
+fn the_live_policy_allows_the_control_paths_calls_and_kills_the_rest() {
+    let status = in_child(|| {
+        if seccomp::install(Policy::Live).is_err() {
+            return 100;
+        }
+        // SAFETY: socket(2) and getuid(2), both in live.json; the fd is
+        // left to _exit.
+        let (fd, uid) = unsafe {
+            (
+                libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0),
+                libc::syscall(libc::SYS_getuid),
+            )
+        };
+        if fd >= 0 && uid >= 0 {
+            7
+        } else {
+            101
+        }
+    });
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 7,
+        "{status:#x}"
+    );
+    let kvm_set_regs = 0x4090_ae82; // _IOW(0xAE, 0x82, struct kvm_regs)
+    for (name, nr, a0, a1) in [
+        ("execve", libc::SYS_execve, 0, 0),
+        (
+            "socket(AF_NETLINK)",
+            libc::SYS_socket,
+            libc::AF_NETLINK as i64,
+            libc::SOCK_RAW as i64,
+        ),
+        ("ioctl(KVM_SET_REGS)", libc::SYS_ioctl, -1, kvm_set_regs),
+    ] {
+        let status = in_child(|| {
+            if seccomp::install(Policy::Live).is_err() {
+                return 100;
+            }
+            // SAFETY: never runs: none is in live.json or run.json (exec
+            // with null arguments and an ioctl on fd -1 would fail anyway).
+            unsafe { libc::syscall(nr, a0, a1, 0, 0) };
+            0
+        });
+        assert!(killed_by_sigsys(status), "{name}: status {status:#x}");
+    }
+}
+
 /// Every policy file is compiled and used: named in build.rs's POLICIES
 /// (whose constant `bpf::NAME` the `Policy` enum must then return). A
 /// JSON file that build.rs does not list would never be enforced, and
