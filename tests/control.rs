@@ -152,6 +152,11 @@ fn malformed_commands_get_one_line_and_change_nothing() {
         &["pause", "now"],
         &["snapshot"],
         &["migrate", "ftp://x"],
+        // A name is refused (resolving it is outside the allowlist); no
+        // listener, no vsock peer: the confined run answers and runs on.
+        &["migrate", "tcp://localhost:1"],
+        &["migrate", "tcp://127.0.0.1:1"],
+        &["migrate", "vsock://2:1"],
         &["cancel"],
     ] {
         let o = ctl(&sock, words);

@@ -78,8 +78,18 @@ impl std::str::FromStr for Command {
                 arg.ok_or("usage: snapshot FILE")?.into(),
             )),
             "migrate" => {
-                let a = arg.ok_or("usage: migrate tcp://HOST:PORT|unix:///PATH")?;
-                a.parse().map(Command::Migrate).map_err(|e| format!("{e}"))
+                let a = arg.ok_or("usage: migrate tcp://IP:PORT|unix:///PATH")?;
+                let addr: crate::vaccel::addr::Address = a.parse().map_err(|e| format!("{e}"))?;
+                // Resolving a name (resolv.conf, uname, NSS modules) is
+                // outside a controlled run's seccomp allowlist.
+                match &addr {
+                    crate::vaccel::addr::Address::Tcp(hp)
+                        if hp.parse::<std::net::SocketAddr>().is_err() =>
+                    {
+                        Err(format!("address '{a}': give the destination's IP address (tcp://IP:PORT): a controlled run resolves no host names"))
+                    }
+                    _ => Ok(Command::Migrate(addr)),
+                }
             }
             _ => Err(format!(
                 "unknown command '{verb}' (status, pause, resume, snapshot FILE, migrate ADDR, cancel)"
@@ -484,6 +494,7 @@ mod tests {
             "snapshot a b",
             "migrate",
             "migrate ftp://x",
+            "migrate tcp://localhost:7000",
             "frobnicate",
         ] {
             assert!(bad.parse::<Command>().is_err(), "{bad:?}");
