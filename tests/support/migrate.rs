@@ -184,8 +184,14 @@ pub fn free_port() -> u16 {
 /// Whether something listens on loopback TCP `port` (from /proc/net/tcp,
 /// since connecting to a `--incoming` would be taken for the source).
 pub fn listening(port: u16) -> bool {
+    listening_in("/proc/net/tcp", port)
+}
+
+/// As [`listening`], in the TCP table `table` (`/proc/PID/net/tcp`: the
+/// network namespace of process PID).
+pub fn listening_in(table: &str, port: u16) -> bool {
     let want = format!(":{port:04X} ");
-    std::fs::read_to_string("/proc/net/tcp")
+    std::fs::read_to_string(table)
         .unwrap_or_default()
         .lines()
         .skip(1)

@@ -34,6 +34,7 @@ DEFAULT_TESTS="core hostile function block snapshot pool bad_input control migra
 # only.
 DEFAULT_SKIP="fifty_concurrent_restores_share_the_snapshots_pages restored_echo_answers_as_a_cold_run
     a_guest_with_a_tap_keeps_its_mac_and_answers_ping_after_the_move
+    a_tap_guest_resumed_in_doubt_takes_its_tap_back
     a_destination_that_cannot_claim_the_session a_remote_sgemm_loop_keeps_its_session
     a_session_on_a_local_plugin_refuses_the_move"
 tests=${*:-$DEFAULT_TESTS}
