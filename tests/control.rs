@@ -152,8 +152,9 @@ fn malformed_commands_get_one_line_and_change_nothing() {
         &["pause", "now"],
         &["snapshot"],
         &["migrate", "ftp://x"],
-        // A name is refused (resolving it is outside the allowlist); no
-        // listener, no vsock peer: the confined run answers and runs on.
+        // `skiff ctl` resolves a name before it is confined (the run
+        // resolves none); no listener, no vsock peer: the confined run
+        // answers and runs on.
         &["migrate", "tcp://localhost:1"],
         &["migrate", "tcp://127.0.0.1:1"],
         &["migrate", "vsock://2:1"],
@@ -167,8 +168,17 @@ fn malformed_commands_get_one_line_and_change_nothing() {
             "{words:?}: {err:?}"
         );
     }
-    // Raw bytes: a line too long, and not UTF-8; the connection ends.
+    // Raw bytes: a host name (the run resolves none: resolv.conf and NSS
+    // are outside its allowlist), a line too long, and not UTF-8.
     use std::io::{BufRead, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.write_all(b"migrate tcp://localhost:1\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+    assert!(
+        line.contains("give the destination's IP address"),
+        "{line:?}"
+    );
     let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     c.write_all(&[b'x'; 5000]).unwrap();
     let mut line = String::new();

@@ -17,7 +17,10 @@ pub struct CtlArgs {
 }
 
 pub fn main(prog: &str, a: CtlArgs) -> i32 {
-    let line = a.command.join(" ");
+    let line = match resolved(&a.command) {
+        Ok(words) => words.join(" "),
+        Err(e) => return refuse(prog, &e),
+    };
     let mut conn = match crate::control::Client::connect(&a.socket) {
         Ok(c) => c,
         Err(e) => return refuse(prog, &e),
@@ -36,4 +39,26 @@ pub fn main(prog: &str, a: CtlArgs) -> i32 {
         }
         Err(e) => refuse(prog, &e),
     }
+}
+
+/// `migrate tcp://NAME:PORT` with the name resolved here, before this
+/// process is confined: the controlled run resolves no names (its
+/// allowlist has no resolv.conf, NSS modules or DNS sockets).
+fn resolved(words: &[String]) -> Result<Vec<String>, String> {
+    use crate::vaccel::addr::Address;
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let mut out = words.to_vec();
+    if let [verb, addr] = &mut out[..] {
+        if let (true, Ok(Address::Tcp(hp))) = (verb == "migrate", addr.parse::<Address>()) {
+            if hp.parse::<SocketAddr>().is_err() {
+                let first = hp
+                    .to_socket_addrs()
+                    .map_err(|e| format!("cannot resolve '{hp}': {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("cannot resolve '{hp}': no address"))?;
+                *addr = format!("tcp://{first}");
+            }
+        }
+    }
+    Ok(out)
 }
