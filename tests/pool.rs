@@ -181,6 +181,7 @@ fn a_worker_rewinds_its_guest_and_the_next_call_finds_nothing_of_the_last() {
     let mut cold = Command::new(skiff());
     cold.args(["run", MEM]).arg(guest("residue"));
     let cold = run_with(cold, b"7", Duration::from_secs(60));
+    note_avx_retries(&cold);
     assert_eq!(cold.status.code(), Some(0), "{}", stderr(&cold));
     let pristine = stdout(&cold);
     assert!(
@@ -198,6 +199,7 @@ fn a_worker_rewinds_its_guest_and_the_next_call_finds_nothing_of_the_last() {
         for i in 1..=6u64 {
             served_by.push(children(pool.pid()));
             let o = pool.call((i * 1000 + 5).to_string().as_bytes(), &[]);
+            note_avx_retries(&o);
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
             assert_eq!(stdout(&o), pristine, "call {i} (fresh process: {fresh})");
         }

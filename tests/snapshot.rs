@@ -496,6 +496,7 @@ fn cpu_templates_and_features_the_host_lacks() {
     cold.args(["run", MEM, "--cpu-template", "baseline"])
         .arg(guest("residue"));
     let cold = run_with(cold, b"1", Duration::from_secs(60));
+    note_avx_retries(&cold);
     let host = cpuid7(&run_guest(&[MEM], "residue", &[]));
     if on_kvm_pvm() {
         // Guests run natively there, where CPUID is the CPU's own.
@@ -510,6 +511,7 @@ fn cpu_templates_and_features_the_host_lacks() {
 
     let snap = snapshot(dir.path(), "residue", &["--cpu-template", "baseline"], &[]);
     let o = run(Some(&snap), "residue", &[], b"1");
+    note_avx_retries(&o);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), stdout(&cold));
     refuse_missing_feature(&dir, host);

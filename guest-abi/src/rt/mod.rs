@@ -29,6 +29,7 @@ pub mod mem;
 mod notes;
 mod time;
 mod trap;
+pub use trap::set_exception_handler;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};

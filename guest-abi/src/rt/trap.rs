@@ -1,4 +1,5 @@
-//! CPU exception handling: every exception is fatal.
+//! CPU exception handling: every exception is fatal, unless the guest
+//! takes one over ([`set_exception_handler`]).
 //!
 //! The tender enters the guest with no IDT, so without one a fault becomes a
 //! triple fault and the tender sees a bare shutdown. Installing handlers for
@@ -173,27 +174,33 @@ fn load_gdt() {
     }
 }
 
+/// An interrupt gate to `handler` in our code segment.
+fn gate(handler: u64) -> Gate {
+    Gate {
+        offset_lo: handler as u16,
+        selector: CODE_SELECTOR,
+        ist: 0,
+        type_attr: 0x8e,
+        offset_mid: (handler >> 16) as u16,
+        offset_hi: (handler >> 32) as u32,
+        reserved: 0,
+    }
+}
+
+/// The stub that ends the guest on exception `vector`.
+fn stub(vector: usize) -> u64 {
+    __skiff_trap_stubs as *const () as usize as u64 + vector as u64 * STUB_SIZE
+}
+
 /// Loads our GDT, and an IDT whose every exception vector ends the guest
 /// via [`trap`].
 pub(super) fn install() {
     load_gdt();
-    let cs = CODE_SELECTOR;
-    let base = __skiff_trap_stubs as *const () as usize as u64;
     let idt = core::ptr::addr_of_mut!(IDT);
     for vec in 0..VECTORS {
-        let handler = base + vec as u64 * STUB_SIZE;
-        let gate = Gate {
-            offset_lo: handler as u16,
-            selector: cs,
-            ist: 0,
-            type_attr: 0x8e,
-            offset_mid: (handler >> 16) as u16,
-            offset_hi: (handler >> 32) as u32,
-            reserved: 0,
-        };
         // SAFETY: `vec < VECTORS`; the runtime is single-threaded and this
         // runs once, before the IDT is loaded, so nothing else accesses IDT.
-        unsafe { (*idt)[vec] = gate };
+        unsafe { (*idt)[vec] = gate(stub(vec)) };
     }
     let idtr = DescriptorTablePointer {
         limit: (size_of::<[Gate; VECTORS]>() - 1) as u16,
@@ -202,6 +209,26 @@ pub(super) fn install() {
     // SAFETY: `idtr` describes IDT, a static that lives for the whole run and
     // whose gates all point at the stubs above.
     unsafe { asm!("lidt [{0}]", in(reg) &idtr, options(readonly, nostack, preserves_flags)) };
+}
+
+/// Sends exception `vector` to the guest's own `handler` instead of the
+/// stub that ends the guest, and returns that stub's address, for the
+/// handler to jump to with the frame as it found it when the exception is
+/// not one it handles. None for a vector past the exceptions.
+///
+/// # Safety
+/// `handler` runs on the faulting stack with the CPU's frame (an error code
+/// only for the vectors that have one) and must end in `iretq` or in that
+/// jump, with every register it found as it found it.
+pub unsafe fn set_exception_handler(vector: usize, handler: unsafe extern "C" fn()) -> Option<u64> {
+    if vector >= VECTORS {
+        return None;
+    }
+    let idt = core::ptr::addr_of_mut!(IDT);
+    // SAFETY: in bounds; single-threaded, and the CPU reads a gate only
+    // when it delivers that exception, which this code does not raise.
+    unsafe { (*idt)[vector] = gate(handler as usize as u64) };
+    Some(stub(vector))
 }
 
 /// Set by the first trap, so a fault while reporting one still ends the guest.

@@ -14,7 +14,7 @@
 #![no_std]
 #![no_main]
 
-use core::arch::asm;
+use core::arch::{asm, global_asm};
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use guest_abi::rt::{function, Ctx};
 
@@ -51,6 +51,84 @@ fn xgetbv() -> u64 {
     // SAFETY: reads XCR0; no memory.
     unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// #UDs at the AVX instructions below that the handler retried.
+static mut UD_RETRIES: u64 = 0;
+/// The runtime's #UD stub, which ends the guest.
+static mut UD_STUB: u64 = 0;
+const UD_VECTOR: usize = 6;
+
+// `residue_ymm7_swap(new) -> old`: the upper half of ymm7 (its low 64
+// bits), then `new` written there (zero above). `residue_ud`: a #UD at one
+// of its two AVX instructions enables AVX again (XCR0 |= 7) and retries,
+// up to 8 times; any other #UD goes to the runtime's stub. Needed on the
+// standard-KVM lane: QEMU 7.2's TCG does not intercept a nested guest's
+// XSETBV for its KVM, so the XCR0 it sets holds only until the next exit,
+// after which KVM loads its own (the boot value) again; an exit (a host
+// interrupt) between the XSETBV and these instructions made them fault,
+// about 2 cold runs in 100. Any other KVM sees XSETBV and never gets here.
+global_asm!(
+    ".pushsection .text.residue_avx,\"ax\",@progbits",
+    ".globl residue_ymm7_swap",
+    "residue_ymm7_swap:",
+    "vextractf128 xmm0, ymm7, 1",
+    "movq rax, xmm0",
+    "movq xmm0, rdi",
+    "vinsertf128 ymm7, ymm7, xmm0, 1",
+    "residue_avx_end:",
+    "ret",
+    ".globl residue_ud",
+    "residue_ud:",
+    "push rax",
+    "push rcx",
+    "push rdx",
+    "mov rax, [rsp + 24]", // the faulting rip
+    "lea rcx, [rip + residue_ymm7_swap]",
+    "cmp rax, rcx",
+    "jb 2f",
+    "lea rcx, [rip + residue_avx_end]",
+    "cmp rax, rcx",
+    "jae 2f",
+    "cmp qword ptr [rip + {retries}], 8",
+    "jae 2f",
+    "inc qword ptr [rip + {retries}]",
+    "xor ecx, ecx",
+    "xgetbv",
+    "or eax, 7",
+    "xsetbv",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "iretq",
+    "2:",
+    "pop rdx",
+    "pop rcx",
+    "pop rax",
+    "jmp qword ptr [rip + {stub}]",
+    ".popsection",
+    retries = sym UD_RETRIES,
+    stub = sym UD_STUB,
+);
+
+extern "C" {
+    fn residue_ymm7_swap(new: u64) -> u64;
+    fn residue_ud();
+}
+
+/// The upper half of ymm7 (its low 64 bits), then `new` written there.
+fn ymm7_hi_swap(new: u64) -> u64 {
+    // SAFETY: `residue_ud` keeps every register and either retries one of
+    // the swap's two instructions or jumps to the stub with the frame as
+    // the CPU left it; UD_STUB is set before any #UD can reach it.
+    unsafe {
+        if let Some(stub) = guest_abi::rt::set_exception_handler(UD_VECTOR, residue_ud) {
+            write_volatile(addr_of_mut!(UD_STUB), stub);
+        }
+    }
+    // SAFETY: AVX is on (XCR0 says so; `residue_ud` turns it on again if an
+    // exit undid it); the swap clobbers only rax and xmm0 (caller-saved).
+    unsafe { residue_ymm7_swap(new) }
 }
 
 fn decimal(v: u64, out: &mut [u8; 20]) -> &[u8] {
@@ -119,14 +197,13 @@ fn main(ctx: &Ctx) -> i32 {
         avx = xgetbv() & 7 == 7;
     }
     if avx && &body[..n] != b"hlt" {
-        // SAFETY: AVX is on (XCR0 says so); register moves only. Read and
-        // written before any exit: QEMU 7.2's TCG (the standard-KVM lane)
-        // loses a nested guest's AVX enable across a VM exit (#UD).
-        unsafe {
-            asm!("vextractf128 xmm0, ymm7, 1", "movq {0}, xmm0", out(reg) ymm_hi,
-                 out("xmm0") _, options(nomem, nostack));
-            asm!("movq xmm0, {0}", "vinsertf128 ymm7, ymm7, xmm0, 1", in(reg) new,
-                 out("xmm0") _, options(nomem, nostack));
+        ymm_hi = ymm7_hi_swap(new);
+        // SAFETY: single-threaded; the #UD handler has run, if at all.
+        let retries = unsafe { read_volatile(addr_of_mut!(UD_RETRIES)) };
+        if retries > 0 {
+            guest_abi::println!(
+                "residue: AVX enabled again {retries} times after a #UD (an exit undid xsetbv)"
+            );
         }
     }
     let mtrr = rdmsr(MTRR_PHYS_BASE0);
