@@ -152,10 +152,7 @@ fn malformed_commands_get_one_line_and_change_nothing() {
         &["pause", "now"],
         &["snapshot"],
         &["migrate", "ftp://x"],
-        // `skiff ctl` resolves a name before it is confined (the run
-        // resolves none); no listener, no vsock peer: the confined run
-        // answers and runs on.
-        &["migrate", "tcp://localhost:1"],
+        // No listener, no vsock peer: the confined run answers and runs on.
         &["migrate", "tcp://127.0.0.1:1"],
         &["migrate", "vsock://2:1"],
         &["cancel"],
@@ -167,6 +164,25 @@ fn malformed_commands_get_one_line_and_change_nothing() {
             err.starts_with("error: ") && !err.contains('\n'),
             "{words:?}: {err:?}"
         );
+    }
+    // `skiff ctl` resolves a name itself, before its own filter (the run
+    // resolves none): where `localhost` resolves (not in the lane's VM,
+    // which has no /etc/hosts) the run is asked for its IP, else ctl
+    // says so; one line and exit 1 either way.
+    let o = ctl(&sock, &["migrate", "tcp://localhost:1"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = reply(&o);
+    assert!(!err.contains('\n'), "{err:?}");
+    use std::net::ToSocketAddrs;
+    match "localhost:1".to_socket_addrs() {
+        Ok(_) => assert!(
+            err.starts_with("error: cannot connect to tcp://"),
+            "{err:?}"
+        ),
+        Err(_) => assert!(
+            err.starts_with("skiff: cannot resolve 'localhost:1'"),
+            "{err:?}"
+        ),
     }
     // Raw bytes: a host name (the run resolves none: resolv.conf and NSS
     // are outside its allowlist), a line too long, and not UTF-8.
